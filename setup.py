@@ -1,0 +1,27 @@
+#!/usr/bin/env python
+"""ttd_d2: TTD (Text-Tag Self-Distillation, ECCV 2024) as a Detectron2 plugin.
+
+torch/torchvision and detectron2 are installed first by ``scripts/install.sh`` (detectron2 is
+not on PyPI); this file lists what pip can resolve on its own.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="ttd_d2",
+    version="0.1.0",
+    description="Text-Tag Self-Distillation for CLIP-based dense models, as a Detectron2 plugin",
+    python_requires=">=3.9",
+    packages=find_packages(include=["ttd_d2", "ttd_d2.*"]),
+    package_data={"ttd_d2": ["model_configs/*.json"]},
+    install_requires=[
+        "torch>=2.0",
+        "open_clip_torch>=2.20",
+        "fvcore",
+        "pycocotools",
+        "nltk>=3.8",
+        "opencv-python-headless",
+        "tabulate",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest"]},
+)
