@@ -1,0 +1,32 @@
+"""Shared fixtures: a tiny random open_clip model built through the real config path."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+
+from ttd_d2 import add_ttd_config
+
+TINY_ARCH = str(Path(__file__).parent / "fixtures" / "tiny_clip.json")
+
+
+@pytest.fixture
+def tiny_cfg():
+    """A ttd_d2 config for the tiny test CLIP (random init, CPU)."""
+    torch.manual_seed(0)
+    cfg = get_cfg()
+    add_ttd_config(cfg)
+    cfg.MODEL.META_ARCHITECTURE = "TTD"
+    cfg.MODEL.BACKBONE.NAME = "CLIPDense"
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.CLIP.ARCH = TINY_ARCH
+    cfg.MODEL.CLIP.PRETRAINED = ""
+    return cfg
+
+
+def pytest_configure(config):
+    if "NLTK_DATA" not in os.environ:
+        shared = Path(__file__).resolve().parents[2] / "shared" / "nltk_data"
+        if shared.is_dir():
+            os.environ["NLTK_DATA"] = str(shared)

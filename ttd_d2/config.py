@@ -1,0 +1,98 @@
+"""Config keys of ttd_d2: one node per component, a comment per key."""
+from detectron2.config import CfgNode as CN
+
+
+def add_ttd_config(cfg):
+    """Add the ttd_d2 nodes (``MODEL.CLIP``, ``MODEL.TTD``, ``MODEL.SEG_INFERENCE``) to ``cfg``."""
+    # ---------------------------------------------------------------- CLIP backbone
+    cfg.MODEL.CLIP = CN()
+    # open_clip model name (e.g. "ViT-B-16") or a path to an open_clip-style JSON model config
+    # (a relative path is looked up in the working directory, then in ttd_d2/model_configs/).
+    cfg.MODEL.CLIP.ARCH = "ViT-B-16"
+    # open_clip pretrained tag (e.g. "openai"), a local checkpoint file, or "" for random init.
+    cfg.MODEL.CLIP.PRETRAINED = ""
+    # Folder where open_clip caches downloaded weights ("" = open_clip's default).
+    cfg.MODEL.CLIP.CACHE_DIR = ""
+    # Training-free dense head applied to the last ViT block:
+    # vanilla | maskclip | sclip | clearclip | naclip.
+    cfg.MODEL.CLIP.DENSE_MODE = "maskclip"
+    # Attention temperature of the sclip/clearclip/naclip heads (0 = 1/sqrt(head_dim)).
+    cfg.MODEL.CLIP.ATTN_SCALE = 0.0
+    # Standard deviation, in patches, of NACLIP's Gaussian neighbourhood prior.
+    cfg.MODEL.CLIP.NACLIP_SIGMA = 5.0
+    # Prompt templates for tags and class names ("{}" = the word); embeddings are averaged.
+    cfg.MODEL.CLIP.PROMPT_TEMPLATES = ["a photo of a {}."]
+    # Weight of CLIP's own contrastive loss in training (0 = off). With MODEL.TTD.ENABLED False
+    # and a positive weight, training is plain CLIP (pre)training of all weights.
+    cfg.MODEL.CLIP.CONTRASTIVE_WEIGHT = 0.0
+    # Run the towers under bf16 autocast on CUDA (CPU always runs fp32).
+    cfg.MODEL.CLIP.BF16 = True
+
+    # ---------------------------------------------------------------- masker
+    cfg.MODEL.MASKER = CN()
+    # Initial scale w of the masker sigmoid(w * cos + b) (TCL's value).
+    cfg.MODEL.MASKER.INIT_W = 10.0
+    # Initial bias b of the masker.
+    cfg.MODEL.MASKER.INIT_B = -2.5
+
+    # ---------------------------------------------------------------- TTD
+    cfg.MODEL.TTD = CN()
+    # Master switch: train with text-tag self-distillation (LoRA adapters, TTD losses, hook).
+    cfg.MODEL.TTD.ENABLED = False
+    # Tag scoring used to select tags: s_pixel | s_image | s_text | image_text | nltk.
+    cfg.MODEL.TTD.TAG_SCORING = "s_pixel"
+    # A tag is selected when its score >= this threshold (ignored by "nltk").
+    cfg.MODEL.TTD.TAG_THRESHOLD = 0.5
+    # Drop NLTK English stopwords from the candidate tags.
+    cfg.MODEL.TTD.REMOVE_STOPWORDS = True
+    # Where distillation targets come from: self (the model being trained) | frozen (the
+    # base model = adapters off) | ema (an exponential moving average of the adapters).
+    cfg.MODEL.TTD.TEACHER = "frozen"
+    # EMA decay of the "ema" teacher's adapters.
+    cfg.MODEL.TTD.EMA_DECAY = 0.999
+    cfg.MODEL.TTD.LOSS = CN()
+    # Distance between masks: l1 | mse | bce.
+    cfg.MODEL.TTD.LOSS.DISTANCE = "l1"
+    # Weight a of L_distill (caption mask vs the union of selected tag masks), Eq. 4.
+    cfg.MODEL.TTD.LOSS.DISTILL_WEIGHT = 1.0
+    # Weight b of L_tag (each tag mask vs its own target), Eq. 5.
+    cfg.MODEL.TTD.LOSS.TAG_WEIGHT = 1.0
+    cfg.MODEL.TTD.LORA = CN()
+    # Rank of the LoRA adapters.
+    cfg.MODEL.TTD.LORA.RANK = 8
+    # LoRA alpha; the adapter output is scaled by ALPHA / RANK.
+    cfg.MODEL.TTD.LORA.ALPHA = 16.0
+    # Adapted projections in each block: attn.in_proj, attn.out_proj, mlp.c_fc, mlp.c_proj.
+    cfg.MODEL.TTD.LORA.TARGETS = ["attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj"]
+    # Towers that get adapters: image, text.
+    cfg.MODEL.TTD.LORA.TOWERS = ["image", "text"]
+    # A LoRA-only checkpoint (from a TTD run) loaded after the base weights; "" = none.
+    cfg.MODEL.TTD.LORA.WEIGHTS = ""
+    # Fold the adapters into the base weights before inference (no extra inference cost).
+    cfg.MODEL.TTD.LORA.MERGE_FOR_INFERENCE = False
+
+    # ---------------------------------------------------------------- inference
+    cfg.MODEL.SEG_INFERENCE = CN()
+    # Sliding-window crop size in pixels of the resized input (0 = whole image at once).
+    cfg.MODEL.SEG_INFERENCE.SLIDE_CROP = 0
+    # Sliding-window stride in pixels.
+    cfg.MODEL.SEG_INFERENCE.SLIDE_STRIDE = 0
+    # Constant background score for datasets whose class 0 is "background"; a negative value
+    # uses the dataset's `background_threshold` metadata.
+    cfg.MODEL.SEG_INFERENCE.BACKGROUND_THRESHOLD = -1.0
+    # Average predictions with the horizontally flipped image.
+    cfg.MODEL.SEG_INFERENCE.FLIP = False
+    # Masker threshold that turns a caption's mask into its region (caption evaluation).
+    cfg.MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD = 0.5
+
+    # ---------------------------------------------------------------- solver
+    # Optimizer: ADAMW (CLIP and LoRA training) | SGD (detectron2's default).
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    # AdamW betas.
+    cfg.SOLVER.BETAS = (0.9, 0.98)
+
+    # ---------------------------------------------------------------- data
+    # Input size (square) of TTD / contrastive training images after augmentation.
+    cfg.INPUT.TRAIN_SIZE = 224
+    # Images are RGB (open_clip convention).
+    cfg.INPUT.FORMAT = "RGB"

@@ -1,0 +1,173 @@
+"""``CLIPDense``: an open_clip ViT as a Detectron2 backbone with training-free dense heads."""
+import contextlib
+from typing import Dict, List, Sequence, Tuple
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
+
+from .clip_loading import load_clip, resolve_arch
+from .dense_heads import DENSE_MODES, dense_last_block
+from .text_encoding import encode_tokens
+
+
+def interpolate_pos_embed(pos_embed: torch.Tensor, src_grid: Tuple[int, int], dst_grid: Tuple[int, int]) -> torch.Tensor:
+    """Bicubically resize a ViT positional embedding [1 + H*W, C] from ``src_grid`` to ``dst_grid``."""
+    if tuple(src_grid) == tuple(dst_grid):
+        return pos_embed
+    cls_pos, grid_pos = pos_embed[:1], pos_embed[1:]
+    grid_pos = grid_pos.reshape(1, src_grid[0], src_grid[1], -1).permute(0, 3, 1, 2)
+    grid_pos = F.interpolate(grid_pos.float(), size=dst_grid, mode="bicubic", align_corners=False)
+    grid_pos = grid_pos.permute(0, 2, 3, 1).reshape(dst_grid[0] * dst_grid[1], -1).to(pos_embed.dtype)
+    return torch.cat([cls_pos, grid_pos], dim=0)
+
+
+@BACKBONE_REGISTRY.register()
+class CLIPDense(Backbone):
+    """open_clip CLIP whose image tower returns dense patch embeddings in the joint space.
+
+    ``forward(x)`` on a normalised image [B, 3, H, W] of any size returns
+    ``{"dense": [B, D, H/p, W/p], "global": [B, D]}``: ``dense`` from the last block run as
+    the chosen dense head, ``global`` the model's own pooled embedding (vanilla last block).
+    ``encode_text`` embeds strings in the same space. The open_clip model is ``self.clip``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        clip_model: torch.nn.Module,
+        tokenizer,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        dense_mode: str = "maskclip",
+        attn_scale: float = 0.0,
+        naclip_sigma: float = 5.0,
+        prompt_templates: Sequence[str] = ("a photo of a {}.",),
+        bf16: bool = True,
+    ):
+        """
+        Args:
+            clip_model: an open_clip ``CLIP`` with a ``VisionTransformer`` image tower.
+            tokenizer: open_clip tokenizer of that model (callable: list[str] -> [N, L] ids).
+            pixel_mean, pixel_std: normalisation of [0, 255] RGB input, from open_clip's
+                preprocessing config.
+            dense_mode: one of ``DENSE_MODES``.
+            attn_scale: temperature of the self-self attention heads (0 = 1/sqrt(head_dim)).
+            naclip_sigma: NACLIP Gaussian prior's standard deviation in patches.
+            prompt_templates: templates averaged by ``encode_text(..., use_templates=True)``.
+            bf16: autocast the towers to bfloat16 on CUDA.
+        """
+        super().__init__()
+        if dense_mode not in DENSE_MODES:
+            raise ValueError(f"MODEL.CLIP.DENSE_MODE '{dense_mode}' unknown; choose one of {DENSE_MODES}")
+        if not prompt_templates or any("{}" not in t for t in prompt_templates):
+            raise ValueError(f"MODEL.CLIP.PROMPT_TEMPLATES must be non-empty strings with '{{}}': {prompt_templates}")
+        self.clip = clip_model
+        self.tokenizer = tokenizer
+        self.dense_mode = dense_mode
+        self.attn_scale = attn_scale
+        self.naclip_sigma = naclip_sigma
+        self.prompt_templates = list(prompt_templates)
+        self.bf16 = bf16
+        self.pixel_mean = [255.0 * m for m in pixel_mean]
+        self.pixel_std = [255.0 * s for s in pixel_std]
+        self.patch_size = tuple(self.clip.visual.patch_size)
+        self.embed_dim = self.clip.visual.output_dim
+        self._out_features = ["dense"]
+        self._out_feature_channels = {"dense": self.embed_dim}
+        self._out_feature_strides = {"dense": self.patch_size[0]}
+
+    @classmethod
+    def from_config(cls, cfg, input_shape=None):
+        model, preprocess = load_clip(cfg.MODEL.CLIP.ARCH, cfg.MODEL.CLIP.PRETRAINED, cfg.MODEL.CLIP.CACHE_DIR)
+        return {
+            "clip_model": model,
+            "tokenizer": open_clip.get_tokenizer(resolve_arch(cfg.MODEL.CLIP.ARCH)),
+            "pixel_mean": preprocess["mean"],
+            "pixel_std": preprocess["std"],
+            "dense_mode": cfg.MODEL.CLIP.DENSE_MODE,
+            "attn_scale": cfg.MODEL.CLIP.ATTN_SCALE,
+            "naclip_sigma": cfg.MODEL.CLIP.NACLIP_SIGMA,
+            "prompt_templates": cfg.MODEL.CLIP.PROMPT_TEMPLATES,
+            "bf16": cfg.MODEL.CLIP.BF16,
+        }
+
+    @property
+    def size_divisibility(self) -> int:
+        return self.patch_size[0]
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """CLIP's temperature tau = exp(logit_scale), a scalar tensor."""
+        return self.clip.logit_scale.exp()
+
+    def autocast(self, device: torch.device):
+        """bf16 autocast on CUDA when enabled, a no-op otherwise."""
+        if self.bf16 and device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def embed_patches(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Patch + class + (interpolated) positional embeddings, then ln_pre: [B, 1 + h*w, C]."""
+        visual = self.clip.visual
+        tokens = visual.conv1(x)
+        grid = tuple(tokens.shape[-2:])
+        tokens = tokens.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
+        tokens = torch.cat([cls, tokens], dim=1)
+        tokens = tokens + interpolate_pos_embed(visual.positional_embedding, visual.grid_size, grid).to(tokens.dtype)
+        return visual.ln_pre(tokens), grid
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The model's own global embedding [B, D] from last-block tokens [B, 1 + h*w, C]."""
+        visual = self.clip.visual
+        if visual.attn_pool is not None:
+            raise NotImplementedError("attentional pooling towers are not supported by CLIPDense")
+        if visual.final_ln_after_pool:
+            pooled = visual.ln_post(tokens[:, 1:].mean(1) if visual.pool_type == "avg" else tokens[:, 0])
+        else:
+            tokens = visual.ln_post(tokens)
+            pooled = tokens[:, 1:].mean(1) if visual.pool_type == "avg" else tokens[:, 0]
+        return pooled @ visual.proj
+
+    def forward(self, x: torch.Tensor, with_global: bool = True) -> Dict[str, torch.Tensor]:
+        """x: normalised images [B, 3, H, W] -> {"dense": [B, D, H/p, W/p], "global": [B, D]}
+        (fp32). ``with_global=False`` skips the vanilla last block when only "dense" is needed."""
+        visual = self.clip.visual
+        with self.autocast(x.device):
+            tokens, grid = self.embed_patches(x)
+            *blocks, last = visual.transformer.resblocks
+            for block in blocks:
+                tokens = block(tokens)
+            vanilla = last(tokens) if with_global or self.dense_mode == "vanilla" else None
+            if self.dense_mode == "vanilla":
+                dense_tokens = vanilla
+            else:
+                dense_tokens = dense_last_block(last, tokens, self.dense_mode, grid, self.attn_scale, self.naclip_sigma)
+            dense = visual.ln_post(dense_tokens[:, 1:]) @ visual.proj
+            out = {"dense": dense.float().transpose(1, 2).reshape(x.shape[0], -1, *grid)}
+            if with_global:
+                out["global"] = self.pool(vanilla).float()
+        return out
+
+    def tokenize(self, texts: List[str]) -> torch.Tensor:
+        """Token ids [N, L] on the model's device (captions longer than the context are truncated)."""
+        return self.tokenizer(list(texts)).to(self.clip.logit_scale.device)
+
+    def encode_text(self, texts: List[str], use_templates: bool = False, chunk_size: int = 4096) -> torch.Tensor:
+        """L2-normalised text embeddings [N, D]; with ``use_templates`` each text is put through
+        every prompt template and the normalised embeddings are averaged (then renormalised)."""
+        templates = self.prompt_templates if use_templates else ["{}"]
+        prompts = [t.format(text) for text in texts for t in templates]
+        if not prompts:
+            return torch.zeros(0, self.embed_dim, device=self.clip.logit_scale.device)
+        tokens = self.tokenize(prompts)
+        with self.autocast(tokens.device):
+            chunks = [encode_tokens(self.clip, tokens[i : i + chunk_size]) for i in range(0, len(tokens), chunk_size)]
+        emb = F.normalize(torch.cat(chunks).float(), dim=-1)
+        emb = emb.view(len(texts), len(templates), -1).mean(1)
+        return F.normalize(emb, dim=-1)
+

@@ -1,0 +1,96 @@
+"""Build an open_clip model from ``MODEL.CLIP.{ARCH,PRETRAINED,CACHE_DIR}`` with errors that
+name the fix (unknown architecture, missing file, weights not cached offline)."""
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Tuple
+
+import open_clip
+import torch
+from detectron2.utils import comm
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_MODEL_CONFIGS = Path(__file__).resolve().parents[2] / "model_configs"
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+
+
+def resolve_arch(arch: str) -> str:
+    """Return an open_clip model name for ``arch``: a known name, or a JSON model config file
+    (looked up as given, then in ttd_d2/model_configs/) registered under its file stem."""
+    if arch.endswith(".json"):
+        candidates = [Path(arch), PACKAGE_MODEL_CONFIGS / arch, PACKAGE_MODEL_CONFIGS / Path(arch).name]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise FileNotFoundError(
+                f"MODEL.CLIP.ARCH: model config '{arch}' not found (looked in the working "
+                f"directory and {PACKAGE_MODEL_CONFIGS}). Give a path to an open_clip-style JSON "
+                "with 'embed_dim', 'vision_cfg' and 'text_cfg'."
+            )
+        with open(path) as f:
+            cfg = json.load(f)
+        if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+            raise ValueError(f"{path}: an open_clip model config needs embed_dim, vision_cfg, text_cfg")
+        if path.stem not in open_clip.list_models():
+            open_clip.add_model_config(path)
+        return path.stem
+    if arch not in open_clip.list_models():
+        close = [m for m in open_clip.list_models() if arch.lower().split("-")[0] in m.lower()][:8]
+        raise ValueError(
+            f"MODEL.CLIP.ARCH '{arch}' is not an open_clip model. Use a name from "
+            f"open_clip.list_models() (e.g. {', '.join(close) or 'ViT-B-16'}) or a path to a JSON "
+            "model config."
+        )
+    return arch
+
+
+def _check_pretrained(name: str, pretrained: str) -> None:
+    looks_like_file = os.sep in pretrained or pretrained.endswith(_CHECKPOINT_SUFFIXES)
+    if looks_like_file and not os.path.isfile(pretrained):
+        raise FileNotFoundError(
+            f"MODEL.CLIP.PRETRAINED: checkpoint file '{pretrained}' does not exist. Give an "
+            "existing local file, an open_clip tag, or '' for random init."
+        )
+    if not looks_like_file and pretrained not in open_clip.list_pretrained_tags_by_model(name):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise ValueError(
+            f"MODEL.CLIP.PRETRAINED '{pretrained}' is not an open_clip tag of {name} "
+            f"(known: {tags or 'none'}) nor an existing file."
+        )
+
+
+def _create(name: str, pretrained: str, cache_dir: str) -> torch.nn.Module:
+    try:
+        return open_clip.create_model(name, pretrained=pretrained or None, cache_dir=cache_dir or None)
+    except RuntimeError as e:
+        if "download" not in str(e).lower():
+            raise
+        raise RuntimeError(
+            f"Weights '{pretrained}' of {name} are not in the cache and could not be downloaded "
+            f"({e}). Offline, download the checkpoint on a machine with network (e.g. "
+            f"open_clip.create_model('{name}', pretrained='{pretrained}', cache_dir=DIR)) and set "
+            "MODEL.CLIP.CACHE_DIR to DIR, or set MODEL.CLIP.PRETRAINED to the local checkpoint file."
+        ) from e
+
+
+def load_clip(arch: str, pretrained: str = "", cache_dir: str = "") -> Tuple[torch.nn.Module, dict]:
+    """Create the open_clip model and return it with its preprocessing config (mean, std, size).
+
+    In distributed runs the local master loads (and maybe downloads) first, then the others.
+    """
+    name = resolve_arch(arch)
+    if pretrained:
+        _check_pretrained(name, pretrained)
+    if comm.get_local_rank() != 0:
+        comm.synchronize()
+    model = _create(name, pretrained, cache_dir)
+    if comm.get_local_rank() == 0:
+        comm.synchronize()
+    if not isinstance(getattr(model, "visual", None), open_clip.transformer.VisionTransformer):
+        raise ValueError(
+            f"MODEL.CLIP.ARCH '{arch}': ttd_d2's dense heads need an open_clip ViT image tower "
+            f"(open_clip.transformer.VisionTransformer), got {type(getattr(model, 'visual', None)).__name__}."
+        )
+    logger.info("Built open_clip %s (pretrained=%r)", name, pretrained or None)
+    return model, open_clip.get_model_preprocess_cfg(model)
