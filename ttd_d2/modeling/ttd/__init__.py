@@ -1,0 +1,33 @@
+"""TTD (Text-Tag Self-Distillation): tags, tag scores, distillation targets and losses."""
+from .losses import DISTANCES, distillation_targets, mask_distance, masker, minmax_normalize, ttd_losses
+from .scoring import (
+    SCORING_METHODS,
+    combined_image_text_scores,
+    cosine_maps,
+    image_tag_scores,
+    pixel_tag_scores,
+    score_tags,
+    select_tags,
+    text_tag_scores,
+)
+from .tags import caption_to_tags, nltk_noun_adjective_mask, pad_tag_batch
+
+__all__ = [
+    "DISTANCES",
+    "SCORING_METHODS",
+    "caption_to_tags",
+    "combined_image_text_scores",
+    "cosine_maps",
+    "distillation_targets",
+    "image_tag_scores",
+    "mask_distance",
+    "masker",
+    "minmax_normalize",
+    "nltk_noun_adjective_mask",
+    "pad_tag_batch",
+    "pixel_tag_scores",
+    "score_tags",
+    "select_tags",
+    "text_tag_scores",
+    "ttd_losses",
+]
