@@ -1,0 +1,13 @@
+"""Evaluators and metrics of the TTD evaluation protocols (see TTD_METHOD.md)."""
+from .caption_seg import CaptionSegEvaluator, build_caption_evaluators
+from .tag_selection import TagSelectionEvaluator
+from .text_bias import TextBiasEvaluator
+from .zero_shot import ZeroShotEvaluator
+
+__all__ = [
+    "TagSelectionEvaluator",
+    "CaptionSegEvaluator",
+    "TextBiasEvaluator",
+    "ZeroShotEvaluator",
+    "build_caption_evaluators",
+]

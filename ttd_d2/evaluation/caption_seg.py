@@ -1,0 +1,154 @@
+"""Text-level (caption) segmentation evaluator (CC3M-TagMask protocol 2)."""
+import itertools
+import logging
+from collections import OrderedDict
+from typing import List
+
+import numpy as np
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
+from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
+from PIL import Image
+from tabulate import tabulate
+
+from .metrics import (
+    binary_confusion,
+    coverage_percent,
+    foreground_iou,
+    mean_or_nan,
+    object_overlaps,
+    to_numpy,
+    two_class_segmentation_rates,
+)
+from .tag_selection import TagSelectionEvaluator
+from .text_bias import TextBiasEvaluator
+from .zero_shot import ZeroShotEvaluator
+
+
+def read_label_png(file_name: str) -> np.ndarray:
+    """Single-channel label PNG (8 or 16 bit) -> Int[H, W]; no EXIF transform, no resize."""
+    with PathManager.open(file_name, "rb") as f:
+        label = np.asarray(Image.open(f)).astype(np.int64)
+    if label.ndim != 2:
+        raise ValueError(f"{file_name}: expected a single-channel label PNG, got {label.shape}")
+    return label
+
+
+def check_same_shape(record: dict, **arrays) -> None:
+    """Raise a clear ValueError unless all arrays are [record height, record width]."""
+    expected = (int(record["height"]), int(record["width"]))
+    wrong = {name: a.shape for name, a in arrays.items() if tuple(a.shape) != expected}
+    if wrong:
+        raise ValueError(
+            f"{record.get('file_name', '?')}: expected masks of (height, width) = {expected}, "
+            f"got {wrong}; the model must output caption_mask at the original image size"
+        )
+
+
+def caption_image_statistics(pred, gt_caption, instance_mask, objects) -> dict:
+    """Small per-image statistics for ``summarize_caption_statistics``.
+
+    pred, gt_caption: Bool[H, W]; instance_mask: Int[H, W] (i = objects[i-1]).
+    Returns {"counts": (tp, fp, fn, tn) of the caption class,
+             "dominant": [(inter, area)], "secondary": [(inter, area)]}.
+    """
+    overlaps = object_overlaps(pred, instance_mask, len(objects))
+    return {
+        "counts": binary_confusion(pred, gt_caption),
+        "dominant": [o for o, obj in zip(overlaps, objects) if obj.get("dominant", False)],
+        "secondary": [o for o, obj in zip(overlaps, objects) if not obj.get("dominant", False)],
+    }
+
+
+def summarize_caption_statistics(stats: List[dict]) -> "OrderedDict[str, float]":
+    """Dataset metrics from per-image statistics.
+
+    CaptionIoU (percent), mFPR, mFNR (fractions) from counts summed over the dataset;
+    IoU-background / IoU-caption (percent); CaptionIoU_per_caption = mean over images of
+    the caption-class IoU (percent, 100 when prediction and GT are both empty);
+    coverage_dominant = mean over images with a non-empty dominant object of the covered
+    fraction of the dominant object(s) (percent); coverage_secondary = mean over all
+    non-empty secondary objects (percent).
+    """
+    counts = np.array([s["counts"] for s in stats], dtype=np.int64).reshape(-1, 4).sum(axis=0)
+    rates = two_class_segmentation_rates(*(int(c) for c in counts))
+    per_caption_iou = [foreground_iou(*s["counts"][:3]) for s in stats]
+    dominant_per_image = [
+        (sum(i for i, _ in s["dominant"]), sum(a for _, a in s["dominant"])) for s in stats
+    ]
+    secondary_objects = [o for s in stats for o in s["secondary"]]
+    return OrderedDict(
+        [
+            ("CaptionIoU", rates["CaptionIoU"]),
+            ("mFPR", rates["mFPR"]),
+            ("mFNR", rates["mFNR"]),
+            ("IoU-background", 100.0 * float(rates["IoU"][0])),
+            ("IoU-caption", 100.0 * float(rates["IoU"][1])),
+            ("CaptionIoU_per_caption", 100.0 * mean_or_nan(per_caption_iou)),
+            ("coverage_dominant", coverage_percent(dominant_per_image)),
+            ("coverage_secondary", coverage_percent(secondary_objects)),
+        ]
+    )
+
+
+class CaptionSegEvaluator(DatasetEvaluator):
+    """Caption-mask segmentation: results ``{"caption_seg": summarize_caption_statistics}``.
+
+    Predicted caption region = ``output["caption_mask"] >= mask_threshold``; GT caption
+    region = caption PNG value > 0; objects from the instance PNG (value i = objects[i-1]).
+    """
+
+    def __init__(self, dataset_name: str, mask_threshold: float = 0.5, distributed=True):
+        self._dataset_name = dataset_name
+        self._mask_threshold = float(mask_threshold)
+        self._distributed = distributed
+        self._logger = logging.getLogger(__name__)
+        self.reset()
+
+    def reset(self):
+        self._per_image: List[dict] = []
+
+    def process(self, inputs, outputs):
+        for record, output in zip(inputs, outputs):
+            pred = to_numpy(output["caption_mask"]).astype(np.float32) >= self._mask_threshold
+            gt_caption = read_label_png(record["caption_mask_file"]) > 0
+            instance_mask = read_label_png(record["instance_mask_file"])
+            check_same_shape(
+                record, caption_mask=pred, gt_caption_mask=gt_caption, instance_mask=instance_mask
+            )
+            self._per_image.append(
+                caption_image_statistics(pred, gt_caption, instance_mask, record["objects"])
+            )
+
+    def evaluate(self):
+        per_image = self._per_image
+        if self._distributed:
+            comm.synchronize()
+            per_image = list(itertools.chain(*comm.gather(per_image, dst=0)))
+            if not comm.is_main_process():
+                return None
+        if not per_image:
+            self._logger.warning(f"CaptionSegEvaluator on {self._dataset_name}: no images")
+        results = summarize_caption_statistics(per_image)
+        table = tabulate(
+            [list(results.values())], headers=list(results), tablefmt="pipe", floatfmt=".3f"
+        )
+        self._logger.info(
+            f"Text-level segmentation on {self._dataset_name} ({len(per_image)} images, "
+            f"mask threshold {self._mask_threshold}):\n{table}"
+        )
+        return OrderedDict(caption_seg=results)
+
+
+def build_caption_evaluators(dataset_name: str, output_dir=None, *, distributed=True):
+    """All four caption-dataset evaluators (tag selection, caption segmentation, text bias,
+    zero-shot) combined. ``output_dir`` is accepted for the ``build_evaluator(cfg,
+    dataset_name, output_folder)`` convention and is not used (results are returned)."""
+    return DatasetEvaluators(
+        [
+            TagSelectionEvaluator(dataset_name, distributed=distributed),
+            CaptionSegEvaluator(dataset_name, distributed=distributed),
+            TextBiasEvaluator(dataset_name, distributed=distributed),
+            ZeroShotEvaluator(dataset_name, distributed=distributed),
+        ]
+    )
