@@ -1,0 +1,374 @@
+"""Tests for ttd_d2.modeling.lora on a tiny randomly initialised open_clip CLIP (CPU)."""
+
+import copy
+import io
+
+import open_clip
+import pytest
+import torch
+from torch.nn.utils import parametrize
+
+from ttd_d2.modeling.lora import (
+    VALID_TARGETS,
+    LoRALinear,
+    LoRAParametrization,
+    add_lora,
+    add_lora_to_blocks,
+    iter_lora_modules,
+    load_lora_state_dict,
+    lora_disabled,
+    lora_ema_update,
+    lora_parameters,
+    lora_state_dict,
+    lora_swapped,
+    merge_lora,
+)
+
+VISION_CFG = dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32)
+TEXT_CFG = dict(context_length=16, vocab_size=100, width=32, heads=2, layers=2)
+N_ADAPTED = 2 * 2 * 4  # towers * layers * targets
+
+
+def _tiny_clip(seed=0):
+    torch.manual_seed(seed)
+    return open_clip.CLIP(embed_dim=32, vision_cfg=VISION_CFG, text_cfg=TEXT_CFG).eval()
+
+
+def _frozen(model):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    g = torch.Generator().manual_seed(123)
+    return torch.randn(2, 3, 32, 32, generator=g), torch.randint(0, 100, (2, 16), generator=g)
+
+
+def _outputs(model, inputs, grad=False):
+    img, txt = inputs
+    with torch.set_grad_enabled(grad):
+        return model.encode_image(img), model.encode_text(txt)
+
+
+def _equal(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _close(a, b, atol=1e-5):
+    return all(torch.allclose(x, y, atol=atol, rtol=1e-4) for x, y in zip(a, b))
+
+
+def _perturb(model, seed=1, std=0.2):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in lora_parameters(model):
+            p.add_(torch.randn(p.shape, generator=g) * std)
+
+
+@pytest.fixture
+def pair():
+    """(reference base model with frozen params, same model with rank-4 LoRA)."""
+    ref = _frozen(_tiny_clip())
+    model = copy.deepcopy(ref)
+    names = add_lora(model, rank=4, alpha=8.0)
+    return ref, model, names
+
+
+def test_names_and_trainable_params(pair):
+    ref, model, names = pair
+    assert len(names) == N_ADAPTED
+    assert "visual.transformer.resblocks.0.attn.in_proj_weight" in names
+    assert "visual.transformer.resblocks.1.attn.out_proj.weight" in names
+    assert "transformer.resblocks.1.mlp.c_fc.weight" in names
+    assert "transformer.resblocks.0.mlp.c_proj.weight" in names
+    assert [n for n, _ in iter_lora_modules(model)] == names
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in lora_parameters(model)}
+    assert len(trainable) == 2 * N_ADAPTED
+    # adapter kinds: parametrization for attention weights, side branch for the MLP
+    blk = model.visual.transformer.resblocks[0]
+    assert parametrize.is_parametrized(blk.attn, "in_proj_weight")
+    assert parametrize.is_parametrized(blk.attn.out_proj, "weight")
+    assert isinstance(blk.mlp.c_fc, LoRALinear) and isinstance(blk.mlp.c_proj, LoRALinear)
+    assert blk.get_weight_dtype() == torch.float32  # reads mlp.c_fc.weight
+
+
+def test_zero_init_is_noop(pair, inputs):
+    ref, model, _ = pair
+    assert _equal(_outputs(model, inputs), _outputs(ref, inputs))
+    assert _close(_outputs(model, inputs), _outputs(_tiny_clip(), inputs))
+
+
+def test_perturbed_changes_and_disabled_restores(pair, inputs):
+    ref, model, _ = pair
+    base = _outputs(ref, inputs)
+    _perturb(model)
+    adapted = _outputs(model, inputs)
+    for a, b in zip(adapted, base):
+        assert (a - b).abs().max() > 1e-3
+    with lora_disabled(model):
+        assert _equal(_outputs(model, inputs), base)
+        assert _equal(_outputs(model, inputs, grad=True), _outputs(ref, inputs, grad=True))
+        with lora_disabled(model):  # nested
+            pass
+        assert all(not m.enabled for _, m in iter_lora_modules(model))
+    assert _equal(_outputs(model, inputs), adapted)
+    with pytest.raises(RuntimeError, match="boom"):
+        with lora_disabled(model):
+            raise RuntimeError("boom")
+    assert all(m.enabled for _, m in iter_lora_modules(model))
+    assert _equal(_outputs(model, inputs), adapted)
+
+
+def test_direct_attribute_access_sees_lora(pair):
+    ref, model, _ = pair
+    _perturb(model)
+    blk, rblk = model.visual.transformer.resblocks[1], ref.visual.transformer.resblocks[1]
+    (_, p_in), (_, p_out) = [
+        (n, m) for n, m in iter_lora_modules(model)
+        if n.startswith("visual.transformer.resblocks.1.attn")
+    ]
+    s = p_in.scaling
+    assert s == 2.0
+    assert torch.allclose(blk.attn.in_proj_weight,
+                          rblk.attn.in_proj_weight + s * p_in.lora_B @ p_in.lora_A)
+    assert torch.allclose(blk.attn.out_proj.weight,
+                          rblk.attn.out_proj.weight + s * p_out.lora_B @ p_out.lora_A)
+    x = torch.randn(5, 64)
+    assert not torch.allclose(blk.attn.out_proj(x), rblk.attn.out_proj(x))
+    assert not torch.allclose(blk.mlp(x), rblk.mlp(x))
+    # LoRALinear exposes the (unmerged) base weight/bias
+    assert blk.mlp.c_fc.weight is blk.mlp.c_fc.base.weight
+    assert torch.equal(blk.mlp.c_fc.bias, rblk.mlp.c_fc.bias)
+    with lora_disabled(model):
+        assert torch.equal(blk.attn.in_proj_weight, rblk.attn.in_proj_weight)
+        assert torch.equal(blk.mlp(x), rblk.mlp(x))
+
+
+def test_only_lora_gets_gradients(pair, inputs):
+    _, model, _ = pair
+    _perturb(model)  # non-zero B so that A receives a non-zero gradient too
+    model.train()
+    img, txt = _outputs(model, inputs, grad=True)
+    (img.sum() + txt.square().sum()).backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None, name
+
+
+def test_merge_equals_unmerged(pair, inputs):
+    ref, model, names = pair
+    _perturb(model)
+    adapted = _outputs(model, inputs)
+    merged_names = merge_lora(model)
+    assert sorted(merged_names) == sorted(names)
+    assert _close(_outputs(model, inputs), adapted)
+    assert not any(isinstance(m, (LoRALinear, LoRAParametrization)) for m in model.modules())
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    assert lora_state_dict(model) == {}
+    assert type(model.visual.transformer.resblocks[0].attn) is torch.nn.MultiheadAttention
+    assert sorted(model.state_dict()) == sorted(ref.state_dict())  # plain names (order may differ)
+    # a merged model loads into / from a plain open_clip model
+    plain = _tiny_clip(seed=5)
+    plain.load_state_dict(model.state_dict())
+    assert _close(_outputs(plain, inputs), adapted)
+
+
+def test_state_dict_roundtrip(pair, inputs):
+    ref, model, _ = pair
+    _perturb(model)
+    sd = lora_state_dict(model)
+    assert len(sd) == 2 * N_ADAPTED
+    assert sd["visual.transformer.resblocks.0.attn.in_proj_weight.lora_A"].shape == (4, 64)
+    assert sd["visual.transformer.resblocks.0.attn.in_proj_weight.lora_B"].shape == (192, 4)
+    assert sd["transformer.resblocks.0.mlp.c_fc.weight.lora_B"].shape == (128, 4)
+    assert all(not t.requires_grad for t in sd.values())
+    fresh = copy.deepcopy(ref)
+    add_lora(fresh, rank=4, alpha=8.0)
+    assert not _equal(_outputs(fresh, inputs), _outputs(model, inputs))
+    res = load_lora_state_dict(fresh, sd)
+    assert res.missing_keys == [] and res.unexpected_keys == []
+    assert _equal(_outputs(fresh, inputs), _outputs(model, inputs))
+
+
+def test_torch_save_roundtrip(pair, inputs, tmp_path):
+    ref, model, _ = pair
+    _perturb(model)
+    path = tmp_path / "lora.pt"
+    torch.save(lora_state_dict(model), path)
+    loaded = torch.load(path, weights_only=True)
+    fresh = copy.deepcopy(ref)
+    add_lora(fresh, rank=4, alpha=8.0)
+    load_lora_state_dict(fresh, loaded)
+    assert _equal(_outputs(fresh, inputs), _outputs(model, inputs))
+    buf = io.BytesIO()
+    torch.save(ref.state_dict(), buf)
+    assert path.stat().st_size < 0.25 * buf.getbuffer().nbytes
+
+
+def test_plain_checkpoint_loads_into_lora_model(pair, inputs):
+    ref, model, _ = pair
+    other = _frozen(_tiny_clip(seed=7))
+    res = model.load_state_dict(other.state_dict(), strict=False)
+    assert res.unexpected_keys == []
+    assert res.missing_keys and all(".lora_" in k for k in res.missing_keys)
+    with lora_disabled(model):
+        assert _equal(_outputs(model, inputs), _outputs(other, inputs))
+
+
+def test_strict_load_errors(pair):
+    _, model, _ = pair
+    sd = lora_state_dict(model)
+    missing = dict(sd)
+    key = next(iter(missing))
+    del missing[key]
+    with pytest.raises(KeyError, match="missing"):
+        load_lora_state_dict(model, missing)
+    extra = dict(sd, **{"foo.lora_A": torch.zeros(1)})
+    with pytest.raises(KeyError, match="unexpected"):
+        load_lora_state_dict(model, extra)
+    res = load_lora_state_dict(model, {**missing, "foo.lora_A": torch.zeros(1)}, strict=False)
+    assert res.missing_keys == [key] and res.unexpected_keys == ["foo.lora_A"]
+    other = _frozen(_tiny_clip())
+    add_lora(other, rank=2, alpha=8.0)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        load_lora_state_dict(model, lora_state_dict(other))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        load_lora_state_dict(model, lora_state_dict(other), strict=False)
+
+
+def test_ema_update_math(pair):
+    _, model, _ = pair
+    ema = {}
+    lora_ema_update(ema, model, decay=0.9)
+    assert ema.keys() == lora_state_dict(model).keys()
+    old = {k: v.clone() for k, v in ema.items()}
+    _perturb(model)
+    live = lora_state_dict(model)
+    out = lora_ema_update(ema, model, decay=0.9)
+    assert out is ema
+    for k in ema:
+        torch.testing.assert_close(ema[k], 0.9 * old[k] + 0.1 * live[k])
+    # the EMA tensors are copies, not views of the live parameters
+    _perturb(model, seed=3)
+    for k in ema:
+        torch.testing.assert_close(ema[k], 0.9 * old[k] + 0.1 * live[k])
+    with pytest.raises(KeyError):
+        lora_ema_update({"foo": torch.zeros(1)}, model, decay=0.9)
+    with pytest.raises(ValueError):
+        lora_ema_update(ema, model, decay=1.5)
+
+
+def test_swapped_restores(pair, inputs):
+    ref, model, _ = pair
+    _perturb(model, seed=1)
+    other_state = lora_state_dict(model)
+    _perturb(model, seed=2)
+    live_state = lora_state_dict(model)
+    live_out = _outputs(model, inputs)
+    check = copy.deepcopy(ref)
+    add_lora(check, rank=4, alpha=8.0)
+    load_lora_state_dict(check, other_state)
+    with lora_swapped(model, other_state):
+        assert _equal(_outputs(model, inputs), _outputs(check, inputs))
+    assert _equal(_outputs(model, inputs), live_out)
+    with pytest.raises(RuntimeError, match="boom"):
+        with lora_swapped(model, other_state):
+            raise RuntimeError("boom")
+    for k, v in lora_state_dict(model).items():
+        assert torch.equal(v, live_state[k])
+    params = list(lora_parameters(model))
+    assert all(p.requires_grad for p in params)  # still the same trainable leaves
+
+
+def test_subset_targets_and_towers(inputs):
+    ref = _frozen(_tiny_clip())
+    model = copy.deepcopy(ref)
+    names = add_lora(model, rank=2, alpha=2.0, targets=["attn.in_proj", "mlp.c_proj"],
+                     towers=["image"])
+    assert len(names) == 2 * 2
+    assert all(n.startswith("visual.") for n in names)
+    _perturb(model)
+    img, txt = _outputs(model, inputs)
+    rimg, rtxt = _outputs(ref, inputs)
+    assert torch.equal(txt, rtxt) and not torch.allclose(img, rimg)
+    # a second call may adapt the other tower; earlier adapters stay trainable
+    more = add_lora(model, rank=2, alpha=2.0, towers=["text"])
+    assert len(more) == 2 * 4
+    assert {id(p) for p in model.parameters() if p.requires_grad} == {
+        id(p) for p in lora_parameters(model)}
+    assert len(list(lora_parameters(model))) == 2 * (4 + 8)
+
+
+def test_add_lora_to_blocks_outside_towers(inputs):
+    model = _tiny_clip()
+    last = copy.deepcopy(model.visual.transformer.resblocks[-1])
+    names = add_lora_to_blocks([last], rank=2, alpha=4.0, prefix="head.")
+    assert names == ["head.0." + t.replace("attn.in_proj", "attn.in_proj_weight")
+                     + ("" if t == "attn.in_proj" else ".weight") for t in VALID_TARGETS]
+    x = torch.randn(2, 5, 64)
+    ref = model.visual.transformer.resblocks[-1]
+    assert torch.allclose(last(x), ref(x), atol=1e-6)
+
+
+def test_custom_text_clip_layout():
+    torch.manual_seed(0)
+    model = open_clip.CustomTextCLIP(embed_dim=32, vision_cfg=VISION_CFG, text_cfg=TEXT_CFG)
+    names = add_lora(model, rank=2, alpha=2.0, towers=["text"])
+    assert names and all(n.startswith("text.transformer.resblocks.") for n in names)
+
+
+def test_dropout_only_in_train_mode():
+    m = _frozen(_tiny_clip())
+    add_lora(m, rank=4, alpha=8.0, targets=["mlp.c_fc"], dropout=0.5)
+    _perturb(m)
+    lin = m.visual.transformer.resblocks[0].mlp.c_fc
+    x = torch.randn(3, 64)
+    lin.eval()
+    assert torch.equal(lin(x), lin(x))
+    lin.train()
+    assert not torch.equal(lin(x), lin(x))
+
+
+def test_deepcopy_and_double_add(pair, inputs):
+    _, model, _ = pair
+    _perturb(model)
+    clone = copy.deepcopy(model)
+    assert _equal(_outputs(clone, inputs), _outputs(model, inputs))
+    with pytest.raises(ValueError, match="already"):
+        add_lora(model, rank=4, alpha=8.0)
+    with pytest.raises(ValueError, match="already"):
+        add_lora(model, rank=4, alpha=8.0, targets=["mlp.c_fc"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(targets=["attn.qkv"]), "valid"),
+        (dict(targets=[]), "valid"),
+        (dict(targets="mlp.c_fc"), "not a string"),
+        (dict(towers=["audio"]), "valid"),
+        (dict(rank=0), "rank"),
+        (dict(rank=-2), "rank"),
+        (dict(rank=2.5), "rank"),
+        (dict(dropout=1.0), "dropout"),
+    ],
+)
+def test_invalid_args(kwargs, match):
+    model = _tiny_clip()
+    args = dict(rank=4, alpha=8.0)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        add_lora(model, **args)
+    # nothing was modified or frozen
+    assert not list(iter_lora_modules(model))
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_missing_tower_raises():
+    with pytest.raises(ValueError, match="tower"):
+        add_lora(torch.nn.Linear(3, 3), rank=2, alpha=2.0, towers=["image"])
