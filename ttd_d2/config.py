@@ -66,6 +66,9 @@ def add_ttd_config(cfg):
     cfg.MODEL.TTD.LORA.TARGETS = ["attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj"]
     # Towers that get adapters: image, text.
     cfg.MODEL.TTD.LORA.TOWERS = ["image", "text"]
+    # Adapt only the last N image blocks (0 = all). The blocks before them run once, without
+    # a graph, for both student and teacher: faster steps, fewer trainable weights.
+    cfg.MODEL.TTD.LORA.IMAGE_LAYERS = 0
     # A LoRA-only checkpoint (from a TTD run) loaded after the base weights; "" = none.
     cfg.MODEL.TTD.LORA.WEIGHTS = ""
     # Fold the adapters into the base weights before inference (no extra inference cost).

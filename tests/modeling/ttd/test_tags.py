@@ -104,12 +104,12 @@ def test_missing_stopwords_data_message(monkeypatch, tmp_path):
 
 
 def test_missing_tagger_data_message(monkeypatch):
-    import nltk
+    from ttd_d2.modeling.ttd import tags
 
     def missing(*args, **kwargs):
         raise LookupError("Resource averaged_perceptron_tagger_eng not found.")
 
-    monkeypatch.setattr(nltk, "pos_tag", missing)
+    monkeypatch.setattr(tags, "_pos_tagger", missing)
     with pytest.raises(LookupError, match="NLTK_DATA"):
         nltk_noun_adjective_mask("a dog", ["dog"])
 

@@ -136,10 +136,27 @@ class CLIPDense(Backbone):
     def forward(self, x: torch.Tensor, with_global: bool = True) -> Dict[str, torch.Tensor]:
         """x: normalised images [B, 3, H, W] -> {"dense": [B, D, H/p, W/p], "global": [B, D]}
         (fp32). ``with_global=False`` skips the vanilla last block when only "dense" is needed."""
-        visual = self.clip.visual
+        tokens, grid = self.forward_trunk(x, 0)
+        return self.forward_head(tokens, grid, 0, with_global)
+
+    def forward_trunk(self, x: torch.Tensor, num_blocks: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Embeddings and the first ``num_blocks`` blocks: tokens [B, 1 + h*w, C] and the grid (h, w).
+
+        Split from ``forward_head`` so that blocks without adapters run once for both the
+        student and the teacher of TTD."""
         with self.autocast(x.device):
             tokens, grid = self.embed_patches(x)
-            *blocks, last = visual.transformer.resblocks
+            for block in self.clip.visual.transformer.resblocks[:num_blocks]:
+                tokens = block(tokens)
+        return tokens, grid
+
+    def forward_head(
+        self, tokens: torch.Tensor, grid: Tuple[int, int], first_block: int, with_global: bool = True
+    ) -> Dict[str, torch.Tensor]:
+        """Blocks ``first_block``.. of ``forward_trunk`` tokens, the last one as the dense head."""
+        visual = self.clip.visual
+        with self.autocast(tokens.device):
+            *blocks, last = visual.transformer.resblocks[first_block:]
             for block in blocks:
                 tokens = block(tokens)
             vanilla = last(tokens) if with_global or self.dense_mode == "vanilla" else None
@@ -148,7 +165,7 @@ class CLIPDense(Backbone):
             else:
                 dense_tokens = dense_last_block(last, tokens, self.dense_mode, grid, self.attn_scale, self.naclip_sigma)
             dense = visual.ln_post(dense_tokens[:, 1:]) @ visual.proj
-            out = {"dense": dense.float().transpose(1, 2).reshape(x.shape[0], -1, *grid)}
+            out = {"dense": dense.float().transpose(1, 2).reshape(tokens.shape[0], -1, *grid)}
             if with_global:
                 out["global"] = self.pool(vanilla).float()
         return out

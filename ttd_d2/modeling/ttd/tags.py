@@ -79,17 +79,23 @@ def caption_to_tags(caption: str, remove_stopwords: bool = True) -> List[str]:
     return tags
 
 
+@functools.lru_cache(maxsize=1)
+def _pos_tagger():
+    """NLTK's English perceptron tagger, loaded once (``nltk.pos_tag`` reloads it per call)."""
+    from nltk.tag import PerceptronTagger
+
+    return PerceptronTagger()
+
+
 def nltk_noun_adjective_mask(caption: str, tags: Sequence[str]) -> List[bool]:
     """NLTK baseline (Table 2a): ``tags[k]`` is selected if any of its occurrences in the caption
     is POS-tagged as a noun (NN*) or an adjective (JJ*). Tags absent from the caption -> False.
     """
-    import nltk
-
     tokens = _tokenize(caption)
     if not tokens:
         return [False] * len(tags)
     try:
-        tagged = nltk.pos_tag(tokens)
+        tagged = _pos_tagger().tag(tokens)
     except LookupError as err:
         raise LookupError(f"{_NLTK_DATA_HINT}\n{err}") from None
     selected = {

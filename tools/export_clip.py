@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Export the open_clip weights of a ttd_d2 checkpoint as a plain open_clip checkpoint.
+
+    python tools/export_clip.py output/pretrain_tiny_clip/model_final.pth checkpoints/tiny_clip_synthetic.pt
+
+The result loads with ``MODEL.CLIP.PRETRAINED <file>`` or ``open_clip.create_model(arch,
+pretrained=<file>)``. Tensors are stored in fp16 by default (``--fp32`` to keep fp32).
+"""
+import argparse
+import os
+
+import torch
+
+PREFIX = "backbone.clip."
+
+
+def export(src: str, dst: str, fp16: bool = True) -> int:
+    """Write the ``backbone.clip.*`` tensors of ``src`` to ``dst``; returns the tensor count."""
+    if not os.path.isfile(src):
+        raise FileNotFoundError(f"checkpoint '{src}' does not exist")
+    state = torch.load(src, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    clip = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
+    if not clip:
+        raise ValueError(f"'{src}' holds no '{PREFIX}*' weights: is it a ttd_d2 checkpoint?")
+    if any(".parametrizations." in k or ".lora_" in k for k in clip):
+        raise ValueError("the checkpoint has LoRA adapters: export the base model, or merge them first")
+    if fp16:
+        clip = {k: v.half() if v.is_floating_point() else v for k, v in clip.items()}
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    tmp = dst + ".tmp"
+    torch.save(clip, tmp)
+    os.replace(tmp, dst)
+    return len(clip)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("src")
+    parser.add_argument("dst")
+    parser.add_argument("--fp32", action="store_true")
+    args = parser.parse_args()
+    n = export(args.src, args.dst, fp16=not args.fp32)
+    print(f"wrote {n} tensors to {args.dst} ({os.path.getsize(args.dst) / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()

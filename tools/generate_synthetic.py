@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""Generate the synthetic shapes benchmark (layouts and seed map: ttd_d2/data/synthetic/writer.py).
+
+    # every split the quickstart needs, under $DETECTRON2_DATASETS/synthetic (default datasets/synthetic)
+    python tools/generate_synthetic.py --preset quickstart
+    # one split of one layout (or of all three: --layout all)
+    python tools/generate_synthetic.py --layout captions --split test103 --seed 103 --num-images 300
+
+A split already complete with the same parameters is skipped; splits are written to a hidden
+temporary folder and renamed into place, so an interrupted run leaves nothing half-written.
+"""
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ttd_d2.data.synthetic.writer import LAYOUTS, SplitSpec, generate, is_complete, quickstart_splits
+
+logger = logging.getLogger("generate_synthetic")
+
+
+def parse_args(argv=None):
+    default_root = Path(os.environ.get("DETECTRON2_DATASETS", "datasets")) / "synthetic"
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=default_root, help=f"dataset root (default {default_root})")
+    parser.add_argument("--preset", choices=["quickstart"], help="generate every split of a preset")
+    parser.add_argument("--layout", choices=[*LAYOUTS, "all"], default="all", help="layout of --split")
+    parser.add_argument("--split", help="split name (without --preset)")
+    parser.add_argument("--seed", type=int, help="split seed (without --preset)")
+    parser.add_argument("--num-images", type=int, default=300, help="images of --split")
+    parser.add_argument("--image-size", type=int, default=64, help="image side, pixels")
+    parser.add_argument("--train-images", type=int, default=20000, help="quickstart: image_text/train size")
+    parser.add_argument("--val-images", type=int, default=200, help="quickstart: each val split's size")
+    parser.add_argument("--test-images", type=int, default=300, help="quickstart: each test split's size")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
+    parser.add_argument("--overwrite", action="store_true", help="replace splits generated with other parameters")
+    args = parser.parse_args(argv)
+    if args.preset is None and (args.split is None or args.seed is None):
+        parser.error("give --preset, or --split and --seed")
+    return args
+
+
+def requested_splits(args):
+    if args.preset == "quickstart":
+        return quickstart_splits(args.train_images, args.val_images, args.test_images)
+    layouts = LAYOUTS if args.layout == "all" else (args.layout,)
+    return tuple(SplitSpec(layout, args.split, args.seed, args.num_images) for layout in layouts)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    start = time.perf_counter()
+    for spec in requested_splits(args):
+        label = f"{spec.layout}/{spec.split}"
+        if is_complete(args.root, spec.layout, spec.split, spec.num_images, spec.seed, args.image_size):
+            logger.info("%s: complete, skipped", label)
+            continue
+        with tqdm(total=spec.num_images, desc=label, unit="img", leave=False) as bar:
+            folder = generate(
+                args.root, spec.layout, spec.split, spec.num_images, spec.seed, args.image_size,
+                workers=args.workers, overwrite=args.overwrite, progress=bar.update,
+            )
+        logger.info("%s: %d images (seed %d) -> %s", label, spec.num_images, spec.seed, folder)
+    logger.info("done in %.1f s", time.perf_counter() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+#!/usr/bin/env python
+"""Train or evaluate a ttd_d2 model with Detectron2.
+
+    python tools/train_net.py --config-file configs/ttd_maskclip.yaml
+    python tools/train_net.py --config-file configs/maskclip.yaml --eval-only
+    python tools/train_net.py --config-file ... --num-gpus 8 SOLVER.IMS_PER_BATCH 512
+"""
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+
+import ttd_d2  # noqa: F401  (registers the backbone, meta-architecture and datasets)
+from ttd_d2 import TTDTrainer, add_ttd_config
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_ttd_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = TTDTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return TTDTrainer.test(cfg, model)
+    trainer = TTDTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))

@@ -1,0 +1,5 @@
+"""ttd_d2: TTD (Text-Tag Self-Distillation) for CLIP-based dense models, as a Detectron2 plugin."""
+from . import data  # noqa: F401  (registers datasets)
+from .config import add_ttd_config
+from .engine import TTDHook, TTDTrainer
+from .modeling import TTD, CLIPDense, Masker

@@ -1,0 +1,16 @@
+"""Dataset registration (importing this package registers the synthetic benchmark)."""
+from . import builtin  # noqa: F401  (registration side effect)
+from .builtin import register_builtin_synthetic, require_synthetic_dataset, synthetic_root
+from .synthetic import (
+    CorruptFileError,
+    dataset_name,
+    load_synthetic_captions,
+    load_synthetic_image_text,
+    load_synthetic_semseg,
+    missing_split_message,
+    read_png,
+    register_synthetic,
+    register_synthetic_split,
+    require_split_dir,
+    synthetic_metadata,
+)

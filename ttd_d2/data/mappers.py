@@ -1,0 +1,83 @@
+"""Dataset mappers: image-caption pairs for training, any record for evaluation."""
+import copy
+import logging
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+logger = logging.getLogger(__name__)
+
+
+def read_image_checked(file_name: str, image_format: str = "RGB") -> np.ndarray:
+    """Read an image [H, W, 3] uint8, or raise an ``OSError`` that names the file and the fix."""
+    try:
+        return utils.read_image(file_name, format=image_format)
+    except Exception as e:  # PIL raises several types for missing, truncated or corrupt files
+        raise OSError(
+            f"cannot read image '{file_name}' ({type(e).__name__}: {e}). Replace or remove the file, "
+            "or regenerate the dataset (tools/generate_synthetic.py for the synthetic benchmark)."
+        ) from e
+
+
+def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
+    """[H, W, 3] uint8 -> [3, H, W] uint8 tensor."""
+    return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+class CaptionTrainMapper:
+    """Image-caption record -> {"image": [3, S, S] uint8 RGB, "caption": str}.
+
+    Images are resized (short side S) and randomly cropped to S x S, optionally flipped.
+    A sample whose image cannot be read is skipped with a warning (returns None, so
+    detectron2's MapDataset draws another one): one bad file must not stop a long run.
+    """
+
+    @configurable
+    def __init__(self, *, train_size: int, image_format: str = "RGB", flip: bool = True):
+        augs = [T.ResizeShortestEdge(train_size, train_size), T.RandomCrop("absolute", (train_size, train_size))]
+        if flip:
+            augs.append(T.RandomFlip(horizontal=True))
+        self.augmentations = T.AugmentationList(augs)
+        self.image_format = image_format
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        return {"train_size": cfg.INPUT.TRAIN_SIZE, "image_format": cfg.INPUT.FORMAT, "flip": cfg.INPUT.RANDOM_FLIP != "none"}
+
+    def __call__(self, record: Dict) -> Optional[Dict]:
+        try:
+            image = read_image_checked(record["file_name"], self.image_format)
+        except OSError as e:
+            logger.warning("skipping a training sample: %s", e)
+            return None
+        aug = T.AugInput(image)
+        self.augmentations(aug)
+        return {"image": to_chw_tensor(aug.image), "caption": record["caption"], "file_name": record["file_name"]}
+
+
+class TestMapper:
+    """Any evaluation record -> the record plus "image" [3, H', W'] (short side resized to
+    ``min_size``, 0 = unchanged). Ground truth stays on disk for the evaluators."""
+
+    @configurable
+    def __init__(self, *, min_size: int, max_size: int, image_format: str = "RGB"):
+        self.resize = T.ResizeShortestEdge(min_size, max_size) if min_size > 0 else None
+        self.image_format = image_format
+
+    @classmethod
+    def from_config(cls, cfg):
+        return {"min_size": cfg.INPUT.MIN_SIZE_TEST, "max_size": cfg.INPUT.MAX_SIZE_TEST, "image_format": cfg.INPUT.FORMAT}
+
+    def __call__(self, record: Dict) -> Dict:
+        record = copy.deepcopy(record)
+        image = read_image_checked(record["file_name"], self.image_format)
+        record.setdefault("height", image.shape[0])
+        record.setdefault("width", image.shape[1])
+        if self.resize is not None:
+            image = self.resize.get_transform(image).apply_image(image)
+        record["image"] = to_chw_tensor(image)
+        return record

@@ -1,0 +1,24 @@
+"""Synthetic shapes benchmark: scene rendering, captions, on-disk layouts."""
+from .captions import (
+    BACKGROUND_WORDS,
+    CONNECTORS,
+    FILLER_WORDS,
+    TEMPLATES,
+    Caption,
+    caption_words,
+    evaluation_caption,
+    training_caption,
+)
+from .render import BACKGROUND_KINDS, CLASSES, ObjectSpec, Scene, image_rngs, render_scene
+from .writer import (
+    DEFAULT_BACKGROUND_THRESHOLD,
+    GENERATOR_VERSION,
+    IGNORE_LABEL,
+    LAYOUTS,
+    SplitSpec,
+    generate,
+    is_complete,
+    quickstart_splits,
+    read_meta,
+    split_dir,
+)

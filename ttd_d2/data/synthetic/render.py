@@ -1,0 +1,339 @@
+"""Procedural scenes of coloured shapes on textured backgrounds (the synthetic benchmark).
+
+A scene holds 1, 2 or 3 objects (probability .5 / .3 / .2) of distinct classes. The first
+object is the *dominant* one: nominal radius 0.23-0.30 of the image width, drawn last (on
+top), so it is always fully visible and the largest visible region. Secondary objects have
+nominal radius 0.14-0.20 (shrunk further, rarely, if their shape would otherwise cover as
+much area as the dominant one) and are placed so that at most ``MAX_OCCLUSION`` of each one is
+hidden by the objects listed before it. Draw order is the reverse of the object order, so an
+object is occluded only by the objects before it in the list.
+
+Everything is a pure function of a ``numpy.random.Generator``; :func:`image_rngs` derives the
+generators of image ``index`` from ``(seed, index)`` alone, so image ``i`` of a split does
+not depend on how many images the split holds.
+
+Coordinates: ``(x, y)`` in pixels, ``x`` to the right, ``y`` down. Images are RGB uint8.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "CLASSES",
+    "BACKGROUND_KINDS",
+    "ObjectSpec",
+    "Scene",
+    "image_rngs",
+    "sample_num_objects",
+    "shape_polygons",
+    "rasterize_shape",
+    "render_background",
+    "sample_scene",
+    "render_scene",
+    "semantic_label",
+    "caption_mask",
+]
+
+CLASSES: Tuple[str, ...] = (
+    "circle", "square", "triangle", "star", "cross", "ring",
+    "diamond", "hexagon", "heart", "moon", "arrow", "ellipse",
+)
+BACKGROUND_KINDS: Tuple[str, ...] = ("noisy", "striped", "gradient")
+
+NUM_OBJECTS_PROBS = (0.5, 0.3, 0.2)  # P(1 object), P(2), P(3)
+DOMINANT_RADIUS = (0.23, 0.30)  # fraction of the image width
+SECONDARY_RADIUS = (0.14, 0.20)
+MAX_OCCLUSION = 0.35  # largest hidden fraction of a secondary object
+DOMINANCE_MARGIN = 1.2  # dominant area >= margin * any secondary's full area
+PLACEMENT_ATTEMPTS = 30
+MIN_OBJECT_CONTRAST = 90.0  # RGB distance between an object and the background beneath it
+MIN_COLOUR_DISTANCE = 60.0  # RGB distance between two objects' colours
+PIXEL_NOISE_STD = 5.0
+
+# Largest random rotation, degrees, per class (symmetry and class identity: a square stays
+# axis-aligned enough not to read as a diamond).
+_MAX_ROTATION: Dict[str, float] = {
+    "circle": 0.0, "square": 15.0, "triangle": 20.0, "star": 36.0, "cross": 20.0,
+    "ring": 0.0, "diamond": 10.0, "hexagon": 30.0, "heart": 20.0, "moon": 180.0,
+    "arrow": 180.0, "ellipse": 180.0,
+}
+_SUBPIXEL_SHIFT = 4  # cv2.fillPoly fixed-point bits
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """One object of a scene.
+
+    Attributes:
+        category_id: index into :data:`CLASSES`.
+        center: (x, y) in pixels.
+        radius: nominal radius in pixels (shapes span roughly ``[-1.1, 1.1] * radius``).
+        angle: rotation in degrees, counter-clockwise on screen.
+        colour: RGB, 0..255.
+        dominant: True for the scene's dominant (first) object.
+    """
+
+    category_id: int
+    center: Tuple[float, float]
+    radius: float
+    angle: float
+    colour: Tuple[int, int, int]
+    dominant: bool
+
+    @property
+    def category(self) -> str:
+        return CLASSES[self.category_id]
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A rendered scene.
+
+    Attributes:
+        image: uint8 [S, S, 3] RGB.
+        instance_mask: uint8 [S, S]; 0 = background, i = ``objects[i - 1]`` (visible part).
+        objects: the objects, dominant first.
+        background: one of :data:`BACKGROUND_KINDS`.
+    """
+
+    image: np.ndarray
+    instance_mask: np.ndarray
+    objects: Tuple[ObjectSpec, ...]
+    background: str
+
+
+def image_rngs(seed: int, index: int) -> Tuple[np.random.Generator, np.random.Generator]:
+    """The (scene, caption) generators of image ``index`` of the split with ``seed``.
+
+    Both are PCG64 streams of ``SeedSequence(seed, spawn_key=(index, k))``: independent of
+    every other image, and of the number of images in the split.
+    """
+    scene = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(index, 0))))
+    caption = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(index, 1))))
+    return scene, caption
+
+
+def sample_num_objects(rng: np.random.Generator) -> int:
+    """1, 2 or 3 with probabilities :data:`NUM_OBJECTS_PROBS`."""
+    return int(rng.choice(len(NUM_OBJECTS_PROBS), p=NUM_OBJECTS_PROBS)) + 1
+
+
+def _regular_polygon(num_vertices: int, radius: float, phase_deg: float) -> np.ndarray:
+    angles = np.deg2rad(phase_deg + 360.0 * np.arange(num_vertices) / num_vertices)
+    return np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1)
+
+
+def _star(points: int, outer: float, inner: float) -> np.ndarray:
+    angles = np.deg2rad(-90.0 + 180.0 * np.arange(2 * points) / points)
+    radii = np.where(np.arange(2 * points) % 2 == 0, outer, inner)
+    return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
+
+
+def _heart() -> np.ndarray:
+    t = np.linspace(0.0, 2.0 * np.pi, 64, endpoint=False)
+    x = 16.0 * np.sin(t) ** 3
+    y = -(13.0 * np.cos(t) - 5.0 * np.cos(2 * t) - 2.0 * np.cos(3 * t) - np.cos(4 * t))
+    y = y - 0.5 * (y.max() + y.min())
+    return np.stack([x, y], axis=1) / 14.5
+
+
+def _unit_shapes() -> Dict[str, Tuple[Tuple[np.ndarray, int], ...]]:
+    """Per class, fill operations ``(polygon [P, 2] at unit nominal radius, value)``.
+
+    Sizes are chosen so that every class covers roughly 0.55-0.9 of the area of a circle of
+    the nominal radius; holes (ring, moon) are polygons filled with 0.
+    """
+    circle = _regular_polygon(48, 1.0, 0.0)
+    cross_arm, cross_len = 0.36, 1.05
+    cross = np.array([
+        (-cross_arm, -cross_len), (cross_arm, -cross_len), (cross_arm, -cross_arm),
+        (cross_len, -cross_arm), (cross_len, cross_arm), (cross_arm, cross_arm),
+        (cross_arm, cross_len), (-cross_arm, cross_len), (-cross_arm, cross_arm),
+        (-cross_len, cross_arm), (-cross_len, -cross_arm), (-cross_arm, -cross_arm),
+    ])
+    arrow = np.array([
+        (-1.1, -0.36), (0.0, -0.36), (0.0, -0.9), (1.1, 0.0),
+        (0.0, 0.9), (0.0, 0.36), (-1.1, 0.36),
+    ])
+    return {
+        "circle": ((0.95 * circle, 1),),
+        "square": ((_regular_polygon(4, 1.1, 45.0), 1),),
+        "triangle": ((_regular_polygon(3, 1.25, -90.0) + np.array([0.0, 0.3]), 1),),
+        "star": ((_star(5, 1.2, 0.58) + np.array([0.0, 0.1]), 1),),
+        "cross": ((cross, 1),),
+        "ring": ((1.05 * circle, 1), (0.5 * circle, 0)),
+        "diamond": ((np.array([(0.0, -1.15), (0.82, 0.0), (0.0, 1.15), (-0.82, 0.0)]), 1),),
+        "hexagon": ((_regular_polygon(6, 1.0, 0.0), 1),),
+        "heart": ((_heart(), 1),),
+        "moon": ((1.05 * circle, 1), (0.9 * circle + np.array([0.55, -0.25]), 0)),
+        "arrow": ((arrow, 1),),
+        "ellipse": ((circle * np.array([1.12, 0.62]), 1),),
+    }
+
+
+_UNIT_SHAPES = _unit_shapes()
+
+
+def shape_polygons(category_id: int, radius: float, angle: float) -> Tuple[Tuple[np.ndarray, int], ...]:
+    """Fill operations of a shape centred at the origin.
+
+    Returns:
+        tuple of ``(polygon float [P, 2] in pixels, fill value 0 or 1)``, applied in order.
+    """
+    theta = math.radians(angle)
+    # Counter-clockwise on screen, where y points down.
+    rotation = np.array([[math.cos(theta), math.sin(theta)], [-math.sin(theta), math.cos(theta)]])
+    return tuple((radius * polygon @ rotation.T, value) for polygon, value in _UNIT_SHAPES[CLASSES[category_id]])
+
+
+def rasterize_shape(obj: ObjectSpec, image_size: int) -> np.ndarray:
+    """Binary mask bool [S, S] of an object drawn alone (no occlusion)."""
+    canvas = np.zeros((image_size, image_size), np.uint8)
+    scale = float(1 << _SUBPIXEL_SHIFT)
+    center = np.asarray(obj.center)
+    for polygon, value in shape_polygons(obj.category_id, obj.radius, obj.angle):
+        points = np.round((polygon + center) * scale).astype(np.int32).reshape(-1, 1, 2)
+        cv2.fillPoly(canvas, [points], int(value), lineType=cv2.LINE_8, shift=_SUBPIXEL_SHIFT)
+    return canvas.astype(bool)
+
+
+def _random_colour(rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, 256, size=3).astype(np.float32)
+
+
+def render_background(rng: np.random.Generator, image_size: int) -> Tuple[np.ndarray, str]:
+    """A textured background.
+
+    Returns:
+        (float32 [S, S, 3] RGB in 0..255, kind): ``noisy`` (smooth random blobs between two
+        colours), ``striped`` (two-colour stripes, random angle and period) or ``gradient``
+        (linear ramp between two colours, random direction).
+    """
+    kind = BACKGROUND_KINDS[int(rng.integers(len(BACKGROUND_KINDS)))]
+    first, second = _random_colour(rng), _random_colour(rng)
+    if kind == "noisy":
+        cells = int(rng.integers(3, 7))
+        coarse = rng.random((cells, cells)).astype(np.float32)
+        weight = cv2.resize(coarse, (image_size, image_size), interpolation=cv2.INTER_CUBIC)
+        weight = np.clip(weight, 0.0, 1.0)
+    else:
+        theta = rng.uniform(0.0, np.pi)
+        coords = np.arange(image_size, dtype=np.float32)
+        along = np.cos(theta) * coords[None, :] + np.sin(theta) * coords[:, None]
+        if kind == "striped":
+            period = rng.uniform(6.0, 16.0)
+            weight = ((along / period + rng.random()) % 1.0 < 0.5).astype(np.float32)
+        else:
+            weight = (along - along.min()) / max(float(np.ptp(along)), 1e-6)
+    background = first + weight[..., None] * (second - first)
+    return background.astype(np.float32), kind
+
+
+def _pick_colour(rng: np.random.Generator, beneath: np.ndarray, others: list) -> np.ndarray:
+    """An RGB colour far from ``beneath`` (mean background colour under the object) and
+    from the colours in ``others``; the most distant of a few tries if none is far enough."""
+    best, best_margin = None, -np.inf
+    for _ in range(20):
+        colour = _random_colour(rng)
+        margin = min([np.linalg.norm(colour - beneath) - MIN_OBJECT_CONTRAST]
+                     + [np.linalg.norm(colour - other) - MIN_COLOUR_DISTANCE for other in others])
+        if margin >= 0:
+            return colour
+        if margin > best_margin:
+            best, best_margin = colour, margin
+    return best
+
+
+def _place(rng: np.random.Generator, category_id: int, radius: float, image_size: int):
+    """A random angle and a centre that keeps the whole shape inside the image."""
+    max_rotation = _MAX_ROTATION[CLASSES[category_id]]
+    angle = float(rng.uniform(-max_rotation, max_rotation))
+    points = np.concatenate([p for p, _ in shape_polygons(category_id, radius, angle)])
+    low, high = -points.min(axis=0), (image_size - 1) - points.max(axis=0)
+    center = rng.uniform(np.minimum(low, high), np.maximum(low, high))
+    return angle, (float(center[0]), float(center[1]))
+
+
+def _make_object(rng, category_id, radius, image_size, dominant) -> ObjectSpec:
+    angle, center = _place(rng, category_id, radius, image_size)
+    return ObjectSpec(category_id, center, float(radius), angle, (0, 0, 0), dominant)
+
+
+def sample_scene(rng: np.random.Generator, image_size: int = 64):
+    """Sample the geometry of a scene and its background.
+
+    Returns:
+        (objects: tuple[ObjectSpec] dominant first, masks: list of bool [S, S] full masks in
+        the same order, background float32 [S, S, 3], background kind).
+    """
+    background, kind = render_background(rng, image_size)
+    count = sample_num_objects(rng)
+    category_ids = rng.choice(len(CLASSES), size=count, replace=False)
+    radius = rng.uniform(*DOMINANT_RADIUS) * image_size
+    dominant = _make_object(rng, int(category_ids[0]), radius, image_size, True)
+    masks = [rasterize_shape(dominant, image_size)]
+    objects = [dominant]
+    dominant_area = masks[0].sum()
+    occupied = masks[0].copy()
+    for category_id in category_ids[1:]:
+        for _ in range(PLACEMENT_ATTEMPTS):
+            radius = rng.uniform(*SECONDARY_RADIUS) * image_size
+            candidate = _make_object(rng, int(category_id), radius, image_size, False)
+            mask = rasterize_shape(candidate, image_size)
+            area = mask.sum()
+            if area * DOMINANCE_MARGIN > dominant_area:  # shrink until clearly smaller
+                radius *= 0.97 * math.sqrt(dominant_area / (DOMINANCE_MARGIN * area))
+                candidate = _make_object(rng, int(category_id), radius, image_size, False)
+                mask = rasterize_shape(candidate, image_size)
+                area = mask.sum()
+            if area == 0 or area * DOMINANCE_MARGIN > dominant_area:
+                continue
+            if (mask & occupied).sum() <= MAX_OCCLUSION * area:
+                objects.append(candidate)
+                masks.append(mask)
+                occupied |= mask
+                break
+    coloured = []
+    for obj, mask in zip(objects, masks):
+        beneath = background[mask].mean(axis=0) if mask.any() else background.mean(axis=(0, 1))
+        colour = _pick_colour(rng, beneath, coloured)
+        coloured.append(colour)
+    objects = tuple(
+        ObjectSpec(o.category_id, o.center, o.radius, o.angle, tuple(int(c) for c in colour), o.dominant)
+        for o, colour in zip(objects, coloured)
+    )
+    return objects, masks, background, kind
+
+
+def render_scene(rng: np.random.Generator, image_size: int = 64) -> Scene:
+    """Sample and draw one scene (see the module docstring for the rules)."""
+    objects, masks, background, kind = sample_scene(rng, image_size)
+    image = background
+    instance_mask = np.zeros((image_size, image_size), np.uint8)
+    for instance_id in range(len(objects), 0, -1):  # last object first: the dominant ends on top
+        mask = masks[instance_id - 1]
+        image[mask] = np.asarray(objects[instance_id - 1].colour, np.float32)
+        instance_mask[mask] = instance_id
+    image += PIXEL_NOISE_STD * rng.standard_normal(size=image.shape, dtype=np.float32)
+    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    return Scene(image=image, instance_mask=instance_mask, objects=objects, background=kind)
+
+
+def semantic_label(scene: Scene) -> np.ndarray:
+    """uint8 [S, S]: 0 = background, ``category_id + 1`` for object pixels (no ignore pixels:
+    masks are exact, the renderer does not anti-alias)."""
+    lookup = np.zeros(len(scene.objects) + 1, np.uint8)
+    for i, obj in enumerate(scene.objects, start=1):
+        lookup[i] = obj.category_id + 1
+    return lookup[scene.instance_mask]
+
+
+def caption_mask(scene: Scene) -> np.ndarray:
+    """uint8 [S, S]: 1 where any object is visible (the union of the objects named by an
+    evaluation caption), else 0."""
+    return (scene.instance_mask > 0).astype(np.uint8)

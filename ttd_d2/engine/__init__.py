@@ -1,0 +1,2 @@
+from .hooks import TTDHook, lora_checkpoint
+from .trainer import TTDTrainer

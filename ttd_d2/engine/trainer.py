@@ -1,0 +1,66 @@
+"""The Detectron2 trainer of ttd_d2: caption data for training, evaluators by dataset type."""
+import os
+
+import torch
+
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, hooks
+from detectron2.evaluation import DatasetEvaluators, SemSegEvaluator
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+
+from ..data.mappers import CaptionTrainMapper, TestMapper
+from ..evaluation import build_caption_evaluators
+from .hooks import TTDHook
+
+# Scalars and embeddings that are not decayed (masker w, b; CLIP temperature; embeddings).
+NO_WEIGHT_DECAY = ("w", "b", "logit_scale", "class_embedding", "positional_embedding")
+
+
+class TTDTrainer(DefaultTrainer):
+    """DefaultTrainer with image-caption training data, the TTD hook, and evaluators chosen by
+    each test dataset's ``evaluator_type`` (sem_seg | caption)."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=CaptionTrainMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=TestMapper(cfg))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+        if evaluator_type == "sem_seg":
+            return DatasetEvaluators([SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)])
+        if evaluator_type == "caption":
+            return build_caption_evaluators(dataset_name, output_dir=output_folder)
+        raise NotImplementedError(
+            f"no evaluator for dataset '{dataset_name}' (evaluator_type={evaluator_type!r}); "
+            "ttd_d2 evaluates 'sem_seg' and 'caption' datasets"
+        )
+
+    def build_hooks(self):
+        hook_list = super().build_hooks()
+        if self.cfg.MODEL.TTD.ENABLED:
+            ttd_hook = TTDHook(self.cfg.OUTPUT_DIR, self.cfg.SOLVER.CHECKPOINT_PERIOD)
+            writer_at = next((i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)), len(hook_list))
+            hook_list.insert(writer_at, ttd_hook)
+        return hook_list
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """AdamW (``SOLVER.OPTIMIZER: ADAMW``) or detectron2's SGD over trainable parameters."""
+        if cfg.SOLVER.OPTIMIZER.upper() == "SGD":
+            return super().build_optimizer(cfg, model)
+        if cfg.SOLVER.OPTIMIZER.upper() != "ADAMW":
+            raise ValueError(f"SOLVER.OPTIMIZER '{cfg.SOLVER.OPTIMIZER}' unknown; use ADAMW or SGD")
+        params = get_default_optimizer_params(
+            model, base_lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            overrides={name: {"weight_decay": 0.0} for name in NO_WEIGHT_DECAY},
+        )
+        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
+            params, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS), weight_decay=cfg.SOLVER.WEIGHT_DECAY
+        )

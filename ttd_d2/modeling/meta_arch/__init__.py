@@ -1,0 +1,1 @@
+from .ttd import TTD

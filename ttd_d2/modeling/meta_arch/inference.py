@@ -1,0 +1,133 @@
+"""Inference of the TTD meta-architecture: semantic segmentation, caption analysis, tag scores."""
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from detectron2.data import MetadataCatalog
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+
+from ..ttd.scoring import SCORING_METHODS, cosine_maps, score_tags
+from ..ttd.tags import caption_to_tags, nltk_noun_adjective_mask
+from .segmentation import max_over_synonyms, slide_inference, split_synonyms, upsample
+
+METHOD_ALIASES = {"pixel": "s_pixel", "image": "s_image", "text": "s_text", "image+text": "image_text"}
+
+
+class TTDInference:
+    """Mixin of ``TTD`` holding everything its eval mode does. Expects ``backbone``,
+    ``masker``, the ``normalize`` method and the test options set by ``TTD.__init__``."""
+
+    # ------------------------------------------------------------------ class embeddings
+    def class_embeddings(self, dataset_name: str) -> Tuple[torch.Tensor, torch.Tensor, int, float]:
+        """(synonym embeddings [S, D], owner [S], number of classes, background threshold or -1)
+        for a dataset's ``stuff_classes``; cached per dataset in eval mode."""
+        if dataset_name in self._class_cache:
+            return self._class_cache[dataset_name]
+        meta = MetadataCatalog.get(dataset_name)
+        classes = list(getattr(meta, "stuff_classes", []) or [])
+        if not classes:
+            raise ValueError(f"dataset '{dataset_name}' has no stuff_classes metadata to segment")
+        threshold = self.background_threshold
+        if threshold < 0:
+            threshold = float(getattr(meta, "background_threshold", -1.0))
+        if threshold >= 0:
+            classes = classes[1:]  # class 0 = background gets a constant channel
+        names, owner = split_synonyms(classes)
+        entry = (self.backbone.encode_text(names, use_templates=True), owner, len(classes), threshold)
+        self._class_cache[dataset_name] = entry
+        return entry
+
+    def train(self, mode: bool = True):
+        self._class_cache.clear()  # text tower may change while training
+        return super().train(mode)
+
+    # ------------------------------------------------------------------ semantic segmentation
+    def _class_scores(self, image: torch.Tensor, text_emb: torch.Tensor, owner: torch.Tensor, num_classes: int):
+        """Masker probabilities [C, h, w] of every class for one normalised image [1, 3, h, w]."""
+        dense = self.backbone(image, with_global=False)["dense"]
+        cos = upsample(cosine_maps(dense, text_emb[None])[0], image.shape[-2:])
+        return max_over_synonyms(self.masker(cos), owner, num_classes)
+
+    def semantic_segmentation(self, x: Dict, dataset_name: str) -> torch.Tensor:
+        """Scores [C (+1 background), H, W] at the input's original size."""
+        text_emb, owner, num_classes, threshold = self.class_embeddings(dataset_name)
+        image = self.normalize(x["image"])[None]
+
+        def predict(img):
+            return self._class_scores(img, text_emb, owner, num_classes)
+
+        scores = slide_inference(predict, image, self.slide_crop, self.slide_stride)
+        if self.flip:
+            scores = 0.5 * (scores + slide_inference(predict, image.flip(-1), self.slide_crop, self.slide_stride).flip(-1))
+        if threshold >= 0:
+            scores = torch.cat([scores.new_full((1, *scores.shape[1:]), threshold), scores])
+        height, width = x.get("height", scores.shape[-2]), x.get("width", scores.shape[-1])
+        return sem_seg_postprocess(scores, scores.shape[-2:], height, width)
+
+    # ------------------------------------------------------------------ captions
+    def analyse_caption(
+        self, image: torch.Tensor, caption: str, out_size: Tuple[int, int], class_names: Sequence[str] = ()
+    ) -> Dict:
+        """Everything ``docs/INTERFACES.md`` lists for a caption input (one normalised image
+        [1, 3, h, w]): caption mask at ``out_size``, candidate tags and their scores, and
+        zero-shot logits over ``class_names`` when given."""
+        feats = self.backbone(image)
+        dense, global_emb = feats["dense"], F.normalize(feats["global"], dim=-1)
+        tags = caption_to_tags(caption, self.remove_stopwords)
+        caption_emb = self.backbone.encode_text([caption])
+        cos_caption = cosine_maps(dense, caption_emb[None])[0, 0]
+        caption_mask = self.masker(upsample(cos_caption, out_size)).clamp(0, 1)
+        out = {"caption_mask": caption_mask, "tags": tags, "tag_threshold": self.tag_threshold}
+        tag_emb = self.backbone.encode_text(tags, use_templates=True)[None]  # [1, K, D]
+        valid = torch.ones(1, len(tags), dtype=torch.bool, device=dense.device)
+        cos_maps = cosine_maps(dense, tag_emb)
+        tau = self.backbone.logit_scale
+        out["tag_scores"] = {
+            m: score_tags(m, tag_emb, valid, tau, global_emb, caption_emb, cos_maps)[0] for m in SCORING_METHODS
+        }
+        out["tag_scores"]["nltk"] = torch.tensor(nltk_noun_adjective_mask(caption, tags), dtype=torch.float)
+        out["tag_caption_cos"] = (tag_emb[0] @ caption_emb[0]).float()
+        out["tag_masks"] = self.masker(cos_maps[0])
+        if class_names:
+            key = ("zero_shot", tuple(class_names))
+            if key not in self._class_cache:
+                self._class_cache[key] = self.backbone.encode_text(list(class_names), use_templates=True)
+            out["class_logits"] = tau * global_emb[0] @ self._class_cache[key].T
+        return out
+
+    @torch.no_grad()
+    def score_tags(self, image_rgb: np.ndarray, caption: str, method: str = "pixel") -> List[Tuple[str, float]]:
+        """Score every candidate tag of ``caption`` for an RGB uint8 image [H, W, 3].
+
+        ``method``: pixel | image | text | image+text | nltk (or the s_* names). Returns
+        [(tag, score)] in caption order; the model's selection is ``score >= tag_threshold``.
+        """
+        method = METHOD_ALIASES.get(method, method)
+        if method not in SCORING_METHODS + ("nltk",):
+            raise ValueError(f"unknown method {method!r}; use pixel, image, text, image+text or nltk")
+        image_rgb = np.asarray(image_rgb)
+        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image_rgb.dtype} {image_rgb.shape}")
+        was_training = self.training
+        self.eval()
+        try:
+            chw = torch.as_tensor(np.ascontiguousarray(image_rgb.transpose(2, 0, 1)))
+            image = self.normalize(chw)[None]
+            out = self.analyse_caption(image, caption, tuple(image.shape[-2:]))
+        finally:
+            self.train(was_training)
+        return [(t, float(s)) for t, s in zip(out["tags"], out["tag_scores"][method])]
+
+    def inference(self, batched_inputs: Sequence[Dict]) -> List[Dict]:
+        results = []
+        for x in batched_inputs:
+            dataset_name = x.get("dataset_name", self.default_dataset)
+            if "caption" in x:
+                image = self.normalize(x["image"])[None]
+                size = (x.get("height", image.shape[-2]), x.get("width", image.shape[-1]))
+                classes = getattr(MetadataCatalog.get(dataset_name), "thing_classes", ()) if dataset_name else ()
+                results.append(self.analyse_caption(image, x["caption"], size, classes))
+            else:
+                results.append({"sem_seg": self.semantic_segmentation(x, dataset_name)})
+        return results

@@ -1,0 +1,314 @@
+"""The ``TTD`` meta-architecture: a dense CLIP backbone + masker, with TTD training."""
+import logging
+import math
+import os
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.utils import comm
+from open_clip.loss import ClipLoss
+from torch import nn
+
+from ..lora import VALID_TARGETS, VALID_TOWERS, add_lora, add_lora_to_blocks, load_lora_state_dict, lora_disabled, lora_ema_update, lora_swapped, merge_lora
+from ..masker import Masker
+from ..ttd.losses import distillation_targets, ttd_losses
+from ..ttd.scoring import SCORING_METHODS, cosine_maps, score_tags, select_tags
+from ..ttd.tags import caption_to_tags, nltk_noun_adjective_mask, pad_tag_batch
+from ..ttd.text_cache import TextEmbeddingCache
+from .inference import TTDInference
+
+logger = logging.getLogger(__name__)
+TEACHERS = ("self", "frozen", "ema")
+MAX_LOGIT_SCALE = 100.0
+
+
+@META_ARCH_REGISTRY.register()
+class TTD(TTDInference, nn.Module):
+    """Open-vocabulary segmentation with any ``CLIPDense`` backbone, trainable with TTD.
+
+    Training (``batched_inputs`` with "image" and "caption") returns a dict of losses:
+    ``loss_distill`` and ``loss_tag`` when ``ttd_enabled``, ``loss_contrastive`` when
+    ``contrastive_weight > 0`` (plain CLIP training when TTD is off). Inference returns
+    ``{"sem_seg": [C, H, W]}`` for images, or the caption analysis of ``docs/INTERFACES.md``
+    for inputs that carry a "caption".
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        masker: Masker,
+        ttd_enabled: bool = False,
+        tag_scoring: str = "s_pixel",
+        tag_threshold: float = 0.5,
+        remove_stopwords: bool = True,
+        teacher: str = "frozen",
+        ema_decay: float = 0.999,
+        loss_distance: str = "l1",
+        distill_weight: float = 1.0,
+        tag_weight: float = 1.0,
+        contrastive_weight: float = 0.0,
+        lora: Optional[Dict] = None,
+        background_threshold: float = -1.0,
+        slide_crop: int = 0,
+        slide_stride: int = 0,
+        flip: bool = False,
+        default_dataset: str = "",
+    ):
+        """
+        Args:
+            backbone: a ``CLIPDense`` (forward -> {"dense", "global"}, ``encode_text``).
+            masker: turns cosine maps into mask probabilities.
+            ttd_enabled: add LoRA adapters and train with the TTD losses.
+            tag_scoring: s_pixel | s_image | s_text | image_text | nltk: how tags are selected.
+            tag_threshold: a tag is selected when its score >= this.
+            remove_stopwords: drop NLTK stopwords from candidate tags.
+            teacher: self | frozen | ema: the model the targets come from.
+            ema_decay: decay of the EMA teacher's adapters.
+            loss_distance: l1 | mse | bce.
+            distill_weight, tag_weight: weights of L_distill and L_tag.
+            contrastive_weight: weight of CLIP's contrastive loss.
+            lora: dict(rank, alpha, targets, towers, weights, merge) for ``add_lora``; used
+                when ``ttd_enabled``.
+            background_threshold: constant background score (< 0: the dataset's metadata).
+            slide_crop, slide_stride: sliding-window inference (crop 0 = whole image).
+            flip: add a horizontally flipped pass at inference.
+            default_dataset: metadata used when an input carries no "dataset_name".
+        """
+        super().__init__()
+        if tag_scoring not in SCORING_METHODS + ("nltk",):
+            raise ValueError(f"MODEL.TTD.TAG_SCORING '{tag_scoring}' unknown; use one of {SCORING_METHODS + ('nltk',)}")
+        if teacher not in TEACHERS:
+            raise ValueError(f"MODEL.TTD.TEACHER '{teacher}' unknown; use one of {TEACHERS}")
+        self.backbone = backbone
+        self.masker = masker
+        self.ttd_enabled = ttd_enabled
+        self.tag_scoring = tag_scoring
+        self.tag_threshold = tag_threshold
+        self.remove_stopwords = remove_stopwords
+        self.teacher = teacher
+        self.ema_decay = ema_decay
+        self.loss_distance = loss_distance
+        self.distill_weight = distill_weight
+        self.tag_weight = tag_weight
+        self.contrastive_weight = contrastive_weight
+        self.background_threshold = background_threshold
+        self.slide_crop, self.slide_stride, self.flip = slide_crop, slide_stride, flip
+        self.default_dataset = default_dataset
+        self.register_buffer("pixel_mean", torch.tensor(backbone.pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(backbone.pixel_std).view(-1, 1, 1), False)
+        self._class_cache: Dict = {}
+        self.ema_state: Dict[str, torch.Tensor] = {}
+        self.tag_statistics: Dict = {}
+        self._teacher_text_cache = TextEmbeddingCache(self._teacher_encode_tags)
+        self.shared_image_blocks = 0
+        self._contrastive_loss = ClipLoss(gather_with_grad=True, rank=comm.get_rank(), world_size=comm.get_world_size())
+        if ttd_enabled:
+            self._setup_lora(**(lora or {}))
+
+    @classmethod
+    def from_config(cls, cfg):
+        ttd, test = cfg.MODEL.TTD, cfg.MODEL.SEG_INFERENCE
+        return {
+            "backbone": build_backbone(cfg),
+            "masker": Masker(cfg.MODEL.MASKER.INIT_W, cfg.MODEL.MASKER.INIT_B),
+            "ttd_enabled": ttd.ENABLED,
+            "tag_scoring": ttd.TAG_SCORING,
+            "tag_threshold": ttd.TAG_THRESHOLD,
+            "remove_stopwords": ttd.REMOVE_STOPWORDS,
+            "teacher": ttd.TEACHER,
+            "ema_decay": ttd.EMA_DECAY,
+            "loss_distance": ttd.LOSS.DISTANCE,
+            "distill_weight": ttd.LOSS.DISTILL_WEIGHT,
+            "tag_weight": ttd.LOSS.TAG_WEIGHT,
+            "contrastive_weight": cfg.MODEL.CLIP.CONTRASTIVE_WEIGHT,
+            "lora": {
+                "rank": ttd.LORA.RANK,
+                "alpha": ttd.LORA.ALPHA,
+                "targets": list(ttd.LORA.TARGETS),
+                "towers": list(ttd.LORA.TOWERS),
+                "image_layers": ttd.LORA.IMAGE_LAYERS,
+                "weights": ttd.LORA.WEIGHTS,
+                "merge": ttd.LORA.MERGE_FOR_INFERENCE,
+            },
+            "background_threshold": test.BACKGROUND_THRESHOLD,
+            "slide_crop": test.SLIDE_CROP,
+            "slide_stride": test.SLIDE_STRIDE,
+            "flip": test.FLIP,
+            "default_dataset": cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "",
+        }
+
+    def _setup_lora(self, rank=8, alpha=16.0, targets=VALID_TARGETS, towers=VALID_TOWERS, image_layers=0, weights="", merge=False):
+        """Freeze the base model, add adapters (to the last ``image_layers`` image blocks, 0 =
+        all), load LoRA-only ``weights``, optionally merge them."""
+        clip = self.backbone.clip
+        unknown = set(towers) - set(VALID_TOWERS)
+        if unknown or not towers:
+            raise ValueError(f"MODEL.TTD.LORA.TOWERS {list(towers)}: choose from {VALID_TOWERS}")
+        clip.requires_grad_(False)
+        if "text" in towers:
+            add_lora(clip, rank, alpha, targets=targets, towers=["text"])
+        blocks = clip.visual.transformer.resblocks
+        if not 0 <= image_layers <= len(blocks):
+            raise ValueError(f"MODEL.TTD.LORA.IMAGE_LAYERS must be in [0, {len(blocks)}], got {image_layers}")
+        first = len(blocks) - (image_layers or len(blocks)) if "image" in towers else len(blocks) - 1
+        if "image" in towers:
+            add_lora_to_blocks(blocks[first:], rank, alpha, targets, prefix=f"visual.transformer.resblocks.{first}+")
+        self.shared_image_blocks = first
+        if weights:
+            if not os.path.isfile(weights):
+                raise FileNotFoundError(f"MODEL.TTD.LORA.WEIGHTS '{weights}' does not exist (a model_lora_*.pth of a TTD run)")
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            load_lora_state_dict(clip, state.get("lora", state))
+            if "masker" in state:
+                self.masker.load_state_dict(state["masker"])
+            logger.info("Loaded LoRA weights from %s", weights)
+        if merge:
+            merge_lora(clip)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8/float image [3, H, W] in [0, 255] RGB -> normalised float on the model's device."""
+        return (image.to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
+
+    def forward(self, batched_inputs: Sequence[Dict]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        images = torch.stack([self.normalize(x["image"]) for x in batched_inputs])
+        captions = [x["caption"] for x in batched_inputs]
+        if not (self.ttd_enabled or self.contrastive_weight > 0):
+            raise ValueError("nothing to train: set MODEL.TTD.ENABLED True or MODEL.CLIP.CONTRASTIVE_WEIGHT > 0")
+        # With TTD the base weights are frozen: leading image blocks without adapters need no
+        # graph and are shared by student and teacher.
+        shared = self.shared_image_blocks if self.ttd_enabled else 0
+        with torch.set_grad_enabled(not self.ttd_enabled):
+            tokens, grid = self.backbone.forward_trunk(images, shared)
+        tag_batch = teacher = None
+        if self.ttd_enabled:
+            tag_batch = self._tag_batch(captions)
+            if self.teacher != "self":  # before the student: the EMA teacher swaps weights in place
+                teacher = self._teacher_views(tokens, grid, shared, captions, tag_batch)
+        need_global = self.contrastive_weight > 0 or (self.teacher == "self" and self._scoring_needs_global)
+        student = self.backbone.forward_head(tokens, grid, shared, with_global=need_global)
+        caption_emb = self.backbone.encode_text(captions)
+        losses = {}
+        if self.contrastive_weight > 0:
+            tau = self.backbone.clip.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+            image_emb = F.normalize(student["global"], dim=-1)
+            losses["loss_contrastive"] = self.contrastive_weight * self._contrastive_loss(image_emb, caption_emb, tau)
+        if self.ttd_enabled:
+            losses.update(self.distillation_losses(captions, tag_batch, student, caption_emb, teacher))
+        return losses
+
+    # ------------------------------------------------------------------ TTD training
+    @property
+    def _scoring_needs_global(self) -> bool:
+        return self.tag_scoring in ("s_image", "image_text")
+
+    @property
+    def _scoring_needs_caption(self) -> bool:
+        return self.tag_scoring in ("s_text", "image_text")
+
+    def _tag_batch(self, captions: List[str]) -> Dict:
+        """Candidate tags per caption, the batch's distinct tags, index [B, K] and valid [B, K]."""
+        tags = [caption_to_tags(c, self.remove_stopwords) for c in captions]
+        unique, index, valid = pad_tag_batch(tags)
+        return {"tags": tags, "unique": unique, "index": index.to(self.device), "valid": valid.to(self.device)}
+
+    def _tag_embeddings(self, tag_batch: Dict, encode, dim: int) -> torch.Tensor:
+        """[B, K, D] tag embeddings, each distinct tag encoded once by ``encode``."""
+        if not tag_batch["unique"]:
+            return torch.zeros(*tag_batch["index"].shape, dim, device=self.device)
+        return encode(tag_batch["unique"])[tag_batch["index"]]
+
+    def _encode_tags(self, tags: List[str]) -> torch.Tensor:
+        return self.backbone.encode_text(tags, use_templates=True)
+
+    def _teacher_encode_tags(self, tags: List[str]) -> torch.Tensor:
+        with lora_disabled(self.backbone.clip):
+            return self._encode_tags(tags)
+
+    @torch.no_grad()
+    def _teacher_views(self, tokens, grid, first_block: int, captions: List[str], tag_batch: Dict) -> Dict:
+        """From trunk ``tokens`` [B, 1 + h*w, C] (blocks before ``first_block`` done), the
+        frozen (adapters off) or EMA (adapters swapped) teacher's tag cos maps
+        [B, K, h, w], tag embeddings [B, K, D], and global/caption embeddings when scoring needs them."""
+        if self.teacher == "frozen":
+            context, encode_tags = lora_disabled(self.backbone.clip), self._teacher_text_cache
+        else:
+            if not self.ema_state:
+                lora_ema_update(self.ema_state, self.backbone.clip, self.ema_decay)
+            context, encode_tags = lora_swapped(self.backbone.clip, self.ema_state), self._encode_tags
+        with context:
+            feats = self.backbone.forward_head(tokens, grid, first_block, with_global=self._scoring_needs_global)
+            tag_emb = self._tag_embeddings(tag_batch, encode_tags, self.backbone.embed_dim)
+            caption_emb = self.backbone.encode_text(captions) if self._scoring_needs_caption else None
+        return {
+            "tag_cos": cosine_maps(feats["dense"], tag_emb),
+            "tag_emb": tag_emb,
+            "global": F.normalize(feats["global"], dim=-1) if self._scoring_needs_global else None,
+            "caption": caption_emb,
+        }
+
+    def distillation_losses(self, captions, tag_batch: Dict, student: Dict, caption_emb: torch.Tensor, teacher=None):
+        """L_distill and L_tag (TTD_METHOD.md, step 2) for one batch.
+
+        ``student``: {"dense": [B, D, h, w], "global"?: [B, D]}; ``caption_emb`` [B, D];
+        ``teacher``: ``_teacher_views`` output, or None for the model's own (detached) views.
+        """
+        dense, valid = student["dense"], tag_batch["valid"]
+        tag_emb = self._tag_embeddings(tag_batch, self._encode_tags, dense.shape[1])
+        caption_mask = self.masker(cosine_maps(dense, caption_emb[:, None])[:, 0])  # [B, h, w]
+        tag_cos = cosine_maps(dense, tag_emb)  # [B, K, h, w]
+        tag_masks = self.masker(tag_cos)
+        with torch.no_grad():
+            if teacher is None:
+                teacher = {
+                    "tag_cos": tag_cos.detach(),
+                    "tag_emb": tag_emb.detach(),
+                    "global": F.normalize(student["global"].detach(), dim=-1) if self._scoring_needs_global else None,
+                    "caption": caption_emb.detach(),
+                }
+            if self.tag_scoring == "nltk":
+                selected = self._nltk_selection(captions, tag_batch["tags"], valid)
+                scores = selected.float()
+            else:
+                scores = score_tags(
+                    self.tag_scoring, teacher["tag_emb"], valid, self.backbone.logit_scale,
+                    teacher["global"], teacher["caption"], teacher["tag_cos"],
+                )
+                selected = select_tags(scores, valid, self.tag_threshold)
+            targets, union = distillation_targets(self.masker(teacher["tag_cos"]), selected)
+        losses = ttd_losses(caption_mask, tag_masks, targets, union, valid, self.loss_distance)
+        self._record_statistics(valid, selected, scores, caption_mask.detach(), union)
+        return {"loss_distill": self.distill_weight * losses["loss_distill"], "loss_tag": self.tag_weight * losses["loss_tag"]}
+
+    def _nltk_selection(self, captions, tags, valid):
+        selected = torch.zeros_like(valid)
+        for b, (caption, caption_tags) in enumerate(zip(captions, tags)):
+            if caption_tags:
+                selected[b, : len(caption_tags)] = torch.tensor(nltk_noun_adjective_mask(caption, caption_tags))
+        return selected
+
+    def update_teacher(self) -> None:
+        """Advance the EMA teacher by one step (called by the TTD hook after each iteration)."""
+        if self.teacher == "ema":
+            lora_ema_update(self.ema_state, self.backbone.clip, self.ema_decay)
+
+    def _record_statistics(self, valid, selected, scores, caption_mask, union):
+        caption_region, target_region = caption_mask > 0.5, union > 0.5
+        inter = (caption_region & target_region).flatten(1).sum(1).float()
+        uni = (caption_region | target_region).flatten(1).sum(1).float()
+        self.tag_statistics = {
+            "candidates_per_caption": valid.sum(1).float().mean().item(),
+            "selected_per_caption": selected.sum(1).float().mean().item(),
+            "target_caption_iou": (inter / uni.clamp_min(1)).mean().item(),
+            "scores": scores[valid].detach().float().cpu(),
+        }
