@@ -1,6 +1,7 @@
 """Dataset mappers: image-caption pairs for training, any record for evaluation."""
 import copy
 import logging
+import sys
 from typing import Dict, Optional
 
 import numpy as np
@@ -29,24 +30,27 @@ def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 class CaptionTrainMapper:
-    """Image-caption record -> {"image": [3, S, S] uint8 RGB, "caption": str}.
+    """Image-caption record -> {"image": [3, S, S] uint8 RGB numpy array, "caption": str, ...}.
 
     Images are resized (short side S) and randomly cropped to S x S, optionally flipped.
+    The image stays a numpy array: batches of hundreds of small tensors are slow to pass
+    from loader workers (one shared-memory segment each); the model stacks them once.
     A sample whose image cannot be read is skipped with a warning (returns None, so
     detectron2's MapDataset draws another one): one bad file must not stop a long run.
     """
 
     @configurable
-    def __init__(self, *, train_size: int, image_format: str = "RGB", flip: bool = True):
-        augs = [T.ResizeShortestEdge(train_size, train_size), T.RandomCrop("absolute", (train_size, train_size))]
-        if flip:
-            augs.append(T.RandomFlip(horizontal=True))
+    def __init__(self, *, train_size: int, image_format: str = "RGB", flip: str = "horizontal"):
+        augs = [T.ResizeShortestEdge(train_size, sys.maxsize), T.RandomCrop("absolute", (train_size, train_size))]
+        if flip != "none":
+            augs.append(T.RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical"))
+        self.train_size = train_size
         self.augmentations = T.AugmentationList(augs)
         self.image_format = image_format
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
-        return {"train_size": cfg.INPUT.TRAIN_SIZE, "image_format": cfg.INPUT.FORMAT, "flip": cfg.INPUT.RANDOM_FLIP != "none"}
+        return {"train_size": cfg.INPUT.TRAIN_SIZE, "image_format": cfg.INPUT.FORMAT, "flip": cfg.INPUT.RANDOM_FLIP}
 
     def __call__(self, record: Dict) -> Optional[Dict]:
         try:
@@ -56,7 +60,13 @@ class CaptionTrainMapper:
             return None
         aug = T.AugInput(image)
         self.augmentations(aug)
-        return {"image": to_chw_tensor(aug.image), "caption": record["caption"], "file_name": record["file_name"]}
+        return {
+            "image": np.ascontiguousarray(aug.image.transpose(2, 0, 1)),
+            "caption": record["caption"],
+            "file_name": record["file_name"],
+            "height": self.train_size,
+            "width": self.train_size,
+        }
 
 
 class TestMapper:

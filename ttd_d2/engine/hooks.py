@@ -14,12 +14,16 @@ def unwrap(model):
 
 
 def lora_checkpoint(model) -> dict:
-    """The LoRA-only checkpoint of a TTD model: adapters + masker (plain tensors)."""
+    """The LoRA-only checkpoint of a TTD model: adapters, masker and, with an EMA teacher, its
+    adapters (plain tensors)."""
     model = unwrap(model)
-    return {
+    checkpoint = {
         "lora": {k: v.detach().cpu() for k, v in lora_state_dict(model.backbone.clip).items()},
         "masker": {k: v.detach().cpu() for k, v in model.masker.state_dict().items()},
     }
+    if model.ema_state:
+        checkpoint["ema"] = {k: v.detach().cpu() for k, v in model.ema_state.items()}
+    return checkpoint
 
 
 class TTDHook(HookBase):
@@ -43,11 +47,9 @@ class TTDHook(HookBase):
         if not stats:
             return
         storage = self.trainer.storage
-        storage.put_scalars(
-            **{f"ttd/{k}": v for k, v in stats.items() if not torch.is_tensor(v)}, smoothing_hint=True
-        )
+        storage.put_scalars(**{f"ttd/{k}": float(v) for k, v in stats.items() if k != "scores"}, smoothing_hint=True)
         if self.trainer.iter % self.histogram_period == 0 and stats["scores"].numel():
-            storage.put_histogram("ttd/tag_scores", stats["scores"], bins=20)
+            storage.put_histogram("ttd/tag_scores", stats["scores"].cpu(), bins=20)
         next_iter = self.trainer.iter + 1
         if self.period > 0 and next_iter % self.period == 0 and next_iter != self.trainer.max_iter:
             self._save(f"model_lora_{next_iter:07d}.pth")

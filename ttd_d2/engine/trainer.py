@@ -35,7 +35,9 @@ class TTDTrainer(DefaultTrainer):
         if evaluator_type == "sem_seg":
             return DatasetEvaluators([SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)])
         if evaluator_type == "caption":
-            return build_caption_evaluators(dataset_name, output_dir=output_folder)
+            return build_caption_evaluators(
+                dataset_name, output_dir=output_folder, mask_threshold=cfg.MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD
+            )
         raise NotImplementedError(
             f"no evaluator for dataset '{dataset_name}' (evaluator_type={evaluator_type!r}); "
             "ttd_d2 evaluates 'sem_seg' and 'caption' datasets"

@@ -140,14 +140,14 @@ class CaptionSegEvaluator(DatasetEvaluator):
         return OrderedDict(caption_seg=results)
 
 
-def build_caption_evaluators(dataset_name: str, output_dir=None, *, distributed=True):
+def build_caption_evaluators(dataset_name: str, output_dir=None, *, distributed=True, mask_threshold: float = 0.5):
     """All four caption-dataset evaluators (tag selection, caption segmentation, text bias,
     zero-shot) combined. ``output_dir`` is accepted for the ``build_evaluator(cfg,
     dataset_name, output_folder)`` convention and is not used (results are returned)."""
     return DatasetEvaluators(
         [
             TagSelectionEvaluator(dataset_name, distributed=distributed),
-            CaptionSegEvaluator(dataset_name, distributed=distributed),
+            CaptionSegEvaluator(dataset_name, mask_threshold=mask_threshold, distributed=distributed),
             TextBiasEvaluator(dataset_name, distributed=distributed),
             ZeroShotEvaluator(dataset_name, distributed=distributed),
         ]

@@ -246,7 +246,7 @@ def register_synthetic_split(root: Union[str, Path], layout: str, split: str) ->
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
-    root = Path(root).expanduser().absolute()
+    root = Path(os.path.abspath(os.path.expanduser(root)))
     name = dataset_name(layout, split)
     if name in DatasetCatalog.list():
         previous = _registered_roots.get(name)

@@ -5,8 +5,9 @@ object is the *dominant* one: nominal radius 0.23-0.30 of the image width, drawn
 top), so it is always fully visible and the largest visible region. Secondary objects have
 nominal radius 0.14-0.20 (shrunk further, rarely, if their shape would otherwise cover as
 much area as the dominant one) and are placed so that at most ``MAX_OCCLUSION`` of each one is
-hidden by the objects listed before it. Draw order is the reverse of the object order, so an
-object is occluded only by the objects before it in the list.
+hidden by the objects listed before it (a secondary that cannot be placed after
+``PLACEMENT_ATTEMPTS`` tries is left out; none was in 20000 images). Draw order is the reverse
+of the object order, so an object is occluded only by the objects before it in the list.
 
 Everything is a pure function of a ``numpy.random.Generator``; :func:`image_rngs` derives the
 generators of image ``index`` from ``(seed, index)`` alone, so image ``i`` of a split does
@@ -53,7 +54,6 @@ DOMINANCE_MARGIN = 1.2  # dominant area >= margin * any secondary's full area
 PLACEMENT_ATTEMPTS = 30
 MIN_OBJECT_CONTRAST = 90.0  # RGB distance between an object and the background beneath it
 MIN_COLOUR_DISTANCE = 60.0  # RGB distance between two objects' colours
-PIXEL_NOISE_STD = 5.0
 
 # Largest random rotation, degrees, per class (symmetry and class identity: a square stays
 # axis-aligned enough not to read as a diamond).
@@ -259,53 +259,57 @@ def _place(rng: np.random.Generator, category_id: int, radius: float, image_size
     return angle, (float(center[0]), float(center[1]))
 
 
-def _make_object(rng, category_id, radius, image_size, dominant) -> ObjectSpec:
+def _make_object(rng, category_id: int, radius: float, image_size: int, dominant: bool) -> ObjectSpec:
+    """An uncoloured object at a random pose (colours are picked once the layout is final)."""
     angle, center = _place(rng, category_id, radius, image_size)
     return ObjectSpec(category_id, center, float(radius), angle, (0, 0, 0), dominant)
 
 
+def _place_secondary(rng, category_id: int, image_size: int, dominant_area: int, occupied: np.ndarray):
+    """A secondary object and its full mask bool [S, S]: clearly smaller than the dominant
+    one and at most ``MAX_OCCLUSION`` hidden by ``occupied``; None after
+    ``PLACEMENT_ATTEMPTS`` failures (the object is then left out; rare)."""
+    for _ in range(PLACEMENT_ATTEMPTS):
+        radius = rng.uniform(*SECONDARY_RADIUS) * image_size
+        candidate = _make_object(rng, category_id, radius, image_size, False)
+        mask = rasterize_shape(candidate, image_size)
+        area = mask.sum()
+        if area * DOMINANCE_MARGIN > dominant_area:  # a bulky shape beside a thin one: shrink it
+            radius *= 0.97 * math.sqrt(dominant_area / (DOMINANCE_MARGIN * area))
+            candidate = _make_object(rng, category_id, radius, image_size, False)
+            mask = rasterize_shape(candidate, image_size)
+            area = mask.sum()
+        if 0 < area and area * DOMINANCE_MARGIN <= dominant_area and (mask & occupied).sum() <= MAX_OCCLUSION * area:
+            return candidate, mask
+    return None
+
+
 def sample_scene(rng: np.random.Generator, image_size: int = 64):
-    """Sample the geometry of a scene and its background.
+    """Sample the layout, colours and background of a scene.
 
     Returns:
         (objects: tuple[ObjectSpec] dominant first, masks: list of bool [S, S] full masks in
         the same order, background float32 [S, S, 3], background kind).
     """
     background, kind = render_background(rng, image_size)
-    count = sample_num_objects(rng)
-    category_ids = rng.choice(len(CLASSES), size=count, replace=False)
+    category_ids = [int(c) for c in rng.choice(len(CLASSES), size=sample_num_objects(rng), replace=False)]
     radius = rng.uniform(*DOMINANT_RADIUS) * image_size
-    dominant = _make_object(rng, int(category_ids[0]), radius, image_size, True)
-    masks = [rasterize_shape(dominant, image_size)]
-    objects = [dominant]
-    dominant_area = masks[0].sum()
+    objects = [_make_object(rng, category_ids[0], radius, image_size, True)]
+    masks = [rasterize_shape(objects[0], image_size)]
     occupied = masks[0].copy()
     for category_id in category_ids[1:]:
-        for _ in range(PLACEMENT_ATTEMPTS):
-            radius = rng.uniform(*SECONDARY_RADIUS) * image_size
-            candidate = _make_object(rng, int(category_id), radius, image_size, False)
-            mask = rasterize_shape(candidate, image_size)
-            area = mask.sum()
-            if area * DOMINANCE_MARGIN > dominant_area:  # shrink until clearly smaller
-                radius *= 0.97 * math.sqrt(dominant_area / (DOMINANCE_MARGIN * area))
-                candidate = _make_object(rng, int(category_id), radius, image_size, False)
-                mask = rasterize_shape(candidate, image_size)
-                area = mask.sum()
-            if area == 0 or area * DOMINANCE_MARGIN > dominant_area:
-                continue
-            if (mask & occupied).sum() <= MAX_OCCLUSION * area:
-                objects.append(candidate)
-                masks.append(mask)
-                occupied |= mask
-                break
-    coloured = []
-    for obj, mask in zip(objects, masks):
+        placed = _place_secondary(rng, category_id, image_size, masks[0].sum(), occupied)
+        if placed is not None:
+            objects.append(placed[0])
+            masks.append(placed[1])
+            occupied |= placed[1]
+    colours = []
+    for mask in masks:
         beneath = background[mask].mean(axis=0) if mask.any() else background.mean(axis=(0, 1))
-        colour = _pick_colour(rng, beneath, coloured)
-        coloured.append(colour)
+        colours.append(_pick_colour(rng, beneath, colours))
     objects = tuple(
         ObjectSpec(o.category_id, o.center, o.radius, o.angle, tuple(int(c) for c in colour), o.dominant)
-        for o, colour in zip(objects, coloured)
+        for o, colour in zip(objects, colours)
     )
     return objects, masks, background, kind
 
@@ -319,7 +323,6 @@ def render_scene(rng: np.random.Generator, image_size: int = 64) -> Scene:
         mask = masks[instance_id - 1]
         image[mask] = np.asarray(objects[instance_id - 1].colour, np.float32)
         instance_mask[mask] = instance_id
-    image += PIXEL_NOISE_STD * rng.standard_normal(size=image.shape, dtype=np.float32)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     return Scene(image=image, instance_mask=instance_mask, objects=objects, background=kind)
 

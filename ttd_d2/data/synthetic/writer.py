@@ -83,7 +83,8 @@ LAYOUTS: Tuple[str, ...] = ("semseg", "captions", "image_text")
 DEFAULT_BACKGROUND_THRESHOLD = 0.4  # placeholder, calibrated on semseg/val later
 IGNORE_LABEL = 255
 META_FILE = "meta.json"
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 3]
+MIN_IMAGES_FOR_POOL = 2000  # below this, starting worker processes costs more than it saves
+_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # meta.json fields that must match for an existing split to count as complete
 _IDENTITY_KEYS = ("generator_version", "layout", "split", "seed", "num_images", "image_size", "caption_noise")
@@ -99,7 +100,9 @@ class SplitSpec:
     num_images: int
 
 
-def quickstart_splits(train_images: int = 20000, val_images: int = 200, test_images: int = 300) -> Tuple[SplitSpec, ...]:
+def quickstart_splits(
+    train_images: int = 20000, val_images: int = 200, test_images: int = 300
+) -> Tuple[SplitSpec, ...]:
     """Every split the quickstart needs (seed map in the module docstring)."""
     specs = [
         SplitSpec("image_text", "train", 0, train_images),
@@ -150,7 +153,10 @@ def _same_split(existing: Optional[dict], expected: dict) -> bool:
     return existing is not None and all(existing.get(k) == expected.get(k) for k in _IDENTITY_KEYS)
 
 
-def is_complete(root, layout, split, num_images, seed, image_size=64, omit_prob=0.3, replace_prob=0.3) -> bool:
+def is_complete(
+    root: Union[str, Path], layout: str, split: str, num_images: int, seed: int,
+    image_size: int = 64, omit_prob: float = 0.3, replace_prob: float = 0.3,
+) -> bool:
     """True when ``root/<layout>/<split>`` holds a finished split with these parameters."""
     expected = _meta(layout, split, seed, num_images, image_size, omit_prob, replace_prob)
     return _same_split(read_meta(split_dir(root, layout, split)), expected)
@@ -207,7 +213,7 @@ def _render_all(tasks: Sequence[tuple], workers: int, progress: Optional[Callabl
         if progress is not None:
             progress(len(chunk_records))
 
-    if workers <= 1 or len(tasks) == 1:
+    if workers <= 1 or len(tasks) == 1 or tasks[-1][5] < MIN_IMAGES_FOR_POOL:
         for task in tasks:
             collect(_render_chunk(task))
         return records
@@ -274,7 +280,9 @@ def generate(
         num_images: number of images.
         seed: split seed; image ``i`` depends only on ``(seed, i)``.
         image_size: side of the square images, pixels.
-        workers: processes for rendering; 0 or 1 renders in this process.
+        workers: processes for rendering; 0 or 1 (or fewer than ``MIN_IMAGES_FOR_POOL``
+            images) renders in this process. Workers are started with "spawn": a script
+            calling this with ``workers > 1`` needs the ``if __name__ == "__main__":`` guard.
         overwrite: replace an existing split whose parameters differ (otherwise an error).
         omit_prob, replace_prob: noise of the training captions (image_text layout only).
         chunk_size: images per rendering task.

@@ -10,7 +10,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 
 from .clip_loading import load_clip, resolve_arch
 from .dense_heads import DENSE_MODES, dense_last_block
-from .text_encoding import encode_tokens
+from .text_encoding import encode_tokens, round_up, shortest_context
 
 
 def interpolate_pos_embed(pos_embed: torch.Tensor, src_grid: Tuple[int, int], dst_grid: Tuple[int, int]) -> torch.Tensor:
@@ -151,21 +151,25 @@ class CLIPDense(Backbone):
         return tokens, grid
 
     def forward_head(
-        self, tokens: torch.Tensor, grid: Tuple[int, int], first_block: int, with_global: bool = True
+        self, tokens: torch.Tensor, grid: Tuple[int, int], first_block: int, with_global: bool = True,
+        with_dense: bool = True,
     ) -> Dict[str, torch.Tensor]:
-        """Blocks ``first_block``.. of ``forward_trunk`` tokens, the last one as the dense head."""
+        """Blocks ``first_block``.. of ``forward_trunk`` tokens, the last one as the dense head
+        ("dense") and/or as itself ("global")."""
         visual = self.clip.visual
         with self.autocast(tokens.device):
             *blocks, last = visual.transformer.resblocks[first_block:]
             for block in blocks:
                 tokens = block(tokens)
             vanilla = last(tokens) if with_global or self.dense_mode == "vanilla" else None
-            if self.dense_mode == "vanilla":
+            out = {}
+            if with_dense and self.dense_mode == "vanilla":
                 dense_tokens = vanilla
-            else:
+            elif with_dense:
                 dense_tokens = dense_last_block(last, tokens, self.dense_mode, grid, self.attn_scale, self.naclip_sigma)
-            dense = visual.ln_post(dense_tokens[:, 1:]) @ visual.proj
-            out = {"dense": dense.float().transpose(1, 2).reshape(tokens.shape[0], -1, *grid)}
+            if with_dense:
+                dense = visual.ln_post(dense_tokens[:, 1:]) @ visual.proj
+                out["dense"] = dense.float().transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
             if with_global:
                 out["global"] = self.pool(vanilla).float()
         return out
@@ -176,15 +180,22 @@ class CLIPDense(Backbone):
 
     def encode_text(self, texts: List[str], use_templates: bool = False, chunk_size: int = 4096) -> torch.Tensor:
         """L2-normalised text embeddings [N, D]; with ``use_templates`` each text is put through
-        every prompt template and the normalised embeddings are averaged (then renormalised)."""
+        every prompt template and the normalised embeddings are averaged (then renormalised).
+
+        Token batches are padded to a multiple of 32 rows and 8 positions, so that batches of
+        varying tag counts reuse a few kernel shapes (attention backends plan per shape)."""
         templates = self.prompt_templates if use_templates else ["{}"]
         prompts = [t.format(text) for text in texts for t in templates]
         if not prompts:
             return torch.zeros(0, self.embed_dim, device=self.clip.logit_scale.device)
-        tokens = self.tokenize(prompts)
+        tokens = self.tokenizer(prompts)  # on CPU: the context length is read without a sync
+        n_ctx = min(round_up(shortest_context(tokens), 8), tokens.shape[1])
+        rows = min(round_up(len(prompts), 32), max(len(prompts), chunk_size))
+        tokens = F.pad(tokens[:, :n_ctx], (0, 0, 0, rows - len(prompts)))
+        tokens = tokens.to(self.clip.logit_scale.device, non_blocking=True)
         with self.autocast(tokens.device):
-            chunks = [encode_tokens(self.clip, tokens[i : i + chunk_size]) for i in range(0, len(tokens), chunk_size)]
-        emb = F.normalize(torch.cat(chunks).float(), dim=-1)
+            chunks = [encode_tokens(self.clip, tokens[i : i + chunk_size], n_ctx) for i in range(0, len(tokens), chunk_size)]
+        emb = F.normalize(torch.cat(chunks)[: len(prompts)].float(), dim=-1)
         emb = emb.view(len(texts), len(templates), -1).mean(1)
         return F.normalize(emb, dim=-1)
 

@@ -16,14 +16,20 @@ def shortest_context(tokens: torch.Tensor) -> int:
     return int(last.max().item()) + 1 if tokens.numel() else 1
 
 
-def encode_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
-    """Text embeddings [N, D] (not normalised) of ``tokens`` [N, L] from an open_clip ``CLIP``.
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def encode_tokens(model, tokens: torch.Tensor, n_ctx: int = 0) -> torch.Tensor:
+    """Text embeddings [N, D] (not normalised) of ``tokens`` [N, L] from an open_clip ``CLIP``,
+    run at context ``n_ctx`` (0 = the shortest that fits; pass it when ``tokens`` live on
+    the GPU to avoid a device sync).
 
     Models without a causal mask or with a custom text tower use open_clip's own forward.
     """
     if not hasattr(model, "token_embedding") or getattr(model, "attn_mask", None) is None:
         return model.encode_text(tokens)
-    n_ctx = shortest_context(tokens)
+    n_ctx = n_ctx or shortest_context(tokens)
     tokens = tokens[:, :n_ctx]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:n_ctx].to(cast_dtype)

@@ -19,24 +19,29 @@ class TTDInference:
     ``masker``, the ``normalize`` method and the test options set by ``TTD.__init__``."""
 
     # ------------------------------------------------------------------ class embeddings
-    def class_embeddings(self, dataset_name: str) -> Tuple[torch.Tensor, torch.Tensor, int, float]:
-        """(synonym embeddings [S, D], owner [S], number of classes, background threshold or -1)
-        for a dataset's ``stuff_classes``; cached per dataset in eval mode."""
+    def class_embeddings(self, dataset_name: str) -> Tuple[torch.Tensor, torch.Tensor, int, bool]:
+        """(synonym embeddings [S, D], owner [S], number of text classes, has_background) for a
+        dataset's ``stuff_classes``, cached per dataset. A dataset has a background class
+        (index 0, scored by a constant) when its metadata has ``background_threshold``."""
         if dataset_name in self._class_cache:
             return self._class_cache[dataset_name]
         meta = MetadataCatalog.get(dataset_name)
         classes = list(getattr(meta, "stuff_classes", []) or [])
         if not classes:
             raise ValueError(f"dataset '{dataset_name}' has no stuff_classes metadata to segment")
-        threshold = self.background_threshold
-        if threshold < 0:
-            threshold = float(getattr(meta, "background_threshold", -1.0))
-        if threshold >= 0:
-            classes = classes[1:]  # class 0 = background gets a constant channel
+        has_background = hasattr(meta, "background_threshold")
+        if has_background:
+            classes = classes[1:]
         names, owner = split_synonyms(classes)
-        entry = (self.backbone.encode_text(names, use_templates=True), owner, len(classes), threshold)
+        entry = (self.backbone.encode_text(names, use_templates=True), owner, len(classes), has_background)
         self._class_cache[dataset_name] = entry
         return entry
+
+    def background_score(self, dataset_name: str) -> float:
+        """The constant background score: the model's own if set (>= 0), else the dataset's."""
+        if self.background_threshold >= 0:
+            return self.background_threshold
+        return float(MetadataCatalog.get(dataset_name).background_threshold)
 
     def train(self, mode: bool = True):
         self._class_cache.clear()  # text tower may change while training
@@ -51,7 +56,7 @@ class TTDInference:
 
     def semantic_segmentation(self, x: Dict, dataset_name: str) -> torch.Tensor:
         """Scores [C (+1 background), H, W] at the input's original size."""
-        text_emb, owner, num_classes, threshold = self.class_embeddings(dataset_name)
+        text_emb, owner, num_classes, has_background = self.class_embeddings(dataset_name)
         image = self.normalize(x["image"])[None]
 
         def predict(img):
@@ -60,8 +65,8 @@ class TTDInference:
         scores = slide_inference(predict, image, self.slide_crop, self.slide_stride)
         if self.flip:
             scores = 0.5 * (scores + slide_inference(predict, image.flip(-1), self.slide_crop, self.slide_stride).flip(-1))
-        if threshold >= 0:
-            scores = torch.cat([scores.new_full((1, *scores.shape[1:]), threshold), scores])
+        if has_background:
+            scores = torch.cat([scores.new_full((1, *scores.shape[1:]), self.background_score(dataset_name)), scores])
         height, width = x.get("height", scores.shape[-2]), x.get("width", scores.shape[-1])
         return sem_seg_postprocess(scores, scores.shape[-2:], height, width)
 

@@ -26,6 +26,8 @@ def max_over_synonyms(scores: torch.Tensor, owner: torch.Tensor, num_classes: in
 
 def sliding_windows(height: int, width: int, crop: int, stride: int) -> List[Tuple[int, int, int, int]]:
     """(y0, x0, y1, x1) windows of size <= crop covering an image, the last flush with the border."""
+    if crop <= 0 or not 0 < stride <= crop:
+        raise ValueError(f"sliding window needs 0 < stride <= crop, got crop {crop}, stride {stride}")
     def starts(size):
         if size <= crop:
             return [0]

@@ -11,8 +11,9 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.utils import comm
 from open_clip.loss import ClipLoss
 from torch import nn
+from torch.nn.utils import parametrize
 
-from ..lora import VALID_TARGETS, VALID_TOWERS, add_lora, add_lora_to_blocks, load_lora_state_dict, lora_disabled, lora_ema_update, lora_swapped, merge_lora
+from ..lora import VALID_TARGETS, VALID_TOWERS, add_lora, add_lora_to_blocks, load_lora_state_dict, lora_state_dict, lora_disabled, lora_ema_update, lora_swapped, merge_lora
 from ..masker import Masker
 from ..ttd.losses import distillation_targets, ttd_losses
 from ..ttd.scoring import SCORING_METHODS, cosine_maps, score_tags, select_tags
@@ -102,7 +103,7 @@ class TTD(TTDInference, nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(backbone.pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(backbone.pixel_std).view(-1, 1, 1), False)
         self._class_cache: Dict = {}
-        self.ema_state: Dict[str, torch.Tensor] = {}
+        self.ema_teacher = nn.Module()  # EMA adapters as buffers: saved and resumed with the model
         self.tag_statistics: Dict = {}
         self._teacher_text_cache = TextEmbeddingCache(self._teacher_encode_tags)
         self.shared_image_blocks = 0
@@ -159,6 +160,9 @@ class TTD(TTDInference, nn.Module):
         if "image" in towers:
             add_lora_to_blocks(blocks[first:], rank, alpha, targets, prefix=f"visual.transformer.resblocks.{first}+")
         self.shared_image_blocks = first
+        if self.teacher == "ema":
+            for name, tensor in lora_state_dict(clip).items():
+                self.ema_teacher.register_buffer(name.replace(".", "__"), tensor.clone())
         if weights:
             if not os.path.isfile(weights):
                 raise FileNotFoundError(f"MODEL.TTD.LORA.WEIGHTS '{weights}' does not exist (a model_lora_*.pth of a TTD run)")
@@ -171,17 +175,22 @@ class TTD(TTDInference, nn.Module):
             merge_lora(clip)
 
     @property
+    def ema_state(self) -> Dict[str, torch.Tensor]:
+        """{LoRA tensor name: EMA tensor} (empty unless the teacher is "ema"); updated in place."""
+        return {name.replace("__", "."): buf for name, buf in self.ema_teacher.named_buffers()}
+
+    @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8/float image [3, H, W] in [0, 255] RGB -> normalised float on the model's device."""
+        """uint8/float images [(B,) 3, H, W] in [0, 255] RGB -> normalised float on the model's device."""
         return (image.to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
 
     def forward(self, batched_inputs: Sequence[Dict]):
         if not self.training:
             return self.inference(batched_inputs)
-        images = torch.stack([self.normalize(x["image"]) for x in batched_inputs])
+        images = self.normalize(torch.stack([torch.as_tensor(x["image"]) for x in batched_inputs]))
         captions = [x["caption"] for x in batched_inputs]
         if not (self.ttd_enabled or self.contrastive_weight > 0):
             raise ValueError("nothing to train: set MODEL.TTD.ENABLED True or MODEL.CLIP.CONTRASTIVE_WEIGHT > 0")
@@ -196,8 +205,13 @@ class TTD(TTDInference, nn.Module):
             if self.teacher != "self":  # before the student: the EMA teacher swaps weights in place
                 teacher = self._teacher_views(tokens, grid, shared, captions, tag_batch)
         need_global = self.contrastive_weight > 0 or (self.teacher == "self" and self._scoring_needs_global)
-        student = self.backbone.forward_head(tokens, grid, shared, with_global=need_global)
-        caption_emb = self.backbone.encode_text(captions)
+        # Adapted weights (W + BA) are built once per step instead of at every access.
+        with parametrize.cached():
+            student = self.backbone.forward_head(tokens, grid, shared, with_global=need_global, with_dense=self.ttd_enabled)
+            caption_emb = self.backbone.encode_text(captions)
+            return self._losses(captions, tag_batch, student, caption_emb, teacher)
+
+    def _losses(self, captions, tag_batch, student, caption_emb, teacher) -> Dict[str, torch.Tensor]:
         losses = {}
         if self.contrastive_weight > 0:
             tau = self.backbone.clip.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
@@ -243,8 +257,6 @@ class TTD(TTDInference, nn.Module):
         if self.teacher == "frozen":
             context, encode_tags = lora_disabled(self.backbone.clip), self._teacher_text_cache
         else:
-            if not self.ema_state:
-                lora_ema_update(self.ema_state, self.backbone.clip, self.ema_decay)
             context, encode_tags = lora_swapped(self.backbone.clip, self.ema_state), self._encode_tags
         with context:
             feats = self.backbone.forward_head(tokens, grid, first_block, with_global=self._scoring_needs_global)
@@ -303,12 +315,13 @@ class TTD(TTDInference, nn.Module):
             lora_ema_update(self.ema_state, self.backbone.clip, self.ema_decay)
 
     def _record_statistics(self, valid, selected, scores, caption_mask, union):
+        """Tensors (read by the TTD hook after the step, so the step itself never syncs)."""
         caption_region, target_region = caption_mask > 0.5, union > 0.5
         inter = (caption_region & target_region).flatten(1).sum(1).float()
         uni = (caption_region | target_region).flatten(1).sum(1).float()
         self.tag_statistics = {
-            "candidates_per_caption": valid.sum(1).float().mean().item(),
-            "selected_per_caption": selected.sum(1).float().mean().item(),
-            "target_caption_iou": (inter / uni.clamp_min(1)).mean().item(),
-            "scores": scores[valid].detach().float().cpu(),
+            "candidates_per_caption": valid.sum(1).float().mean(),
+            "selected_per_caption": selected.sum(1).float().mean(),
+            "target_caption_iou": (inter / uni.clamp_min(1)).mean(),
+            "scores": scores[valid].detach().float(),
         }

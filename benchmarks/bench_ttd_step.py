@@ -1,0 +1,553 @@
+#!/usr/bin/env python
+"""Training-step throughput of TTD against a plain CLIP contrastive fine-tune, in one process.
+
+Two models are built one after the other from the same config, on one device:
+
+* ``ttd``:   ``MODEL.TTD.ENABLED True`` (LoRA adapters, TTD losses, teacher ``--teacher``);
+* ``plain``: ``MODEL.TTD.ENABLED False``, ``MODEL.CLIP.CONTRASTIVE_WEIGHT 1.0``: CLIP's
+  contrastive loss with every parameter trainable (full fine-tune).
+
+Each one is trained exactly as ``TTDTrainer`` does (``model.train(); losses = model(batch);
+sum(losses.values()).backward(); opt.step(); opt.zero_grad(set_to_none=True)``, optimizer from
+``TTDTrainer.build_optimizer``) on synthetic uint8 images that sit on the device already (data
+loading is not measured) and deterministic synthetic captions (``--tags-per-caption`` candidate
+tags each after stopword removal). After ``--warmup`` steps, ``--steps`` steps are timed between
+two ``torch.cuda.synchronize()``.
+
+FLOPs (see benchmarks/README.md, "FLOP accounting"): fvcore's ``FlopCountAnalysis`` counts the
+forward pieces (image tower at the benchmark size, text tower on captions and tag prompts);
+``FLOPs = 2 x fvcore's count`` (fvcore counts one multiply-add as one flop) over matrix
+products only. Step FLOPs use the convention ``step = teacher forward + 3 x student forward``
+(backward = 2 x forward; no teacher in the plain step). As a cross-check, one warm-up step of
+each model runs under ``torch.utils.flop_counter.FlopCounterMode``, which counts the matrix
+products executed in that step, backward included ("executed").
+
+GPU host (one H200)::
+
+    python benchmarks/bench_ttd_step.py --output output/bench_ttd_step.json
+
+CPU smoke run (tiny model)::
+
+    python benchmarks/bench_ttd_step.py --arch tests/fixtures/tiny_clip.json --image-size 32 \\
+        --batch-size 4 --steps 2 --warmup 1 --device cpu
+
+Trailing ``KEY VALUE`` pairs are merged into both configs, e.g.
+``MODEL.TTD.LORA.TARGETS "['mlp.c_fc', 'mlp.c_proj']"``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import logging
+import math
+import os
+import platform
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_ttd_step.py` without install
+    sys.path.insert(0, str(REPO_ROOT))
+if "NLTK_DATA" not in os.environ and (REPO_ROOT.parent / "shared" / "nltk_data").is_dir():
+    os.environ["NLTK_DATA"] = str(REPO_ROOT.parent / "shared" / "nltk_data")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+logger = logging.getLogger("bench_ttd_step")
+
+DEFAULT_CONFIG = "configs/Base-TTD.yaml"
+TARGET_RATIO = 0.9
+GIB = float(1 << 30)
+
+FLOP_ACCOUNTING = (
+    "FLOPs = 2 x multiply-adds of matrix products (linear, matmul, conv, attention), counted by "
+    "fvcore FlopCountAnalysis on the forward pieces: image tower (CLIPDense forward at the "
+    "benchmark size, with or without the vanilla last block as the step needs it) and text "
+    "tower (captions; tag prompts; at the shortest context, as the model runs them). "
+    "plain step = 3 x (image + caption forward) [backward = 2 x forward]. "
+    "TTD step = teacher forward (frozen/ema: image tower with adapters off/EMA, plus the text "
+    "tower on tag prompts the teacher encodes in that step: cache misses for 'frozen', all "
+    "for 'ema'; none for 'self') + 3 x student forward (image + caption + tag prompts, adapters "
+    "on) [same backward = 2 x forward convention; LoRA skips the weight gradients of frozen, "
+    "non-parametrised weights, so this overstates the TTD step's executed FLOPs]. Norms, "
+    "elementwise ops, losses and the optimizer are not counted. 'executed' = "
+    "torch.utils.flop_counter.FlopCounterMode over one whole warm-up step (forward + backward, "
+    "matrix products as executed)."
+)
+
+# Deterministic caption material. Content words are common concrete nouns and adjectives, none
+# of them an NLTK stopword; joiners are made of stopwords only, so a caption built from k
+# distinct content words has exactly k candidate tags (checked by the smoke test).
+CONTENT_WORDS = tuple(
+    """
+    dog cat horse cow sheep bird duck chicken goat pig rabbit mouse fish shark whale dolphin
+    elephant giraffe zebra lion tiger bear monkey deer fox wolf snake turtle frog butterfly bee
+    spider owl eagle parrot penguin camel kangaroo squirrel man woman child boy girl baby person
+    people crowd player chef doctor soldier student farmer tourist dancer singer car truck bus
+    bicycle motorcycle train airplane boat ship tractor scooter taxi van helicopter rocket
+    skateboard surfboard snowboard kite ball racket bat glove helmet umbrella backpack handbag
+    suitcase bottle cup glass bowl plate fork knife spoon pizza sandwich burger cake donut apple
+    banana orange lemon grape strawberry carrot tomato potato broccoli salad bread cheese egg
+    coffee tea wine beer chair table sofa bed desk lamp clock vase mirror window door curtain
+    pillow blanket carpet shelf book laptop computer keyboard phone camera television remote
+    guitar piano violin drum microphone house building tower bridge church castle temple barn
+    fence wall roof stairs road street sidewalk highway tunnel station airport harbor beach
+    ocean lake river waterfall mountain hill valley forest tree flower grass garden park field
+    desert island cave rock sand snow ice cloud sky sun moon star rainbow storm fog sunset
+    sunrise night city village market shop restaurant kitchen bathroom bedroom office classroom
+    stadium museum library red blue green yellow black white purple pink brown gray golden
+    silver wooden metal plastic ceramic old new small large tiny huge tall short long round
+    square bright dark colorful vintage modern rustic cozy sunny rainy snowy foggy wet dry
+    empty busy quiet beautiful happy smiling sleeping running jumping flying swimming sitting
+    standing walking eating playing reading cooking painting
+    """.split()
+)
+ARTICLES = ("a", "the", "a", "the", "")
+JOINERS = ("and", "with", "on", "in", "at", "by", "of", "over", "under", "from", "into", "and then")
+
+
+def make_captions(batch_size: int, tags_per_caption: int, seed: int, step: int) -> List[str]:
+    """``batch_size`` captions of ``tags_per_caption`` distinct content words each, joined by
+    stopwords, e.g. "a dog with the red umbrella on a beach ..." (deterministic per seed/step)."""
+    if not 0 < tags_per_caption <= len(CONTENT_WORDS):
+        raise ValueError(f"--tags-per-caption must be in [1, {len(CONTENT_WORDS)}]")
+    rng = random.Random(f"{seed}-{step}")
+    captions = []
+    for _ in range(batch_size):
+        words = rng.sample(CONTENT_WORDS, tags_per_caption)
+        parts = []
+        for i, word in enumerate(words):
+            if i:
+                parts.append(rng.choice(JOINERS))
+            article = rng.choice(ARTICLES)
+            parts.append(f"{article} {word}" if article else word)
+        captions.append(" ".join(parts) + ".")
+    return captions
+
+
+def make_images(batch_size: int, size: int, device: torch.device, seed: int) -> List[torch.Tensor]:
+    """Random uint8 RGB images [3, size, size], already on ``device``."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch_size, 3, size, size), generator=gen, dtype=torch.uint8)
+    return list(images.to(device).unbind(0))
+
+
+# ---------------------------------------------------------------------------------- config
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Trailing KEY VALUE pairs (detectron2 config overrides) are merged into both configs.",
+    )
+    parser.add_argument("--config-file", default=DEFAULT_CONFIG,
+                        help="base ttd_d2 config (relative paths: the working directory, then the repo root)")
+    parser.add_argument("--arch", default="ViT-B-16", help="MODEL.CLIP.ARCH (open_clip name or JSON model config)")
+    parser.add_argument("--image-size", type=int, default=448, help="square training input size")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per step")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per model")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before timing (>= 1)")
+    parser.add_argument("--teacher", default="frozen", choices=("self", "frozen", "ema"), help="MODEL.TTD.TEACHER")
+    parser.add_argument("--lora-targets", nargs="+", default=None, metavar="TARGET",
+                        help="MODEL.TTD.LORA.TARGETS (default: the config's)")
+    parser.add_argument("--tags-per-caption", type=int, default=8, help="candidate tags per synthetic caption")
+    parser.add_argument("--cold-teacher-cache", action="store_true",
+                        help="clear the frozen teacher's tag-embedding cache before every step (worst case)")
+    parser.add_argument("--no-cudnn-sdpa", action="store_true",
+                        help="disable PyTorch's cuDNN attention backend (flash / memory-efficient kernels instead)")
+    parser.add_argument("--device", default="cuda", help="MODEL.DEVICE (cuda, cuda:1, cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights, images and captions")
+    parser.add_argument("--skip-flops", action="store_true", help="do not count FLOPs")
+    parser.add_argument("--output", default="", help="write all numbers to this JSON file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
+    args = parser.parse_args(argv)
+    if args.warmup < 1 or args.steps < 1 or args.batch_size < 1:
+        parser.error("--warmup, --steps and --batch-size must be >= 1")
+    if len(args.opts) % 2:
+        parser.error(f"config overrides must be KEY VALUE pairs, got {args.opts}")
+    return args
+
+
+def _resolve(path: str) -> str:
+    p = Path(path)
+    if p.is_file() or p.is_absolute():
+        return str(p)
+    return str(REPO_ROOT / p) if (REPO_ROOT / p).is_file() else str(p)
+
+
+def build_cfg(args: argparse.Namespace, step: str):
+    """The config of ``step`` ("ttd" | "plain"): base file, benchmark keys, then the trailing opts;
+    the keys that define the step are applied last."""
+    from detectron2.config import get_cfg
+
+    from ttd_d2 import add_ttd_config
+
+    cfg = get_cfg()
+    add_ttd_config(cfg)
+    if args.config_file:
+        cfg.merge_from_file(_resolve(args.config_file))
+    arch = args.arch
+    if arch.endswith(".json") and not Path(arch).is_file() and (REPO_ROOT / arch).is_file():
+        arch = str(REPO_ROOT / arch)
+    cfg.MODEL.CLIP.ARCH = arch
+    cfg.MODEL.CLIP.PRETRAINED = ""
+    cfg.MODEL.CLIP.BF16 = True
+    cfg.MODEL.DEVICE = args.device
+    cfg.MODEL.TTD.TEACHER = args.teacher
+    if args.lora_targets:
+        cfg.MODEL.TTD.LORA.TARGETS = list(args.lora_targets)
+    cfg.INPUT.TRAIN_SIZE = args.image_size
+    cfg.SOLVER.IMS_PER_BATCH = args.batch_size
+    cfg.merge_from_list(list(args.opts))
+    if step == "ttd":
+        cfg.MODEL.TTD.ENABLED = True
+    else:
+        cfg.MODEL.TTD.ENABLED = False
+        cfg.MODEL.CLIP.CONTRASTIVE_WEIGHT = 1.0
+    cfg.freeze()
+    return cfg
+
+
+# ---------------------------------------------------------------------------------- FLOPs
+def _sdpa_flop_jit(inputs, outputs):
+    """fvcore handle of aten::scaled_dot_product_attention: q k^T and attn v multiply-adds."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    return math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
+
+
+MATMUL_OPS = ("linear", "matmul", "mm", "addmm", "bmm", "einsum", "conv", "scaled_dot_product_attention")
+
+
+class _TextTower(nn.Module):
+    """The text forward that ``CLIPDense.encode_text`` runs (shortest context), as a module."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        from ttd_d2.modeling.backbone.text_encoding import encode_tokens
+
+        return encode_tokens(self.clip, tokens)
+
+
+class _BoundForward(nn.Module):
+    """``backbone(x, with_global)`` with the flag fixed (jit tracing takes tensors only)."""
+
+    def __init__(self, backbone: nn.Module, with_global: bool):
+        super().__init__()
+        self.backbone, self.with_global = backbone, with_global
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self.backbone(x, with_global=self.with_global)
+
+
+class ForwardFlops:
+    """fvcore FLOPs (2 x multiply-adds of matrix products) of a model's forward pieces.
+
+    Costs are affine in the number of sequences (the LoRA parametrisation ``W + s B A`` is
+    computed once per call), so each piece is traced at 1 and 2 sequences and extrapolated
+    exactly. Counting runs in fp32 (no autocast); FLOPs do not depend on the dtype.
+    """
+
+    def __init__(self, model: nn.Module, image_size: int):
+        self.model, self.image_size = model, image_size
+        self.backbone = model.backbone
+        self._fits: Dict = {}
+        self.unsupported_ops: Dict[str, int] = {}
+
+    def _lora_context(self, lora: str):
+        from ttd_d2.modeling.lora import lora_disabled
+
+        return lora_disabled(self.backbone.clip) if lora == "off" else contextlib.nullcontext()
+
+    def _count(self, module: nn.Module, inputs) -> int:
+        from fvcore.nn import FlopCountAnalysis
+
+        fca = FlopCountAnalysis(module, inputs).set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop_jit)
+        fca.unsupported_ops_warnings(False)
+        fca.uncalled_modules_warnings(False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            by_op = fca.by_operator()
+            for name, n in fca.unsupported_ops().items():
+                self.unsupported_ops[name] = max(self.unsupported_ops.get(name, 0), n)
+        return 2 * sum(n for op, n in by_op.items() if op in MATMUL_OPS)
+
+    def _affine(self, key, make_module, make_input):
+        if key not in self._fits:
+            bf16, self.backbone.bf16 = self.backbone.bf16, False
+            try:
+                with self._lora_context(key[-1]):
+                    f1, f2 = (self._count(make_module(), (make_input(n),)) for n in (1, 2))
+            finally:
+                self.backbone.bf16 = bf16
+            self._fits[key] = (f1 - (f2 - f1), f2 - f1)  # (per call, per sequence)
+        return self._fits[key]
+
+    def image(self, n: int, with_global: bool, lora: str = "on") -> int:
+        """Image tower forward of ``n`` images (``lora``: on | off)."""
+        device, s = self.model.device, self.image_size
+        a, b = self._affine(("image", with_global, lora), lambda: _BoundForward(self.backbone, with_global),
+                            lambda k: torch.randn(k, 3, s, s, device=device))
+        return a + b * n
+
+    def text(self, texts: Sequence[str], templates: Sequence[str] = ("{}",), lora: str = "on") -> int:
+        """Text tower forward of ``texts`` through ``templates``, as ``encode_text`` runs it."""
+        from ttd_d2.modeling.backbone.text_encoding import shortest_context
+
+        prompts = [t.format(x) for x in texts for t in templates]
+        if not prompts:
+            return 0
+        tokens = self.backbone.tokenize(prompts)
+        ctx = shortest_context(tokens)
+        device = tokens.device
+        a, b = self._affine(("text", ctx, lora), lambda: _TextTower(self.backbone.clip),
+                            lambda k: torch.ones(k, ctx, dtype=torch.long, device=device))
+        return a + b * len(prompts)
+
+
+def forward_flops_per_step(model: nn.Module, counter: ForwardFlops, caption_batches: List[List[str]],
+                           timed: range, cold_teacher_cache: bool) -> Dict[str, float]:
+    """Mean forward FLOPs of the timed steps' pieces, following ``TTD.forward``."""
+    from ttd_d2.modeling.ttd.tags import caption_to_tags, pad_tag_batch
+
+    batch_size = len(caption_batches[0])
+    templates = model.backbone.prompt_templates
+    ttd = model.ttd_enabled
+    teacher = model.teacher if ttd else None
+    needs_global = ttd and model._scoring_needs_global
+    needs_caption = ttd and model._scoring_needs_caption
+    student_global = model.contrastive_weight > 0 or (teacher == "self" and needs_global)
+    pieces = {k: 0.0 for k in ("image", "caption", "tags", "teacher_image", "teacher_text")}
+    seen, misses, uniques = set(), 0, 0
+    for i, captions in enumerate(caption_batches[: timed.stop]):
+        unique = pad_tag_batch([caption_to_tags(c, model.remove_stopwords) for c in captions])[0] if ttd else []
+        missing = [t for t in unique if cold_teacher_cache or t not in seen]
+        seen.update(unique)
+        if i not in timed:
+            continue
+        uniques += len(unique)
+        pieces["caption"] += counter.text(captions)
+        if ttd:
+            pieces["tags"] += counter.text(unique, templates)
+            if teacher in ("frozen", "ema"):
+                lora = "off" if teacher == "frozen" else "on"
+                encoded = missing if teacher == "frozen" else unique
+                misses += len(encoded)
+                pieces["teacher_text"] += counter.text(encoded, templates, lora)
+                if needs_caption:
+                    pieces["teacher_text"] += counter.text(captions, lora=lora)
+    n = len(timed)
+    out = {k: v / n for k, v in pieces.items()}
+    out["image"] = float(counter.image(batch_size, student_global))
+    if teacher in ("frozen", "ema"):
+        out["teacher_image"] = float(counter.image(batch_size, needs_global, "off" if teacher == "frozen" else "on"))
+    out["student_forward"] = out["image"] + out["caption"] + out["tags"]
+    out["teacher_forward"] = out["teacher_image"] + out["teacher_text"]
+    out["step"] = out["teacher_forward"] + 3 * out["student_forward"]
+    out["unique_tags_per_step"] = uniques / n
+    out["teacher_encoded_tags_per_step"] = misses / n
+    return out
+
+
+def executed_flop_counter():
+    """``FlopCounterMode`` that also counts CPU attention (torch registers only the CUDA kernels)."""
+    from torch.utils import flop_counter as fc
+
+    aten, custom = torch.ops.aten, {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        custom[aten._scaled_dot_product_flash_attention_for_cpu] = (
+            lambda q, k, v, *a, out_shape=None, **kw: fc.sdpa_flop_count(q, k, v))
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
+        custom[aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
+            lambda g, q, k, v, *a, out_shape=None, **kw: fc.sdpa_backward_flop_count(g, q, k, v))
+    return fc.FlopCounterMode(display=False, custom_mapping=custom)
+
+
+# ---------------------------------------------------------------------------------- timing
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_step(model: nn.Module, optimizer, batch: List[Dict]) -> Dict[str, torch.Tensor]:
+    losses = model(batch)
+    sum(losses.values()).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return losses
+
+
+def measure(step: str, args: argparse.Namespace, images: List[torch.Tensor],
+            caption_batches: List[List[str]]) -> Dict:
+    """Build the ``step`` model, count its FLOPs, warm it up and time ``args.steps`` steps."""
+    from detectron2.modeling import build_model
+
+    from ttd_d2.engine.trainer import TTDTrainer
+
+    cfg = build_cfg(args, step)
+    device = torch.device(cfg.MODEL.DEVICE)
+    torch.manual_seed(args.seed)
+    model = build_model(cfg)
+    model.train()
+    params = list(model.parameters())
+    result: Dict = {
+        "step": step,
+        "teacher": cfg.MODEL.TTD.TEACHER if step == "ttd" else None,
+        "lora_targets": list(cfg.MODEL.TTD.LORA.TARGETS) if step == "ttd" else None,
+        "contrastive_weight": cfg.MODEL.CLIP.CONTRASTIVE_WEIGHT,
+        "dense_mode": cfg.MODEL.CLIP.DENSE_MODE,
+        "tag_scoring": cfg.MODEL.TTD.TAG_SCORING if step == "ttd" else None,
+        "precision": "bf16 autocast" if device.type == "cuda" and cfg.MODEL.CLIP.BF16 else "fp32",
+        "params": sum(p.numel() for p in params),
+        "trainable_params": sum(p.numel() for p in params if p.requires_grad),
+    }
+    warm, timed = range(args.warmup), range(args.warmup, args.warmup + args.steps)
+    flops = None
+    if not args.skip_flops:
+        t0 = time.perf_counter()
+        counter = ForwardFlops(model, args.image_size)
+        flops = forward_flops_per_step(model, counter, caption_batches, timed, args.cold_teacher_cache)
+        flops["unsupported_ops"] = counter.unsupported_ops
+        result["flop_count_seconds"] = time.perf_counter() - t0
+    optimizer = TTDTrainer.build_optimizer(cfg, model)
+    batches = [[{"image": img, "caption": cap} for img, cap in zip(images, caps)] for caps in caption_batches]
+    teacher_cache = getattr(model, "_teacher_text_cache", None)
+
+    def run(i: int) -> Dict[str, torch.Tensor]:
+        if args.cold_teacher_cache and teacher_cache is not None:
+            teacher_cache.clear()
+        return train_step(model, optimizer, batches[i])
+
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        result["model_memory_gib"] = torch.cuda.memory_allocated(device) / GIB
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in warm:
+        if i == warm.stop - 1 and flops is not None:
+            with executed_flop_counter() as executed:
+                run(i)
+            flops["step_executed"] = float(executed.get_total_flops())
+        else:
+            run(i)
+    _synchronize(device)
+    start = time.perf_counter()
+    for i in timed:
+        losses = run(i)
+    _synchronize(device)
+    elapsed = time.perf_counter() - start
+    images_done = args.steps * args.batch_size
+    result.update({
+        "elapsed_s": elapsed,
+        "step_time_ms": 1e3 * elapsed / args.steps,
+        "images_per_s": images_done / elapsed,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None,
+        "losses": {k: float(v.detach()) for k, v in losses.items()},
+    })
+    if step == "ttd":
+        stats = getattr(model, "tag_statistics", {}) or {}
+        for key in ("candidates_per_caption", "selected_per_caption"):
+            result[key] = float(stats[key]) if key in stats else None
+    if flops is not None:
+        flops["step_per_image"] = flops["step"] / args.batch_size
+        result["flops"] = flops
+        result["tflops_per_s"] = flops["step"] * args.steps / elapsed / 1e12
+        if "step_executed" in flops:
+            result["tflops_per_s_executed"] = flops["step_executed"] * args.steps / elapsed / 1e12
+    del model, optimizer, batches, params
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def _table(results: Dict[str, Dict]) -> str:
+    from tabulate import tabulate
+
+    def fmt(x, spec):
+        return "-" if x is None else format(x, spec)
+
+    rows = []
+    for name, r in results.items():
+        f = r.get("flops") or {}
+        rows.append([
+            name, fmt(r["images_per_s"], ".1f"), fmt(r["step_time_ms"], ".1f"), fmt(r["peak_memory_gib"], ".2f"),
+            fmt(r["trainable_params"] / 1e6, ".3g"), fmt(f["step_per_image"] / 1e9 if f else None, ".4g"),
+            fmt(r.get("tflops_per_s"), ".4g"), fmt(r.get("tflops_per_s_executed"), ".4g"),
+        ])
+    headers = ["step", "img/s", "ms/step", "peak GiB", "trainable M", "GFLOP/img", "TFLOP/s", "TFLOP/s exec"]
+    return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict:
+    """Run the benchmark; print a table, write ``--output`` (if given) and return the numbers."""
+    args = parse_args(argv)
+    with warnings.catch_warnings():  # detectron2/fvcore imports trip torch.jit.script deprecation warnings
+        warnings.simplefilter("ignore")
+        import detectron2.modeling  # noqa: F401
+        import fvcore.nn  # noqa: F401
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but CUDA is not available (use --device cpu)")
+    if args.no_cudnn_sdpa and hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+        torch.backends.cuda.enable_cudnn_sdp(False)  # process-wide: both steps
+    n_batches = args.warmup + args.steps
+    caption_batches = [make_captions(args.batch_size, args.tags_per_caption, args.seed, i) for i in range(n_batches)]
+    images = make_images(args.batch_size, args.image_size, device, args.seed)
+
+    results = {}
+    for step in ("ttd", "plain"):
+        logger.info("%s: building, counting FLOPs, %d warm-up + %d timed steps ...",
+                    step, args.warmup, args.steps)
+        results[step] = measure(step, args, images, caption_batches)
+    ratio = results["ttd"]["images_per_s"] / results["plain"]["images_per_s"]
+    report = {
+        "benchmark": "ttd_d2 training step: TTD vs plain CLIP contrastive full fine-tune",
+        "settings": {
+            "arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
+            "steps": args.steps, "warmup": args.warmup, "teacher": results["ttd"]["teacher"],
+            "lora_targets": results["ttd"]["lora_targets"], "tags_per_caption": args.tags_per_caption,
+            "cold_teacher_cache": args.cold_teacher_cache, "no_cudnn_sdpa": args.no_cudnn_sdpa,
+            "device": args.device, "seed": args.seed,
+            "config_file": args.config_file, "opts": list(args.opts),
+            "optimizer": "TTDTrainer.build_optimizer (SOLVER.OPTIMIZER of the config)",
+        },
+        "environment": {
+            "torch": torch.__version__, "python": platform.python_version(),
+            "cudnn_sdpa_enabled": (torch.backends.cuda.cudnn_sdp_enabled()
+                                   if hasattr(torch.backends.cuda, "cudnn_sdp_enabled") else None),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        },
+        "results": results,
+        "ttd_over_plain_throughput": ratio,
+        "target_ratio": TARGET_RATIO,
+        "meets_target": ratio >= TARGET_RATIO,
+        "flop_accounting": FLOP_ACCOUNTING,
+    }
+    print(_table(results))
+    print(f"TTD / plain throughput: {ratio:.3f} (target >= {TARGET_RATIO})"
+          f"  [{args.arch}, {args.image_size} px, batch {args.batch_size}, teacher {args.teacher},"
+          f" {results['ttd']['precision']}]")
+    if not args.skip_flops:
+        print("FLOP accounting: " + FLOP_ACCOUNTING)
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+        print(f"wrote {out}")
+    return report
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.ERROR, format="%(message)s")  # open_clip's random-init warning
+    logger.setLevel(logging.INFO)
+    main()

@@ -1,0 +1,52 @@
+"""CPU smoke test of benchmarks/bench_ttd_step.py: the tiny CLIP, two timed steps per model."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from ttd_d2.modeling.ttd.tags import caption_to_tags
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_ttd_step.py"
+TINY_ARGS = [
+    "--arch", "tests/fixtures/tiny_clip.json", "--image-size", "32", "--batch-size", "4",
+    "--steps", "2", "--warmup", "1", "--device", "cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_ttd_step", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_captions_have_the_requested_number_of_tags(bench):
+    for step in range(3):
+        captions = bench.make_captions(64, 8, seed=0, step=step)
+        assert captions == bench.make_captions(64, 8, seed=0, step=step)  # deterministic
+        assert all(len(caption_to_tags(c)) == 8 for c in captions), captions
+    assert len(set(bench.CONTENT_WORDS)) == len(bench.CONTENT_WORDS)
+
+
+def test_smoke_tiny_cpu(bench, tmp_path):
+    out = tmp_path / "bench.json"
+    report = bench.main(TINY_ARGS + ["--output", str(out), "MODEL.TTD.LORA.RANK", "4"])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    results = report["results"]
+    for step in ("ttd", "plain"):
+        r = results[step]
+        assert r["images_per_s"] > 0 and r["step_time_ms"] > 0
+        assert r["peak_memory_gib"] is None  # CPU: no peak memory
+        assert r["precision"] == "fp32"
+        assert r["flops"]["step"] > 0 and r["flops"]["step_executed"] > 0 and r["tflops_per_s"] > 0
+    assert report["ttd_over_plain_throughput"] > 0
+    assert report["ttd_over_plain_throughput"] == pytest.approx(
+        results["ttd"]["images_per_s"] / results["plain"]["images_per_s"])
+    ttd, plain = results["ttd"], results["plain"]
+    assert set(ttd["losses"]) == {"loss_distill", "loss_tag"} and set(plain["losses"]) == {"loss_contrastive"}
+    assert ttd["trainable_params"] < plain["trainable_params"] == plain["params"]  # LoRA vs full fine-tune
+    assert ttd["candidates_per_caption"] == 8
+    assert ttd["flops"]["teacher_forward"] > 0 and plain["flops"]["teacher_forward"] == 0
+    assert report["settings"]["opts"] == ["MODEL.TTD.LORA.RANK", "4"]

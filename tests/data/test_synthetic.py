@@ -1,0 +1,241 @@
+"""The synthetic benchmark generator: rendering, captions, on-disk layouts, CLI."""
+import importlib.util
+import json
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ttd_d2.data.synthetic import (
+    CLASSES,
+    FILLER_WORDS,
+    TEMPLATES,
+    caption_words,
+    evaluation_caption,
+    generate,
+    image_rngs,
+    is_complete,
+    quickstart_splits,
+    render_scene,
+    training_caption,
+)
+from ttd_d2.data.synthetic import writer
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+
+
+def _files(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _read(path: Path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    """(scene, caption rng) for 1500 images of seed 7."""
+    out = []
+    for index in range(1500):
+        scene_rng, caption_rng = image_rngs(7, index)
+        out.append((render_scene(scene_rng, 64), caption_rng))
+    return out
+
+
+# ----------------------------------------------------------------------------- rendering
+def test_render_scene_shapes_and_values():
+    scene = render_scene(image_rngs(0, 0)[0], 48)
+    assert scene.image.shape == (48, 48, 3) and scene.image.dtype == np.uint8
+    assert scene.instance_mask.shape == (48, 48) and scene.instance_mask.dtype == np.uint8
+    assert set(np.unique(scene.instance_mask)) <= set(range(len(scene.objects) + 1))
+
+
+def test_render_is_deterministic_per_seed_and_index():
+    a = render_scene(image_rngs(3, 11)[0])
+    b = render_scene(image_rngs(3, 11)[0])
+    c = render_scene(image_rngs(4, 11)[0])
+    assert np.array_equal(a.image, b.image) and a.objects == b.objects
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_object_counts_classes_and_sizes(scenes):
+    counts = Counter(len(scene.objects) for scene, _ in scenes)
+    n = len(scenes)
+    for k, p in ((1, 0.5), (2, 0.3), (3, 0.2)):
+        assert abs(counts[k] / n - p) < 0.05, counts
+    for scene, _ in scenes:
+        ids = [o.category_id for o in scene.objects]
+        assert len(set(ids)) == len(ids)
+        assert scene.objects[0].dominant and not any(o.dominant for o in scene.objects[1:])
+        assert 0.23 * 64 <= scene.objects[0].radius <= 0.30 * 64
+        assert all(o.radius <= 0.20 * 64 for o in scene.objects[1:])
+
+
+def test_dominant_is_the_largest_visible_region_and_every_object_visible(scenes):
+    dominant_share = []
+    for scene, _ in scenes:
+        areas = np.bincount(scene.instance_mask.ravel(), minlength=len(scene.objects) + 1)[1:]
+        assert (areas > 0).all()
+        if len(areas) > 1:
+            assert areas[0] > areas[1:].max()
+            dominant_share.append(areas[0] / areas.sum())
+    assert 0.55 < np.mean(dominant_share) < 0.8  # the probe's set-up: ~66% of the object area
+
+
+# ----------------------------------------------------------------------------- captions
+def test_filler_vocabulary_has_no_class_words():
+    assert not set(FILLER_WORDS) & set(CLASSES)
+    for template in TEMPLATES:
+        assert not set(caption_words(template.format(objects="", background=""))) & set(CLASSES)
+
+
+def test_training_caption_statistics(scenes):
+    outcomes = Counter()
+    for scene, caption_rng in scenes:
+        caption = training_caption(scene.objects, scene.background, caption_rng)
+        named = [w for w in caption_words(caption.text) if w in CLASSES]
+        assert named == list(caption.words)
+        assert named[0] == scene.objects[0].category  # dominant first, always correct
+        assert set(w for w in caption_words(caption.text) if w not in CLASSES) <= set(FILLER_WORDS)
+        if len(scene.objects) == 1:
+            assert named == [scene.objects[0].category]
+        present = {o.category for o in scene.objects}
+        expected = [scene.objects[0].category]
+        for obj, outcome in zip(scene.objects[1:], caption.secondary_outcomes):
+            outcomes[outcome] += 1
+            if outcome == "named":
+                expected.append(obj.category)
+            elif outcome == "replaced":
+                expected.append(None)
+        assert len(named) == len(expected) == len(set(named))
+        for word, want in zip(named, expected):
+            assert word == want if want is not None else word not in present
+    total = sum(outcomes.values())
+    assert total > 700
+    assert abs(outcomes["omitted"] / total - 0.3) < 0.05, outcomes
+    assert abs(outcomes["replaced"] / total - 0.3) < 0.05, outcomes
+
+
+def test_training_caption_noise_is_configurable(scenes):
+    multi = [(s, r) for s, r in scenes if len(s.objects) > 1][:50]
+    for scene, _ in multi:
+        caption = training_caption(scene.objects, scene.background, np.random.default_rng(0), 0.0, 0.0)
+        assert caption.words == tuple(o.category for o in scene.objects)
+    with pytest.raises(ValueError):
+        training_caption(multi[0][0].objects, "noisy", np.random.default_rng(0), 0.7, 0.7)
+
+
+def test_evaluation_caption_names_every_object(scenes):
+    for scene, _ in scenes[:300]:
+        caption = evaluation_caption(scene.objects, scene.background, np.random.default_rng(1))
+        named = [w for w in caption_words(caption.text) if w in CLASSES]
+        assert named == [o.category for o in scene.objects] == list(caption.words)
+
+
+# ----------------------------------------------------------------------------- on disk
+def test_generate_is_deterministic_and_prefix_stable(tmp_path):
+    for layout in ("semseg", "captions", "image_text"):
+        a = generate(tmp_path / "a", layout, "s", 4, seed=5, image_size=32)
+        b = generate(tmp_path / "b", layout, "s", 4, seed=5, image_size=32)
+        c = generate(tmp_path / "c", layout, "s", 6, seed=5, image_size=32)
+        assert _files(a) == _files(b)
+        files_c = _files(c)
+        for name, data in _files(a).items():
+            if name.endswith(".png"):
+                assert files_c[name] == data, name  # image i does not depend on num_images
+
+
+def test_semseg_layout(tmp_path):
+    folder = generate(tmp_path, "semseg", "val", 6, seed=1, image_size=32)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["seed"] == 1 and meta["num_images"] == 6 and meta["classes"] == list(CLASSES)
+    assert meta["background_threshold"] == 0.4 and meta["generator_version"] == writer.GENERATOR_VERSION
+    for i in range(6):
+        image, label = _read(folder / "images" / f"{i:06d}.png"), _read(folder / "labels" / f"{i:06d}.png")
+        assert image.shape == (32, 32, 3) and label.shape == (32, 32) and label.dtype == np.uint8
+        assert set(np.unique(label)) <= set(range(len(CLASSES) + 1)) and label.max() > 0
+
+
+def test_captions_layout(tmp_path):
+    folder = generate(tmp_path, "captions", "val", 12, seed=2)
+    records = json.loads((folder / "annotations.json").read_text())
+    assert len(records) == 12
+    for record in records:
+        assert set(record) == {"image", "caption", "tags", "caption_mask", "instance_mask", "objects"}
+        assert _read(folder / record["image"]).shape == (64, 64, 3)
+        caption_mask = _read(folder / record["caption_mask"])
+        instances = _read(folder / record["instance_mask"])
+        assert np.array_equal(caption_mask, (instances > 0).astype(np.uint8))  # union of objects
+        assert set(np.unique(instances)) == set(range(len(record["objects"]) + 1))
+        words = caption_words(record["caption"])
+        assert all(tag in words for tag in record["tags"])
+        assert record["tags"] == [o["category"] for o in record["objects"]]
+        assert [o["dominant"] for o in record["objects"]] == [True] + [False] * (len(record["objects"]) - 1)
+        assert all(CLASSES[o["category_id"]] == o["category"] for o in record["objects"])
+        areas = np.bincount(instances.ravel())[1:]
+        assert areas[0] == areas.max()
+
+
+def test_image_text_layout_and_same_scenes_across_layouts(tmp_path):
+    folder = generate(tmp_path, "image_text", "train", 5, seed=9)
+    lines = [json.loads(line) for line in (folder / "captions.jsonl").read_text().splitlines()]
+    assert [set(line) for line in lines] == [{"image", "caption"}] * 5
+    assert all((folder / line["image"]).is_file() for line in lines)
+    semseg = generate(tmp_path, "semseg", "train", 5, seed=9)
+    assert (folder / "images" / "000003.png").read_bytes() == (semseg / "images" / "000003.png").read_bytes()
+
+
+def test_complete_split_is_skipped_and_mismatch_refused(tmp_path):
+    folder = generate(tmp_path, "semseg", "val", 3, seed=1)
+    stamp = (folder / "meta.json").stat().st_mtime_ns
+    assert is_complete(tmp_path, "semseg", "val", 3, 1)
+    assert generate(tmp_path, "semseg", "val", 3, seed=1) == folder
+    assert (folder / "meta.json").stat().st_mtime_ns == stamp
+    with pytest.raises(FileExistsError):
+        generate(tmp_path, "semseg", "val", 4, seed=1)
+    generate(tmp_path, "semseg", "val", 4, seed=1, overwrite=True)
+    assert len(list((folder / "images").iterdir())) == 4
+    assert [p.name for p in (tmp_path / "semseg").iterdir()] == ["val"]  # nothing left aside
+
+
+def test_crash_leaves_nothing_half_written(tmp_path, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(writer, "_write_index", explode)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        generate(tmp_path, "captions", "test", 3, seed=100)
+    assert list((tmp_path / "captions").iterdir()) == []
+
+
+def test_quickstart_seed_map():
+    specs = quickstart_splits()
+    roles = {(s.layout, s.split): (s.seed, s.num_images) for s in specs}
+    assert roles[("image_text", "train")] == (0, 20000)
+    assert roles[("semseg", "val")] == (1, 200) and roles[("captions", "val")] == (2, 200)
+    for split, seed in (("test", 100), ("test101", 101), ("test102", 102)):
+        assert roles[("semseg", split)] == roles[("captions", split)] == (seed, 300)
+    seeds_by_split = {}
+    for s in specs:
+        seeds_by_split.setdefault(s.seed, set()).add(s.split)
+    assert all(len(splits) == 1 for splits in seeds_by_split.values())  # a seed serves one split
+
+
+def test_cli_quickstart_preset(tmp_path):
+    spec = importlib.util.spec_from_file_location("generate_synthetic", TOOLS / "generate_synthetic.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    argv = ["--root", str(tmp_path), "--preset", "quickstart", "--train-images", "4",
+            "--val-images", "2", "--test-images", "3", "--image-size", "32", "--workers", "0"]
+    assert cli.main(argv) == 0
+    for s in quickstart_splits(4, 2, 3):
+        meta = json.loads((tmp_path / s.layout / s.split / "meta.json").read_text())
+        assert (meta["seed"], meta["num_images"], meta["image_size"]) == (s.seed, s.num_images, 32)
+    assert cli.main(argv) == 0  # second run: everything skipped
+    assert cli.main(["--root", str(tmp_path), "--layout", "all", "--split", "x", "--seed", "5",
+                     "--num-images", "2", "--workers", "0"]) == 0
+    assert all((tmp_path / layout / "x" / "meta.json").is_file() for layout in writer.LAYOUTS)
+    with pytest.raises(SystemExit):
+        cli.main(["--root", str(tmp_path), "--split", "y"])  # no seed

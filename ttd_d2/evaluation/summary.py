@@ -1,0 +1,73 @@
+"""Collect detectron2 evaluation results into the quickstart's before/after summary."""
+from typing import Dict, List, Mapping, Sequence
+
+import numpy as np
+from tabulate import tabulate
+
+TAG_METHODS = ("s_image", "s_text", "s_pixel", "image_text", "nltk")
+CAPTION_KEYS = ("CaptionIoU", "CaptionIoU_per_caption", "mFPR", "mFNR", "coverage_dominant", "coverage_secondary")
+
+# (row label, path in the summary)
+TABLE_ROWS = (
+    ("cos(caption, dominant word)", ("text_bias", "cos_dominant")),
+    ("cos(caption, secondary word)", ("text_bias", "cos_secondary")),
+    ("CaptionIoU (2-class)", ("caption_seg", "CaptionIoU")),
+    ("CaptionIoU per caption", ("caption_seg", "CaptionIoU_per_caption")),
+    ("mFPR", ("caption_seg", "mFPR")),
+    ("mFNR", ("caption_seg", "mFNR")),
+    ("coverage dominant", ("caption_seg", "coverage_dominant")),
+    ("coverage secondary", ("caption_seg", "coverage_secondary")),
+    ("s_pixel F1", ("tag_selection", "s_pixel", "F1")),
+    ("s_image R", ("tag_selection", "s_image", "R")),
+    ("s_pixel R", ("tag_selection", "s_pixel", "R")),
+    ("sem-seg mIoU", ("sem_seg", "mIoU")),
+    ("zero-shot accuracy", ("zero_shot", "accuracy")),
+    ("background threshold", ("sem_seg", "background_threshold")),
+)
+
+
+def summarize(results: Mapping[str, Mapping], background_threshold: float) -> Dict:
+    """detectron2 results of one sem-seg and one caption dataset (``TTDTrainer.test``
+    output, keyed by dataset) -> {"tag_selection": {method: {P, R, F1, Acc, mAP}},
+    "caption_seg": {...}, "text_bias": {cos_dominant, cos_secondary}, "sem_seg": {mIoU,
+    background_threshold}, "zero_shot": {accuracy}}."""
+    merged: Dict = {}
+    for per_dataset in results.values():
+        merged.update(per_dataset)
+    out = {
+        "tag_selection": {m: dict(merged[f"tag_selection/{m}"]) for m in TAG_METHODS if f"tag_selection/{m}" in merged},
+        "caption_seg": {k: merged["caption_seg"][k] for k in CAPTION_KEYS},
+        "text_bias": {k: merged["text_bias"][k] for k in ("cos_dominant", "cos_secondary")},
+        "sem_seg": {"mIoU": merged["sem_seg"]["mIoU"], "background_threshold": background_threshold},
+        "zero_shot": {"accuracy": merged["zero_shot"]["accuracy"]},
+    }
+    return _plain(out)
+
+
+def _plain(tree):
+    if isinstance(tree, Mapping):
+        return {k: _plain(v) for k, v in tree.items()}
+    return float(tree)
+
+
+def get_path(tree: Mapping, path: Sequence[str]) -> float:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def mean_summary(summaries: List[Dict]) -> Dict:
+    """Element-wise mean of summaries with the same structure (e.g. several test seeds)."""
+    first = summaries[0]
+    if isinstance(first, Mapping):
+        return {k: mean_summary([s[k] for s in summaries]) for k in first}
+    return float(np.mean(summaries))
+
+
+def before_after_table(before: Dict, after: Dict) -> str:
+    """A pipe table of the headline numbers before and after TTD, with the change."""
+    rows = []
+    for label, path in TABLE_ROWS:
+        b, a = get_path(before, path), get_path(after, path)
+        rows.append([label, b, a, a - b])
+    return tabulate(rows, headers=("", "before", "after TTD", "change"), tablefmt="pipe", floatfmt=".3f")
