@@ -29,7 +29,7 @@ import ttd_d2  # noqa: E402,F401  (registers datasets and models)
 from ttd_d2 import TTDTrainer, add_ttd_config  # noqa: E402
 from ttd_d2.data.datasets.builtin import synthetic_root  # noqa: E402
 from ttd_d2.data.synthetic.writer import generate, quickstart_splits  # noqa: E402
-from ttd_d2.evaluation.calibration import calibrate_background_threshold  # noqa: E402
+from ttd_d2.evaluation.calibration import calibrate_background_threshold, calibrate_masker_bias  # noqa: E402
 from ttd_d2.evaluation.summary import before_after_table, mean_summary, summarize  # noqa: E402
 
 logger = logging.getLogger("quickstart")
@@ -49,11 +49,14 @@ def ensure_data(workers: int) -> None:
         generate(root, spec.layout, spec.split, spec.num_images, spec.seed, workers=workers)
 
 
-def evaluate(cfg, test_splits, output_dir: Path):
+def build_eval_model(cfg):
+    model = TTDTrainer.build_model(cfg)
+    return model.eval()
+
+
+def evaluate(model, cfg, test_splits, output_dir: Path):
     """Calibrate the background on semseg/val, then evaluate every test split.
     Returns {split: summary}."""
-    model = TTDTrainer.build_model(cfg)
-    model.eval()
     threshold, sweep = calibrate_background_threshold(model, TTDTrainer.build_test_loader(cfg, "synth_semseg_val"), "synth_semseg_val")
     model.background_threshold = threshold
     summaries = {}
@@ -94,6 +97,7 @@ def main():
     output_dir.mkdir(parents=True, exist_ok=True)
     setup_logger(str(output_dir / "log.txt"))
     setup_logger(str(output_dir / "log.txt"), name="quickstart")
+    setup_logger(str(output_dir / "log.txt"), name="ttd_d2")
     device = ["MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu"]
     base_cfg = load_cfg(args.base_config, device)
     pretrained = base_cfg.MODEL.CLIP.PRETRAINED
@@ -104,13 +108,19 @@ def main():
         )
     ensure_data(args.workers)
 
-    before = evaluate(base_cfg, args.test_splits, output_dir / "before")
+    base_model = build_eval_model(base_cfg)
+    # The masker's bias is calibrated for the base model on the caption validation split;
+    # TTD starts from it and trains w, b further.
+    bias, _ = calibrate_masker_bias(base_model, TTDTrainer.build_test_loader(base_cfg, "synth_captions_val"), "synth_captions_val")
+    with torch.no_grad():
+        base_model.masker.b.fill_(bias)
+    before = evaluate(base_model, base_cfg, args.test_splits, output_dir / "before")
     lora = output_dir / "ttd" / "model_lora_final.pth"
     if not args.skip_training:
-        lora = train_ttd(args.ttd_config, output_dir / "ttd", [*device, *args.opts])
+        lora = train_ttd(args.ttd_config, output_dir / "ttd", [*device, "MODEL.MASKER.INIT_B", str(bias), *args.opts])
     after_cfg = load_cfg(args.ttd_config, [*device, "MODEL.TTD.LORA.WEIGHTS", str(lora),
-                                           "MODEL.TTD.LORA.MERGE_FOR_INFERENCE", True])
-    after = evaluate(after_cfg, args.test_splits, output_dir / "after")
+                                           "MODEL.TTD.LORA.MERGE_FOR_INFERENCE", "True"])
+    after = evaluate(build_eval_model(after_cfg), after_cfg, args.test_splits, output_dir / "after")
 
     report = {"before": before[args.test_splits[0]], "after": after[args.test_splits[0]]}
     if len(args.test_splits) > 1:

@@ -45,7 +45,7 @@ def threshold_sweep(
 
 @torch.no_grad()
 def calibrate_background_threshold(
-    model, data_loader, dataset_name: str, thresholds: Sequence[float] = tuple(np.arange(0.2, 0.81, 0.025))
+    model, data_loader, dataset_name: str, thresholds: Sequence[float] = tuple(np.arange(0.02, 0.99, 0.02))
 ) -> Tuple[float, Dict[float, float]]:
     """Best background threshold of ``model`` (a ``TTD`` in eval mode) on a sem-seg split
     whose class 0 is background; returns it with the whole sweep {threshold: mIoU}."""
@@ -69,3 +69,30 @@ def calibrate_background_threshold(
     best = max(sweep, key=lambda t: (sweep[t], -abs(t - 0.5)))
     logger.info("background threshold on %s: %.3f (mIoU %.2f)", dataset_name, best, sweep[best])
     return best, sweep
+
+
+@torch.no_grad()
+def calibrate_masker_bias(
+    model, data_loader, dataset_name: str, thresholds: Sequence[float] = tuple(np.arange(-0.2, 0.41, 0.02))
+) -> Tuple[float, Dict[float, float]]:
+    """Masker bias b for which a caption's region (mask >= 0.5, i.e. cos >= -b / w) has the
+    best 2-class CaptionIoU on a caption split. TCL's b = -2.5 suits its CLIP's cosine range;
+    another model needs its own. Returns (b, {cos threshold: CaptionIoU})."""
+    from detectron2.data.detection_utils import read_image
+
+    records = {r["file_name"]: r for r in DatasetCatalog.get(dataset_name)}
+    cos_maps, gts = [], []
+    for inputs in tqdm(data_loader, desc=f"calibrating the masker on {dataset_name}", leave=False):
+        for x, out in zip(inputs, model(inputs)):
+            cos_maps.append(to_numpy(out["caption_cos"]))
+            gts.append(np.asarray(read_image(records[x["file_name"]]["caption_mask_file"])) > 0)
+    sweep = {}
+    for t in thresholds:
+        conf = np.zeros((2, 2), dtype=np.int64)
+        for cos, gt in zip(cos_maps, gts):
+            conf += confusion_matrix((cos >= t).astype(np.int64), gt.astype(np.int64), 2, ignore_label=-1)
+        sweep[float(t)] = mean_iou(conf)
+    best = max(sweep, key=sweep.get)
+    bias = -float(model.masker.w) * best
+    logger.info("masker bias on %s: %.3f (cos threshold %.3f, CaptionIoU %.2f)", dataset_name, bias, best, sweep[best])
+    return bias, sweep

@@ -34,7 +34,7 @@ so no image of one split reappears in another unless both use the same seed on p
     layout      split     seed  images  used for
     image_text  train        0   20000  pretraining the tiny CLIP, TTD training
     semseg      val          1     200  calibrating the background threshold
-    captions    val          2     200  calibrating the tag threshold
+    captions    val          2     200  calibrating the masker bias (quickstart)
     semseg      test       100     300  evaluation (same scenes as captions/test)
     captions    test       100     300  evaluation
     semseg      test101    101     300  held-out repeat (same scenes as captions/test101)

@@ -81,9 +81,9 @@ class TTDInference:
         dense, global_emb = feats["dense"], F.normalize(feats["global"], dim=-1)
         tags = caption_to_tags(caption, self.remove_stopwords)
         caption_emb = self.backbone.encode_text([caption])
-        cos_caption = cosine_maps(dense, caption_emb[None])[0, 0]
-        caption_mask = self.masker(upsample(cos_caption, out_size)).clamp(0, 1)
-        out = {"caption_mask": caption_mask, "tags": tags, "tag_threshold": self.tag_threshold}
+        cos_caption = upsample(cosine_maps(dense, caption_emb[None])[0, 0], out_size)
+        caption_mask = self.masker(cos_caption).clamp(0, 1)
+        out = {"caption_mask": caption_mask, "caption_cos": cos_caption, "tags": tags, "tag_threshold": self.tag_threshold}
         tag_emb = self.backbone.encode_text(tags, use_templates=True)[None]  # [1, K, D]
         valid = torch.ones(1, len(tags), dtype=torch.bool, device=dense.device)
         cos_maps = cosine_maps(dense, tag_emb)

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# TTD ablations on the synthetic benchmark (CPU, ~3 min per row): the paper's Table 5 rows
+# (losses, tag selection) and the teacher choice. Each row is one quickstart run with one
+# training override; results land in output/ablations/<row>/quickstart_results.json and
+# benchmarks/collect_ablations.py prints the table of docs/RESULTS.md.
+#   bash benchmarks/ablations.sh [extra quickstart args, e.g. --test-splits test test101 test102]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+run() {
+  local name=$1; shift
+  [ -f "output/ablations/$name/quickstart_results.json" ] && return 0
+  "$PY" tools/quickstart.py --output-dir "output/ablations/$name" "${EXTRA[@]}" "$@"
+}
+EXTRA=("$@")
+run both
+run distill_only MODEL.TTD.LOSS.TAG_WEIGHT 0.0
+run tag_only MODEL.TTD.LOSS.DISTILL_WEIGHT 0.0
+run tags_s_image MODEL.TTD.TAG_SCORING s_image
+run tags_nltk MODEL.TTD.TAG_SCORING nltk
+run teacher_self MODEL.TTD.TEACHER self
+run teacher_ema MODEL.TTD.TEACHER ema

@@ -1,0 +1,65 @@
+"""Background/masker calibration helpers and the quickstart summary."""
+import numpy as np
+import pytest
+
+from ttd_d2.evaluation.calibration import confusion_matrix, mean_iou, threshold_sweep
+from ttd_d2.evaluation.summary import before_after_table, mean_summary, summarize
+
+
+def test_confusion_matrix_and_mean_iou_by_hand():
+    gt = np.array([[0, 0, 1], [1, 2, 255]])
+    pred = np.array([[0, 1, 1], [1, 2, 0]])
+    conf = confusion_matrix(pred, gt, 3, ignore_label=255)
+    assert conf.tolist() == [[1, 1, 0], [0, 2, 0], [0, 0, 1]]
+    # IoU: class 0 = 1/2, class 1 = 2/3, class 2 = 1
+    assert mean_iou(conf) == pytest.approx(100 * (1 / 2 + 2 / 3 + 1) / 3)
+
+
+def test_mean_iou_skips_absent_classes_and_empty():
+    conf = np.array([[3, 0, 0], [0, 0, 0], [0, 0, 0]])
+    assert mean_iou(conf) == 100.0
+    assert np.isnan(mean_iou(np.zeros((2, 2), dtype=int)))
+
+
+def test_threshold_sweep_matches_direct_thresholding():
+    rng = np.random.default_rng(0)
+    scores = [rng.random((4, 5)) for _ in range(3)]
+    labels = [rng.integers(1, 3, (4, 5)) for _ in range(3)]
+    gts = [rng.integers(0, 3, (4, 5)) for _ in range(3)]
+    sweep = threshold_sweep(scores, labels, gts, [0.3, 0.7], 3, 255)
+    for t, value in sweep.items():
+        conf = sum(confusion_matrix(np.where(s >= t, l, 0), g, 3, 255) for s, l, g in zip(scores, labels, gts))
+        assert value == pytest.approx(mean_iou(conf))
+    assert set(sweep) == {0.3, 0.7}
+
+
+def fake_results(scale=1.0):
+    tag = {"P": 1.0 * scale, "R": 2.0, "F1": 3.0, "Acc": 4.0, "mAP": 5.0}
+    return {
+        "synth_semseg_test": {"sem_seg": {"mIoU": 10.0 * scale, "fwIoU": 1.0}},
+        "synth_captions_test": {
+            **{f"tag_selection/{m}": dict(tag) for m in ("s_image", "s_text", "s_pixel", "image_text", "nltk")},
+            "caption_seg": {"CaptionIoU": 40.0, "CaptionIoU_per_caption": 30.0, "mFPR": 0.3, "mFNR": 0.3,
+                            "coverage_dominant": 70.0, "coverage_secondary": 30.0 * scale, "IoU-caption": 1.0},
+            "text_bias": {"cos_dominant": 0.5, "cos_secondary": 0.1, "cos_gap": 0.4},
+            "zero_shot": {"accuracy": 90.0, "num_images": 5},
+        },
+    }
+
+
+def test_summarize_keeps_the_quickstart_schema():
+    summary = summarize(fake_results(), background_threshold=0.4)
+    assert set(summary) == {"tag_selection", "caption_seg", "text_bias", "sem_seg", "zero_shot"}
+    assert set(summary["tag_selection"]["s_pixel"]) == {"P", "R", "F1", "Acc", "mAP"}
+    assert summary["sem_seg"] == {"mIoU": 10.0, "background_threshold": 0.4}
+    assert summary["text_bias"] == {"cos_dominant": 0.5, "cos_secondary": 0.1}
+    assert "IoU-caption" not in summary["caption_seg"] and summary["zero_shot"] == {"accuracy": 90.0}
+
+
+def test_mean_summary_and_table():
+    a, b = summarize(fake_results(1.0), 0.4), summarize(fake_results(3.0), 0.6)
+    mean = mean_summary([a, b])
+    assert mean["sem_seg"]["mIoU"] == 20.0 and mean["sem_seg"]["background_threshold"] == pytest.approx(0.5)
+    assert mean["caption_seg"]["coverage_secondary"] == 60.0
+    table = before_after_table(a, b)
+    assert "coverage secondary" in table and "60.000" in table  # 90 - 30
