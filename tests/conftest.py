@@ -11,10 +11,8 @@ from ttd_d2 import add_ttd_config
 TINY_ARCH = str(Path(__file__).parent / "fixtures" / "tiny_clip.json")
 
 
-@pytest.fixture
-def tiny_cfg():
+def make_tiny_cfg():
     """A ttd_d2 config for the tiny test CLIP (random init, CPU)."""
-    torch.manual_seed(0)
     cfg = get_cfg()
     add_ttd_config(cfg)
     cfg.MODEL.META_ARCHITECTURE = "TTD"
@@ -23,6 +21,27 @@ def tiny_cfg():
     cfg.MODEL.CLIP.ARCH = TINY_ARCH
     cfg.MODEL.CLIP.PRETRAINED = ""
     return cfg
+
+
+@pytest.fixture
+def tiny_cfg():
+    torch.manual_seed(0)
+    return make_tiny_cfg()
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg_factory():
+    """``make_tiny_cfg`` for module-scoped fixtures."""
+    return make_tiny_cfg
+
+
+@pytest.fixture(autouse=True, scope="session")
+def single_thread():
+    """Tiny models: one intra-op thread is much faster than several on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_configure(config):

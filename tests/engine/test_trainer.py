@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 import numpy as np
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluators
 
-from ttd_d2 import add_ttd_config
+from conftest import make_tiny_cfg
 from ttd_d2.data.datasets.synthetic import register_synthetic
 from ttd_d2.data import mappers
 from ttd_d2.data.synthetic.writer import generate
@@ -23,25 +22,7 @@ TINY_ARCH = str(Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.js
 STAT_KEYS = ("ttd/candidates_per_caption", "ttd/selected_per_caption", "ttd/target_caption_iou")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models: one intra-op thread is much faster than several on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
-
-def base_cfg():
-    """The conftest ``tiny_cfg`` (usable from module-scoped fixtures)."""
-    cfg = get_cfg()
-    add_ttd_config(cfg)
-    cfg.MODEL.META_ARCHITECTURE = "TTD"
-    cfg.MODEL.BACKBONE.NAME = "CLIPDense"
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.CLIP.ARCH = TINY_ARCH
-    cfg.MODEL.CLIP.PRETRAINED = ""
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +44,7 @@ def synthetic(tmp_path_factory):
 
 
 def train_cfg(synthetic, output_dir, **opts):
-    cfg = base_cfg()
+    cfg = make_tiny_cfg()
     cfg.MODEL.TTD.ENABLED = True
     cfg.DATASETS.TRAIN = (synthetic["train"],)
     cfg.DATASETS.TEST = ()
@@ -153,7 +134,7 @@ def test_test_on_semseg_and_caption_datasets(trained, synthetic):
 
 
 def test_build_evaluator_by_type(synthetic, tmp_path):
-    cfg = base_cfg()
+    cfg = make_tiny_cfg()
     cfg.OUTPUT_DIR = str(tmp_path)
     assert isinstance(TTDTrainer.build_evaluator(cfg, synthetic["semseg"]), DatasetEvaluators)
     assert isinstance(TTDTrainer.build_evaluator(cfg, synthetic["captions"]), DatasetEvaluators)
@@ -173,7 +154,7 @@ def test_build_evaluator_by_type(synthetic, tmp_path):
 
 
 def test_caption_mask_threshold_config_reaches_evaluator(synthetic, tmp_path):
-    cfg = base_cfg()
+    cfg = make_tiny_cfg()
     cfg.OUTPUT_DIR = str(tmp_path)
     cfg.MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD = 0.3
     evaluators = TTDTrainer.build_evaluator(cfg, synthetic["captions"])
@@ -260,7 +241,7 @@ def test_contrastive_run_then_export(synthetic, tmp_path):
     spec.loader.exec_module(export_clip)
     dst = tmp_path / "exported.pt"
     export_clip.export(str(tmp_path / "model_final.pth"), str(dst))
-    cfg2 = base_cfg()
+    cfg2 = make_tiny_cfg()
     cfg2.MODEL.CLIP.PRETRAINED = str(dst)
     torch.manual_seed(1)
     loaded = TTDTrainer.build_model(cfg2).eval()

@@ -79,14 +79,6 @@ def caption_batch(captions, size=32, seed=0):
     return [{"image": random_image(seed + i, size, size), "caption": c} for i, c in enumerate(captions)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models: one intra-op thread is much faster than several on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture
 def register():

@@ -23,13 +23,6 @@ def _load_tool():
 export_clip = _load_tool()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def build(cfg, seed=0, **opts):
     cfg = cfg.clone()

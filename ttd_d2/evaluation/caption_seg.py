@@ -1,16 +1,15 @@
 """Text-level (caption) segmentation evaluator (CC3M-TagMask protocol 2)."""
-import itertools
 import logging
 from collections import OrderedDict
 from typing import List
 
 import numpy as np
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
-from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 from tabulate import tabulate
 
+from .distributed import gather_on_main
 from .metrics import (
     binary_confusion,
     coverage_percent,
@@ -121,12 +120,9 @@ class CaptionSegEvaluator(DatasetEvaluator):
             )
 
     def evaluate(self):
-        per_image = self._per_image
-        if self._distributed:
-            comm.synchronize()
-            per_image = list(itertools.chain(*comm.gather(per_image, dst=0)))
-            if not comm.is_main_process():
-                return None
+        per_image = gather_on_main(self._per_image, self._distributed)
+        if per_image is None:
+            return None
         if not per_image:
             self._logger.warning(f"CaptionSegEvaluator on {self._dataset_name}: no images")
         results = summarize_caption_statistics(per_image)

@@ -1,14 +1,13 @@
 """Multi-tag selection evaluator (CC3M-TagMask protocol 1: P / R / F1 / Acc / mAP)."""
-import itertools
 import logging
 from collections import OrderedDict
 from typing import Dict, List, Sequence
 
 import numpy as np
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
 from tabulate import tabulate
 
+from .distributed import gather_on_main
 from .metrics import (
     average_precision,
     binary_confusion,
@@ -90,12 +89,9 @@ class TagSelectionEvaluator(DatasetEvaluator):
             self._per_caption.append(entry)
 
     def evaluate(self):
-        per_caption = self._per_caption
-        if self._distributed:
-            comm.synchronize()
-            per_caption = list(itertools.chain(*comm.gather(per_caption, dst=0)))
-            if not comm.is_main_process():
-                return None
+        per_caption = gather_on_main(self._per_caption, self._distributed)
+        if per_caption is None:
+            return None
         if not per_caption:
             self._logger.warning(f"TagSelectionEvaluator on {self._dataset_name}: no captions")
         results = OrderedDict(

@@ -1,13 +1,12 @@
 """Single-tag-bias evaluator: cos(caption, dominant word) vs cos(caption, secondary words)."""
-import itertools
 import logging
 from collections import OrderedDict
 from typing import List, Optional, Sequence
 
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
 from tabulate import tabulate
 
+from .distributed import gather_on_main
 from .metrics import cosine_at_word, mean_or_nan
 
 
@@ -71,12 +70,9 @@ class TextBiasEvaluator(DatasetEvaluator):
             )
 
     def evaluate(self) -> Optional[OrderedDict]:
-        per_object = self._per_object
-        if self._distributed:
-            comm.synchronize()
-            per_object = list(itertools.chain(*comm.gather(per_object, dst=0)))
-            if not comm.is_main_process():
-                return None
+        per_object = gather_on_main(self._per_object, self._distributed)
+        if per_object is None:
+            return None
         results = summarize_object_cosines(per_object)
         table = tabulate(
             [list(results.values())], headers=list(results), tablefmt="pipe", floatfmt=".3f"

@@ -1,14 +1,13 @@
 """Zero-shot image classification evaluator on single-object caption records."""
-import itertools
 import logging
 from collections import OrderedDict
 from typing import List, Optional
 
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
 from tabulate import tabulate
 
+from .distributed import gather_on_main
 from .metrics import mean_or_nan, to_numpy, top1_correct
 
 
@@ -44,12 +43,9 @@ class ZeroShotEvaluator(DatasetEvaluator):
             self._correct.append(top1_correct(logits, record["objects"][0]["category_id"]))
 
     def evaluate(self) -> Optional[OrderedDict]:
-        correct = self._correct
-        if self._distributed:
-            comm.synchronize()
-            correct = list(itertools.chain(*comm.gather(correct, dst=0)))
-            if not comm.is_main_process():
-                return None
+        correct = gather_on_main(self._correct, self._distributed)
+        if correct is None:
+            return None
         accuracy = 100.0 * mean_or_nan(float(c) for c in correct)
         results = OrderedDict([("accuracy", accuracy), ("num_images", len(correct))])
         table = tabulate(

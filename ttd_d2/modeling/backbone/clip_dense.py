@@ -6,7 +6,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from .clip_loading import load_clip, resolve_arch
 from .dense_heads import DENSE_MODES, dense_last_block
