@@ -158,7 +158,7 @@ class TTD(TTDInference, nn.Module):
             raise ValueError(f"MODEL.TTD.LORA.IMAGE_LAYERS must be in [0, {len(blocks)}], got {image_layers}")
         first = len(blocks) - (image_layers or len(blocks)) if "image" in towers else len(blocks) - 1
         if "image" in towers:
-            add_lora_to_blocks(blocks[first:], rank, alpha, targets, prefix=f"visual.transformer.resblocks.{first}+")
+            add_lora_to_blocks(blocks[first:], rank, alpha, targets)
         self.shared_image_blocks = first
         if self.teacher == "ema":
             for name, tensor in lora_state_dict(clip).items():
@@ -170,6 +170,8 @@ class TTD(TTDInference, nn.Module):
             load_lora_state_dict(clip, state.get("lora", state))
             if "masker" in state:
                 self.masker.load_state_dict(state["masker"])
+            for name, tensor in self.ema_state.items():  # resume an EMA teacher too
+                tensor.copy_(state.get("ema", {}).get(name, tensor))
             logger.info("Loaded LoRA weights from %s", weights)
         if merge:
             merge_lora(clip)

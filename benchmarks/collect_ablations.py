@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""Print the ablation table of docs/RESULTS.md from output/ablations/*/quickstart_results.json.
+
+    python benchmarks/collect_ablations.py [output/ablations]
+"""
+import json
+import sys
+from pathlib import Path
+
+from tabulate import tabulate
+
+COLUMNS = (
+    ("CaptionIoU", ("caption_seg", "CaptionIoU")),
+    ("per-caption IoU", ("caption_seg", "CaptionIoU_per_caption")),
+    ("cov. dominant", ("caption_seg", "coverage_dominant")),
+    ("cov. secondary", ("caption_seg", "coverage_secondary")),
+    ("cos secondary", ("text_bias", "cos_secondary")),
+    ("s_pixel F1", ("tag_selection", "s_pixel", "F1")),
+    ("sem-seg mIoU", ("sem_seg", "mIoU")),
+    ("zero-shot", ("zero_shot", "accuracy")),
+)
+ROWS = ("both", "distill_only", "tag_only", "tags_s_image", "tags_nltk", "teacher_self", "teacher_ema")
+
+
+def value(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def main(root="output/ablations"):
+    rows, before = [], None
+    for name in ROWS:
+        path = Path(root) / name / "quickstart_results.json"
+        if not path.is_file():
+            continue
+        report = json.loads(path.read_text())
+        before = before or report["before"]
+        rows.append([name] + [value(report["after"], p) for _, p in COLUMNS])
+    if before is None:
+        raise SystemExit(f"no results under {root}: run benchmarks/ablations.sh first")
+    rows.insert(0, ["no TTD (base model)"] + [value(before, p) for _, p in COLUMNS])
+    print(tabulate(rows, headers=["run"] + [c for c, _ in COLUMNS], tablefmt="pipe", floatfmt=".2f"))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
