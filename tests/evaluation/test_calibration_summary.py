@@ -63,3 +63,64 @@ def test_mean_summary_and_table():
     assert mean["caption_seg"]["coverage_secondary"] == 60.0
     table = before_after_table(a, b)
     assert "coverage secondary" in table and "60.000" in table  # 90 - 30
+
+
+class StubModel:
+    """Returns fixed outputs per file: foreground scores (sem-seg) or a caption cos map."""
+
+    def __init__(self, outputs, w=10.0):
+        import torch
+
+        self.outputs = outputs
+        self.background_threshold = -1.0
+        self.masker = type("M", (), {"w": torch.tensor(w)})()
+
+    def __call__(self, inputs):
+        return [self.outputs[x["file_name"]] for x in inputs]
+
+
+def write_png(path, array):
+    from PIL import Image
+
+    Image.fromarray(array.astype(np.uint8)).save(path)
+    return str(path)
+
+
+def register(name, records, **meta):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: records)
+    MetadataCatalog.get(name).set(**meta)
+
+
+def test_calibrate_background_threshold_finds_the_separating_value(tmp_path):
+    import torch
+
+    from ttd_d2.evaluation.calibration import calibrate_background_threshold
+
+    gt = np.array([[0, 0, 1, 1]])  # background, background, class 1, class 1
+    fg = np.array([[0.2, 0.3, 0.6, 0.7]], dtype=np.float32)  # one foreground class
+    records = [{"file_name": "a", "sem_seg_file_name": write_png(tmp_path / "a.png", gt)}]
+    register("calib_semseg_test", records, stuff_classes=["background", "thing"], ignore_label=255)
+    scores = torch.from_numpy(np.stack([np.zeros_like(fg), fg]))
+    model = StubModel({"a": {"sem_seg": scores}})
+    best, sweep = calibrate_background_threshold(model, [records], "calib_semseg_test", thresholds=[0.1, 0.25, 0.5, 0.65])
+    assert best == 0.5 and sweep[0.5] == 100.0 and sweep[0.1] < 100.0
+    assert model.background_threshold == -1.0  # restored
+
+
+def test_calibrate_masker_bias(tmp_path):
+    import torch
+
+    from ttd_d2.evaluation.calibration import calibrate_masker_bias
+
+    gt = np.array([[0, 1, 1, 0]])
+    cos = torch.tensor([[0.05, 0.3, 0.25, 0.1]])
+    records = [{"file_name": "c", "caption_mask_file": write_png(tmp_path / "c.png", gt)}]
+    register("calib_captions_test", records)
+    bias, sweep = calibrate_masker_bias(StubModel({"c": {"caption_cos": cos}}), [records], "calib_captions_test",
+                                        thresholds=[0.0, 0.2, 0.28])
+    assert sweep[0.2] == 100.0 and bias == pytest.approx(-10.0 * 0.2)
