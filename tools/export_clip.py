@@ -18,6 +18,8 @@ def export(src: str, dst: str, fp16: bool = True) -> int:
     """Write the ``backbone.clip.*`` tensors of ``src`` to ``dst``; returns the tensor count."""
     if not os.path.isfile(src):
         raise FileNotFoundError(f"checkpoint '{src}' does not exist")
+    if os.path.exists(dst) and not os.path.isfile(dst):
+        raise ValueError(f"'{dst}' exists and is not a regular file")
     state = torch.load(src, map_location="cpu", weights_only=True)
     state = state.get("model", state)
     clip = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
