@@ -10,7 +10,7 @@ PY=${PYTHON:-.venv/bin/python}
 run() {
   local name=$1; shift
   [ -f "output/ablations/$name/quickstart_results.json" ] && return 0
-  "$PY" tools/quickstart.py --output-dir "output/ablations/$name" "${EXTRA[@]}" "$@"
+  "$PY" tools/quickstart.py --output-dir "output/ablations/$name" "${EXTRA[@]}" -- "$@"
 }
 EXTRA=("$@")
 run both

@@ -9,7 +9,8 @@
 3. TTD-fine-tunes it through tools/train_net.py (LoRA, frozen teacher);
 4. evaluates the LoRA-only result the same way; prints a before/after table and writes
    ``<output-dir>/quickstart_results.json`` = {"before": ..., "after": ...}.
-``--test-splits test test101 test102`` evaluates several held-out generator seeds (and their mean).
+``--test-splits test test101 test102`` evaluates several held-out generator seeds (and their mean);
+training overrides follow a ``--``: ``--test-splits test test101 -- MODEL.TTD.TEACHER ema``.
 """
 import argparse
 import json
@@ -92,6 +93,7 @@ def main():
     parser.add_argument("--skip-training", action="store_true", help="reuse <output-dir>/ttd/model_lora_final.pth")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...) for training")
     args = parser.parse_args()
+    args.opts = [o for o in args.opts if o != "--"]  # "--" ends --test-splits before overrides
 
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
