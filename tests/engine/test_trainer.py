@@ -95,7 +95,8 @@ def test_lora_checkpoints_written(trained):
     out = Path(cfg.OUTPUT_DIR)
     lora_final, full_final = out / "model_lora_final.pth", out / "model_final.pth"
     assert lora_final.is_file() and full_final.is_file()
-    assert (out / "model_lora_0000002.pth").is_file()  # CHECKPOINT_PERIOD 2
+    assert (out / "model_lora_0000001.pth").is_file()  # CHECKPOINT_PERIOD 2, beside model_0000001.pth
+    assert (out / "model_0000001.pth").is_file()
     assert not list(out.glob("*.tmp"))
     assert lora_final.stat().st_size * 10 < full_final.stat().st_size
     state = torch.load(lora_final, map_location="cpu", weights_only=True)

@@ -50,9 +50,9 @@ class TTDHook(HookBase):
         storage.put_scalars(**{f"ttd/{k}": float(v) for k, v in stats.items() if k != "scores"}, smoothing_hint=True)
         if self.trainer.iter % self.histogram_period == 0 and stats["scores"].numel():
             storage.put_histogram("ttd/tag_scores", stats["scores"].cpu(), bins=20)
-        next_iter = self.trainer.iter + 1
+        next_iter = self.trainer.iter + 1  # named like detectron2's PeriodicCheckpointer does
         if self.period > 0 and next_iter % self.period == 0 and next_iter != self.trainer.max_iter:
-            self._save(f"model_lora_{next_iter:07d}.pth")
+            self._save(f"model_lora_{self.trainer.iter:07d}.pth")
 
     def after_train(self):
         if self.trainer.iter + 1 >= self.trainer.max_iter:
