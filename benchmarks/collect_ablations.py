@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from ttd_d2.evaluation.summary import get_path
+
 COLUMNS = (
     ("CaptionIoU", ("caption_seg", "CaptionIoU")),
     ("per-caption IoU", ("caption_seg", "CaptionIoU_per_caption")),
@@ -22,12 +24,6 @@ COLUMNS = (
 ROWS = ("both", "distill_only", "tag_only", "tags_s_image", "tags_nltk", "teacher_self", "teacher_ema")
 
 
-def value(tree, path):
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
 def main(root="output/ablations"):
     rows, before = [], None
     for name in ROWS:
@@ -36,10 +32,10 @@ def main(root="output/ablations"):
             continue
         report = json.loads(path.read_text())
         before = before or report["before"]
-        rows.append([name] + [value(report["after"], p) for _, p in COLUMNS])
+        rows.append([name] + [get_path(report["after"], p) for _, p in COLUMNS])
     if before is None:
         raise SystemExit(f"no results under {root}: run benchmarks/ablations.sh first")
-    rows.insert(0, ["no TTD (base model)"] + [value(before, p) for _, p in COLUMNS])
+    rows.insert(0, ["no TTD (base model)"] + [get_path(before, p) for _, p in COLUMNS])
     print(tabulate(rows, headers=["run"] + [c for c, _ in COLUMNS], tablefmt="pipe", floatfmt=".2f"))
 
 
