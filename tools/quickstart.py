@@ -24,14 +24,13 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
+from ttd_d2 import TTDTrainer, add_ttd_config  # importing ttd_d2 registers datasets and models
+from ttd_d2.data.datasets.builtin import synthetic_root
+from ttd_d2.data.synthetic.writer import generate, quickstart_splits
+from ttd_d2.evaluation.calibration import calibrate_background_threshold, calibrate_masker_bias
+from ttd_d2.evaluation.summary import before_after_table, mean_summary, summarize
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import ttd_d2  # noqa: E402,F401  (registers datasets and models)
-from ttd_d2 import TTDTrainer, add_ttd_config  # noqa: E402
-from ttd_d2.data.datasets.builtin import synthetic_root  # noqa: E402
-from ttd_d2.data.synthetic.writer import generate, quickstart_splits  # noqa: E402
-from ttd_d2.evaluation.calibration import calibrate_background_threshold, calibrate_masker_bias  # noqa: E402
-from ttd_d2.evaluation.summary import before_after_table, mean_summary, summarize  # noqa: E402
 
 logger = logging.getLogger("quickstart")
 

@@ -47,9 +47,11 @@ class TTDHook(HookBase):
         if not stats:
             return
         storage = self.trainer.storage
-        storage.put_scalars(**{f"ttd/{k}": float(v) for k, v in stats.items() if k != "scores"}, smoothing_hint=True)
-        if self.trainer.iter % self.histogram_period == 0 and stats["scores"].numel():
-            storage.put_histogram("ttd/tag_scores", stats["scores"].cpu(), bins=20)
+        scalars = {f"ttd/{k}": float(v) for k, v in stats.items() if k not in ("scores", "valid")}
+        storage.put_scalars(**scalars, smoothing_hint=True)
+        scores = stats["scores"][stats["valid"]]
+        if self.trainer.iter % self.histogram_period == 0 and scores.numel():
+            storage.put_histogram("ttd/tag_scores", scores.cpu(), bins=20)
         next_iter = self.trainer.iter + 1  # named like detectron2's PeriodicCheckpointer does
         if self.period > 0 and next_iter % self.period == 0 and next_iter != self.trainer.max_iter:
             self._save(f"model_lora_{self.trainer.iter:07d}.pth")

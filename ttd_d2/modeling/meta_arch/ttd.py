@@ -325,5 +325,6 @@ class TTD(TTDInference, nn.Module):
             "candidates_per_caption": valid.sum(1).float().mean(),
             "selected_per_caption": selected.sum(1).float().mean(),
             "target_caption_iou": (inter / uni.clamp_min(1)).mean(),
-            "scores": scores[valid].detach().float(),
+            "scores": scores.detach().float(),  # masked by the hook: boolean indexing syncs
+            "valid": valid,
         }
