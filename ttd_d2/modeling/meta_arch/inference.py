@@ -8,7 +8,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 
 from ..ttd.scoring import SCORING_METHODS, cosine_maps, score_tags
-from ..ttd.tags import caption_to_tags, nltk_noun_adjective_mask
+from ..ttd.tags import candidate_tags, nltk_noun_adjective_mask, token_window
 from .segmentation import max_over_synonyms, slide_inference, split_synonyms, upsample
 
 METHOD_ALIASES = {"pixel": "s_pixel", "image": "s_image", "text": "s_text", "image+text": "image_text"}
@@ -71,6 +71,13 @@ class TTDInference:
         return sem_seg_postprocess(scores, scores.shape[-2:], height, width)
 
     # ------------------------------------------------------------------ captions
+    def candidate_tags(self, captions: Sequence[str]) -> List[List[str]]:
+        """Candidate tags of each caption, the same in training and inference: its words
+        (stopwords removed when set) whose first occurrence lies inside the text tower's
+        context window (the caption embedding never sees the rest), at most ``max_tags``."""
+        fits = token_window(self.backbone.tokenizer, self.backbone.clip.context_length)
+        return candidate_tags(captions, fits, self.remove_stopwords, self.max_tags)
+
     def analyse_caption(
         self, image: torch.Tensor, caption: str, out_size: Tuple[int, int], class_names: Sequence[str] = ()
     ) -> Dict:
@@ -79,7 +86,7 @@ class TTDInference:
         zero-shot logits over ``class_names`` when given."""
         feats = self.backbone(image)
         dense, global_emb = feats["dense"], F.normalize(feats["global"], dim=-1)
-        tags = caption_to_tags(caption, self.remove_stopwords)
+        tags = self.candidate_tags([caption])[0]
         caption_emb = self.backbone.encode_text([caption])
         cos_caption = upsample(cosine_maps(dense, caption_emb[None])[0, 0], out_size)
         caption_mask = self.masker(cos_caption).clamp(0, 1)
@@ -103,7 +110,8 @@ class TTDInference:
 
     @torch.no_grad()
     def score_tags(self, image_rgb: np.ndarray, caption: str, method: str = "pixel") -> List[Tuple[str, float]]:
-        """Score every candidate tag of ``caption`` for an RGB uint8 image [H, W, 3].
+        """Score every candidate tag of ``caption`` (``candidate_tags``: its words inside the
+        text tower's window, at most ``max_tags``) for an RGB uint8 image [H, W, 3].
 
         ``method``: pixel | image | text | image+text | nltk (or the s_* names). Returns
         [(tag, score)] in caption order; the model's selection is ``score >= tag_threshold``.
