@@ -9,7 +9,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 
 from ..ttd.scoring import SCORING_METHODS, cosine_maps, score_tags
 from ..ttd.tags import candidate_tags, nltk_noun_adjective_mask, token_window
-from .segmentation import max_over_synonyms, slide_inference, split_synonyms, upsample
+from .segmentation import max_over_synonyms, maps_to_image, pad_to_patch_grid, slide_inference, split_synonyms
 
 METHOD_ALIASES = {"pixel": "s_pixel", "image": "s_image", "text": "s_text", "image+text": "image_text"}
 
@@ -47,11 +47,19 @@ class TTDInference:
         self._class_cache.clear()  # text tower may change while training
         return super().train(mode)
 
+    # ------------------------------------------------------------------ image tower
+    def _image_features(self, image: torch.Tensor, with_global: bool = True) -> Tuple[Dict, Tuple[int, int]]:
+        """The backbone on a normalised image [1, 3, H, W] of any size, padded to the patch grid
+        (``pad_to_patch_grid``): ({"dense": [1, D, ceil(H/p), ceil(W/p)], "global"?}, padded size).
+        Map the dense results back with ``maps_to_image(maps, padded_size, (H, W), out_size)``."""
+        padded = pad_to_patch_grid(image, self.backbone.size_divisibility)
+        return self.backbone(padded, with_global=with_global), tuple(padded.shape[-2:])
+
     # ------------------------------------------------------------------ semantic segmentation
     def _class_scores(self, image: torch.Tensor, text_emb: torch.Tensor, owner: torch.Tensor, num_classes: int):
-        """Masker probabilities [C, h, w] of every class for one normalised image [1, 3, h, w]."""
-        dense = self.backbone(image, with_global=False)["dense"]
-        cos = upsample(cosine_maps(dense, text_emb[None])[0], image.shape[-2:])
+        """Masker probabilities [C, H, W] of every class for one normalised image [1, 3, H, W]."""
+        feats, padded_size = self._image_features(image, with_global=False)
+        cos = maps_to_image(cosine_maps(feats["dense"], text_emb[None])[0], padded_size, image.shape[-2:])
         return max_over_synonyms(self.masker(cos), owner, num_classes)
 
     def semantic_segmentation(self, x: Dict, dataset_name: str) -> torch.Tensor:
@@ -82,13 +90,14 @@ class TTDInference:
         self, image: torch.Tensor, caption: str, out_size: Tuple[int, int], class_names: Sequence[str] = ()
     ) -> Dict:
         """Everything ``docs/INTERFACES.md`` lists for a caption input (one normalised image
-        [1, 3, h, w]): caption mask at ``out_size``, candidate tags and their scores, and
-        zero-shot logits over ``class_names`` when given."""
-        feats = self.backbone(image)
+        [1, 3, H, W] of any size): caption mask at ``out_size``, candidate tags and their scores
+        (tag masks on the patch grid of the padded image), and zero-shot logits over
+        ``class_names`` when given."""
+        feats, padded_size = self._image_features(image)
         dense, global_emb = feats["dense"], F.normalize(feats["global"], dim=-1)
         tags = self.candidate_tags([caption])[0]
         caption_emb = self.backbone.encode_text([caption])
-        cos_caption = upsample(cosine_maps(dense, caption_emb[None])[0, 0], out_size)
+        cos_caption = maps_to_image(cosine_maps(dense, caption_emb[None])[0, 0], padded_size, image.shape[-2:], out_size)
         caption_mask = self.masker(cos_caption).clamp(0, 1)
         out = {"caption_mask": caption_mask, "caption_cos": cos_caption, "tags": tags, "tag_threshold": self.tag_threshold}
         tag_emb = self.backbone.encode_text(tags, use_templates=True)[None]  # [1, K, D]
