@@ -16,7 +16,8 @@ METHOD_ALIASES = {"pixel": "s_pixel", "image": "s_image", "text": "s_text", "ima
 
 class TTDInference:
     """Mixin of ``TTD`` holding everything its eval mode does. Expects ``backbone``,
-    ``masker``, the ``normalize`` method and the test options set by ``TTD.__init__``."""
+    ``masker``, the ``normalize`` method, the tag options (``remove_stopwords``, ``max_tags``)
+    and the test options set by ``TTD.__init__``."""
 
     # ------------------------------------------------------------------ class embeddings
     def class_embeddings(self, dataset_name: str) -> Tuple[torch.Tensor, torch.Tensor, int, bool]:
