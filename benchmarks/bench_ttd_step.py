@@ -317,8 +317,6 @@ class ForwardFlops:
 def forward_flops_per_step(model: nn.Module, counter: ForwardFlops, caption_batches: List[List[str]],
                            timed: range, cold_teacher_cache: bool) -> Dict[str, float]:
     """Mean forward FLOPs of the timed steps' pieces, following ``TTD.forward``."""
-    from ttd_d2.modeling.ttd.tags import caption_to_tags, pad_tag_batch
-
     batch_size = len(caption_batches[0])
     templates = model.backbone.prompt_templates
     ttd = model.ttd_enabled
@@ -329,7 +327,7 @@ def forward_flops_per_step(model: nn.Module, counter: ForwardFlops, caption_batc
     pieces = {k: 0.0 for k in ("image", "caption", "tags", "teacher_image", "teacher_text")}
     seen, misses, uniques = set(), 0, 0
     for i, captions in enumerate(caption_batches[: timed.stop]):
-        unique = pad_tag_batch([caption_to_tags(c, model.remove_stopwords) for c in captions])[0] if ttd else []
+        unique = model._tag_batch(captions)["unique"] if ttd else []  # the tags training encodes
         missing = [t for t in unique if cold_teacher_cache or t not in seen]
         seen.update(unique)
         if i not in timed:

@@ -45,6 +45,9 @@ def add_ttd_config(cfg):
     cfg.MODEL.TTD.TAG_THRESHOLD = 0.5
     # Drop NLTK English stopwords from the candidate tags.
     cfg.MODEL.TTD.REMOVE_STOPWORDS = True
+    # Keep at most this many candidate tags per caption (the first in caption order, after
+    # dropping words past the text tower's context window); bounds the memory of tag maps.
+    cfg.MODEL.TTD.MAX_TAGS = 32
     # Where distillation targets come from: self (the model being trained) | frozen (the
     # base model = adapters off) | ema (an exponential moving average of the adapters).
     cfg.MODEL.TTD.TEACHER = "frozen"

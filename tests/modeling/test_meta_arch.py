@@ -388,7 +388,9 @@ def test_edge_captions_in_training_batch(tiny_cfg, teacher, contrastive):
     assert finite(losses)
     sum(losses.values()).backward()
     stats = model.tag_statistics
-    assert float(stats["candidates_per_caption"]) == pytest.approx((0 + 0 + 300 + 2) / 4)
+    # the tiny CLIP's 14-token window holds "word0x shape0 word1x shape1 word2x" (3+2+3+2+3
+    # tokens; "shape2" would be the 15th): 5 of the long caption's 300 tags
+    assert float(stats["candidates_per_caption"]) == pytest.approx((0 + 0 + 5 + 2) / 4)
 
 
 def test_batch_without_any_tag(tiny_cfg):

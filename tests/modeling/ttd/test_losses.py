@@ -122,10 +122,11 @@ def _hand_example():
 def test_ttd_losses_hand_values():
     losses = ttd_losses(*_hand_example(), distance="l1")
     assert losses["loss_distill"].item() == pytest.approx((0.2 + 0.5) / 2)
-    assert losses["loss_tag"].item() == pytest.approx((0.1 + 0.6 + 0.7) / 3)
+    # per caption: (0.1 + 0.6) / 2 and 0.7 / 1, then the mean over the two captions
+    assert losses["loss_tag"].item() == pytest.approx(((0.1 + 0.6) / 2 + 0.7) / 2)
     losses = ttd_losses(*_hand_example(), distance="mse")
     assert losses["loss_distill"].item() == pytest.approx((0.04 + 0.25) / 2)
-    assert losses["loss_tag"].item() == pytest.approx((0.01 + 0.36 + 0.49) / 3)
+    assert losses["loss_tag"].item() == pytest.approx(((0.01 + 0.36) / 2 + 0.49) / 2)
     assert torch.isfinite(ttd_losses(*_hand_example(), distance="bce")["loss_tag"])
 
 
@@ -138,8 +139,11 @@ def test_ttd_losses_match_loop_formula():
     targets, union = distillation_targets(tag_masks, selected)
     losses = ttd_losses(caption_mask, tag_masks, targets, union, valid, distance="l1")
     distill = sum((caption_mask[b] - union[b]).abs().mean() for b in range(3)) / 3
-    pairs = [(b, k) for b in range(3) for k in range(5) if valid[b, k]]
-    tag = sum((tag_masks[b, k] - targets[b, k]).abs().mean() for b, k in pairs) / len(pairs)
+    per_caption = [
+        sum((tag_masks[b, k] - targets[b, k]).abs().mean() for k in range(5) if valid[b, k]) / int(valid[b].sum())
+        for b in range(3)
+    ]
+    tag = sum(per_caption) / 3
     assert losses["loss_distill"].item() == pytest.approx(distill.item())
     assert losses["loss_tag"].item() == pytest.approx(tag.item())
 
@@ -200,3 +204,20 @@ def test_end_to_end_gradients_reach_masker_parameters():
     losses = ttd_losses(caption_mask, tag_masks, targets, union, valid)
     (losses["loss_distill"] + losses["loss_tag"]).backward()
     assert w.grad is not None and w.grad.item() != 0.0 and b.grad.item() != 0.0
+
+
+def test_loss_tag_is_a_mean_per_caption_then_over_captions():
+    """Caption 0 has three tags at distance 0.9 each, caption 1 one tag at distance 0.1: the
+    per-caption mean gives (0.9 + 0.1) / 2 = 0.5; the all-pairs mean would give 0.7."""
+    tag_masks = torch.tensor([[0.9, 0.9, 0.9], [0.1, 0.0, 0.0]])[:, :, None, None]
+    targets = torch.zeros(2, 3, 1, 1)
+    valid = torch.tensor([[True, True, True], [True, False, False]])
+    caption_mask, union = torch.zeros(2, 1, 1), torch.zeros(2, 1, 1)
+    losses = ttd_losses(caption_mask, tag_masks, targets, union, valid, distance="l1")
+    assert losses["loss_tag"].item() == pytest.approx(0.5)
+    # a third caption without valid tags changes nothing
+    losses = ttd_losses(
+        torch.zeros(3, 1, 1), torch.cat([tag_masks, torch.ones(1, 3, 1, 1)]), torch.zeros(3, 3, 1, 1),
+        torch.zeros(3, 1, 1), torch.cat([valid, torch.zeros(1, 3, dtype=torch.bool)]), distance="l1",
+    )
+    assert losses["loss_tag"].item() == pytest.approx(0.5)

@@ -8,15 +8,16 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 
 from ..ttd.scoring import SCORING_METHODS, cosine_maps, score_tags
-from ..ttd.tags import caption_to_tags, nltk_noun_adjective_mask
-from .segmentation import max_over_synonyms, slide_inference, split_synonyms, upsample
+from ..ttd.tags import candidate_tags, nltk_noun_adjective_mask, token_window
+from .segmentation import max_over_synonyms, maps_to_image, pad_to_patch_grid, slide_inference, split_synonyms
 
 METHOD_ALIASES = {"pixel": "s_pixel", "image": "s_image", "text": "s_text", "image+text": "image_text"}
 
 
 class TTDInference:
     """Mixin of ``TTD`` holding everything its eval mode does. Expects ``backbone``,
-    ``masker``, the ``normalize`` method and the test options set by ``TTD.__init__``."""
+    ``masker``, the ``normalize`` method, the tag options (``remove_stopwords``, ``max_tags``)
+    and the test options set by ``TTD.__init__``."""
 
     # ------------------------------------------------------------------ class embeddings
     def class_embeddings(self, dataset_name: str) -> Tuple[torch.Tensor, torch.Tensor, int, bool]:
@@ -47,11 +48,19 @@ class TTDInference:
         self._class_cache.clear()  # text tower may change while training
         return super().train(mode)
 
+    # ------------------------------------------------------------------ image tower
+    def _image_features(self, image: torch.Tensor, with_global: bool = True) -> Tuple[Dict, Tuple[int, int]]:
+        """The backbone on a normalised image [1, 3, H, W] of any size, padded to the patch grid
+        (``pad_to_patch_grid``): ({"dense": [1, D, ceil(H/p), ceil(W/p)], "global"?}, padded size).
+        Map the dense results back with ``maps_to_image(maps, padded_size, (H, W), out_size)``."""
+        padded = pad_to_patch_grid(image, self.backbone.size_divisibility)
+        return self.backbone(padded, with_global=with_global), tuple(padded.shape[-2:])
+
     # ------------------------------------------------------------------ semantic segmentation
     def _class_scores(self, image: torch.Tensor, text_emb: torch.Tensor, owner: torch.Tensor, num_classes: int):
-        """Masker probabilities [C, h, w] of every class for one normalised image [1, 3, h, w]."""
-        dense = self.backbone(image, with_global=False)["dense"]
-        cos = upsample(cosine_maps(dense, text_emb[None])[0], image.shape[-2:])
+        """Masker probabilities [C, H, W] of every class for one normalised image [1, 3, H, W]."""
+        feats, padded_size = self._image_features(image, with_global=False)
+        cos = maps_to_image(cosine_maps(feats["dense"], text_emb[None])[0], padded_size, image.shape[-2:])
         return max_over_synonyms(self.masker(cos), owner, num_classes)
 
     def semantic_segmentation(self, x: Dict, dataset_name: str) -> torch.Tensor:
@@ -71,17 +80,25 @@ class TTDInference:
         return sem_seg_postprocess(scores, scores.shape[-2:], height, width)
 
     # ------------------------------------------------------------------ captions
+    def candidate_tags(self, captions: Sequence[str]) -> List[List[str]]:
+        """Candidate tags of each caption, the same in training and inference: its words
+        (stopwords removed when set) whose first occurrence lies inside the text tower's
+        context window (the caption embedding never sees the rest), at most ``max_tags``."""
+        fits = token_window(self.backbone.tokenizer, self.backbone.clip.context_length)
+        return candidate_tags(captions, fits, self.remove_stopwords, self.max_tags)
+
     def analyse_caption(
         self, image: torch.Tensor, caption: str, out_size: Tuple[int, int], class_names: Sequence[str] = ()
     ) -> Dict:
         """Everything ``docs/INTERFACES.md`` lists for a caption input (one normalised image
-        [1, 3, h, w]): caption mask at ``out_size``, candidate tags and their scores, and
-        zero-shot logits over ``class_names`` when given."""
-        feats = self.backbone(image)
+        [1, 3, H, W] of any size): caption mask at ``out_size``, candidate tags and their scores
+        (tag masks on the patch grid of the padded image), and zero-shot logits over
+        ``class_names`` when given."""
+        feats, padded_size = self._image_features(image)
         dense, global_emb = feats["dense"], F.normalize(feats["global"], dim=-1)
-        tags = caption_to_tags(caption, self.remove_stopwords)
+        tags = self.candidate_tags([caption])[0]
         caption_emb = self.backbone.encode_text([caption])
-        cos_caption = upsample(cosine_maps(dense, caption_emb[None])[0, 0], out_size)
+        cos_caption = maps_to_image(cosine_maps(dense, caption_emb[None])[0, 0], padded_size, image.shape[-2:], out_size)
         caption_mask = self.masker(cos_caption).clamp(0, 1)
         out = {"caption_mask": caption_mask, "caption_cos": cos_caption, "tags": tags, "tag_threshold": self.tag_threshold}
         tag_emb = self.backbone.encode_text(tags, use_templates=True)[None]  # [1, K, D]
@@ -103,7 +120,8 @@ class TTDInference:
 
     @torch.no_grad()
     def score_tags(self, image_rgb: np.ndarray, caption: str, method: str = "pixel") -> List[Tuple[str, float]]:
-        """Score every candidate tag of ``caption`` for an RGB uint8 image [H, W, 3].
+        """Score every candidate tag of ``caption`` (``candidate_tags``: its words inside the
+        text tower's window, at most ``max_tags``) for an RGB uint8 image [H, W, 3].
 
         ``method``: pixel | image | text | image+text | nltk (or the s_* names). Returns
         [(tag, score)] in caption order; the model's selection is ``score >= tag_threshold``.

@@ -1,8 +1,9 @@
 """Open-vocabulary semantic segmentation from dense CLIP features (inference helpers)."""
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from detectron2.structures import ImageList
 
 
 def split_synonyms(class_names: Sequence[str]) -> Tuple[List[str], torch.Tensor]:
@@ -62,3 +63,35 @@ def upsample(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     lead = maps.shape[:-2]
     out = F.interpolate(maps.reshape(1, -1, *maps.shape[-2:]), size=size, mode="bilinear", align_corners=False)
     return out.reshape(*lead, *size)
+
+
+def pad_to_patch_grid(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """Normalised images [B, 3, H, W] padded at the bottom and right to multiples of ``patch``
+    (detectron2's ``ImageList`` with ``size_divisibility``), so that the patch embedding sees
+    every pixel instead of dropping the last H mod p rows and W mod p columns.
+
+    The pad value is ImageList's 0, which after normalisation is the pixel-mean colour: a flat,
+    neutral colour for the partly padded last patches (less than one patch of padding, so every
+    patch still holds real pixels); reflecting would copy objects into them, black is further
+    from anything the model saw. Images already on the grid are returned as they are.
+    """
+    if images.shape[-2] % patch == 0 and images.shape[-1] % patch == 0:
+        return images
+    return ImageList.from_tensors(list(images), size_divisibility=patch).tensor
+
+
+def maps_to_image(
+    maps: torch.Tensor, padded_size: Tuple[int, int], image_size: Tuple[int, int],
+    out_size: Optional[Tuple[int, int]] = None,
+) -> torch.Tensor:
+    """Maps [..., h, w] on the patch grid of an image padded to ``padded_size`` -> maps
+    [..., *out_size] of the real image (``out_size`` defaults to ``image_size``): upsampled to
+    the padded size, cropped to the image's ``image_size`` top-left corner, then resized.
+
+    Without padding it is one resize straight to ``out_size``, as before padding existed.
+    """
+    image_size, out_size = tuple(image_size), tuple(out_size or image_size)
+    if tuple(padded_size) == image_size:
+        return upsample(maps, out_size)
+    maps = upsample(maps, tuple(padded_size))[..., : image_size[0], : image_size[1]]
+    return maps if out_size == image_size else upsample(maps, out_size)

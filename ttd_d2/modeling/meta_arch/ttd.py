@@ -17,7 +17,7 @@ from ..lora import VALID_TARGETS, VALID_TOWERS, add_lora, add_lora_to_blocks, lo
 from ..masker import Masker
 from ..ttd.losses import distillation_targets, ttd_losses
 from ..ttd.scoring import SCORING_METHODS, cosine_maps, score_tags, select_tags
-from ..ttd.tags import caption_to_tags, nltk_noun_adjective_mask, pad_tag_batch
+from ..ttd.tags import nltk_noun_adjective_mask, pad_tag_batch
 from ..ttd.text_cache import TextEmbeddingCache
 from .inference import TTDInference
 
@@ -47,6 +47,7 @@ class TTD(TTDInference, nn.Module):
         tag_scoring: str = "s_pixel",
         tag_threshold: float = 0.5,
         remove_stopwords: bool = True,
+        max_tags: int = 32,
         teacher: str = "frozen",
         ema_decay: float = 0.999,
         loss_distance: str = "l1",
@@ -68,6 +69,7 @@ class TTD(TTDInference, nn.Module):
             tag_scoring: s_pixel | s_image | s_text | image_text | nltk: how tags are selected.
             tag_threshold: a tag is selected when its score >= this.
             remove_stopwords: drop NLTK stopwords from candidate tags.
+            max_tags: candidate tags kept per caption (the first ones inside the text window).
             teacher: self | frozen | ema: the model the targets come from.
             ema_decay: decay of the EMA teacher's adapters.
             loss_distance: l1 | mse | bce.
@@ -91,6 +93,9 @@ class TTD(TTDInference, nn.Module):
         self.tag_scoring = tag_scoring
         self.tag_threshold = tag_threshold
         self.remove_stopwords = remove_stopwords
+        if max_tags < 1:
+            raise ValueError(f"MODEL.TTD.MAX_TAGS must be >= 1 (tags kept per caption), got {max_tags}")
+        self.max_tags = max_tags
         self.teacher = teacher
         self.ema_decay = ema_decay
         self.loss_distance = loss_distance
@@ -121,6 +126,7 @@ class TTD(TTDInference, nn.Module):
             "tag_scoring": ttd.TAG_SCORING,
             "tag_threshold": ttd.TAG_THRESHOLD,
             "remove_stopwords": ttd.REMOVE_STOPWORDS,
+            "max_tags": ttd.MAX_TAGS,
             "teacher": ttd.TEACHER,
             "ema_decay": ttd.EMA_DECAY,
             "loss_distance": ttd.LOSS.DISTANCE,
@@ -233,8 +239,9 @@ class TTD(TTDInference, nn.Module):
         return self.tag_scoring in ("s_text", "image_text")
 
     def _tag_batch(self, captions: List[str]) -> Dict:
-        """Candidate tags per caption, the batch's distinct tags, index [B, K] and valid [B, K]."""
-        tags = [caption_to_tags(c, self.remove_stopwords) for c in captions]
+        """Candidate tags per caption (``candidate_tags``), the batch's distinct tags, index
+        [B, K] and valid [B, K]."""
+        tags = self.candidate_tags(captions)
         unique, index, valid = pad_tag_batch(tags)
         return {"tags": tags, "unique": unique, "index": index.to(self.device), "valid": valid.to(self.device)}
 

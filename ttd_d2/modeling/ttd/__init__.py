@@ -10,11 +10,20 @@ from .scoring import (
     select_tags,
     text_tag_scores,
 )
-from .tags import caption_to_tags, nltk_noun_adjective_mask, pad_tag_batch
+from .tags import (
+    candidate_tags,
+    caption_to_tags,
+    nltk_noun_adjective_mask,
+    pad_tag_batch,
+    tags_in_token_window,
+    token_window,
+    visible_prefix,
+)
 
 __all__ = [
     "DISTANCES",
     "SCORING_METHODS",
+    "candidate_tags",
     "caption_to_tags",
     "combined_image_text_scores",
     "cosine_maps",
@@ -28,6 +37,9 @@ __all__ = [
     "pixel_tag_scores",
     "score_tags",
     "select_tags",
+    "tags_in_token_window",
     "text_tag_scores",
+    "token_window",
     "ttd_losses",
+    "visible_prefix",
 ]

@@ -119,13 +119,18 @@ def ttd_losses(
         distance: "l1" | "mse" | "bce".
     Returns:
         "loss_distill": Eq.(4) dist(M_c, sg(U)), mean over captions with at least one valid tag.
-        "loss_tag": Eq.(5) dist(M_k, sg(T_k)), mean over all valid (caption, tag) pairs.
+        "loss_tag": Eq.(5) mean_k dist(M_k, sg(T_k)) over each caption's valid tags, then the
+            mean over captions with at least one valid tag (a caption with many tags weighs
+            as much as one with few, as Eq. 5 is a per-caption mean).
     Each is a finite scalar; with nothing to average it is 0 but still part of the graph
     (so DDP sees every parameter used).
     """
     per_caption = mask_distance(caption_mask, union.detach(), distance)  # [B]
     per_tag = mask_distance(tag_masks, targets.detach(), distance)  # [B, K]
+    has_tags = valid.any(dim=1)
+    tag_count = valid.sum(dim=1).clamp_min(1).to(per_tag.dtype)
+    per_caption_tag = torch.where(valid, per_tag, torch.zeros_like(per_tag)).sum(dim=1) / tag_count  # [B]
     return {
-        "loss_distill": _masked_mean(per_caption, valid.any(dim=1)),
-        "loss_tag": _masked_mean(per_tag, valid),
+        "loss_distill": _masked_mean(per_caption, has_tags),
+        "loss_tag": _masked_mean(per_caption_tag, has_tags),
     }

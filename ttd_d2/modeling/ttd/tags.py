@@ -7,16 +7,31 @@ meet the NLTK stopword list: ``n't`` -> ``not`` (and ``ca``/``wo``/``sha`` befor
 the ambiguous ``'s`` (possessive / is / has) and ``'d`` (would / had) carry no object and are
 dropped. A token is then lower-cased, leading/trailing punctuation is stripped (inner hyphens,
 dots and apostrophes stay: ``well-known``, ``u.s``), and it is kept only if it has a letter.
+
+The text tower encodes a caption at its context length (SOT + tokens + EOT, truncated), so the
+caption embedding never sees words past that window: ``candidate_tags`` keeps only the tags
+whose first occurrence lies inside it (``tags_in_token_window``), then at most ``max_tags`` of
+them, in caption order.
 """
 from __future__ import annotations
 
 import functools
 import re
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["caption_to_tags", "nltk_noun_adjective_mask", "pad_tag_batch"]
+__all__ = [
+    "candidate_tags",
+    "caption_to_tags",
+    "nltk_noun_adjective_mask",
+    "pad_tag_batch",
+    "tags_in_token_window",
+    "token_window",
+    "visible_prefix",
+]
+
+FitsWindow = Callable[[Sequence[str]], List[bool]]
 
 _NLTK_DATA_HINT = (
     "NLTK data is missing: run `python -m nltk.downloader stopwords "
@@ -26,6 +41,8 @@ _EDGE_PUNCTUATION = re.compile(r"^[\W_]+|[\W_]+$")
 _CLITIC_WORDS = {"n't": "not", "'re": "are", "'m": "am", "'ve": "have", "'ll": "will", "'s": "", "'d": ""}
 _NEGATED_STEMS = {"ca": "can", "wo": "will", "sha": "shall"}
 _NOUN_ADJECTIVE_PREFIXES = ("NN", "JJ")
+_CHUNK = re.compile(r"\S+")
+_TRAILING_PUNCTUATION = re.compile(r"[\W_]+$")
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,7 +84,7 @@ def caption_to_tags(caption: str, remove_stopwords: bool = True) -> List[str]:
     optionally without NLTK English stopwords, unique in first-occurrence order.
 
     An empty caption, or one with only stopwords/punctuation/numbers, gives ``[]``. No length
-    limit is applied (the text encoder truncates each tag prompt on its own).
+    limit is applied here (``candidate_tags`` applies the text tower's window).
     """
     stop = _english_stopwords() if remove_stopwords else frozenset()
     tags: List[str] = []
@@ -77,6 +94,91 @@ def caption_to_tags(caption: str, remove_stopwords: bool = True) -> List[str]:
             seen.add(word)
             tags.append(word)
     return tags
+
+
+def token_window(tokenizer, context_length: int) -> FitsWindow:
+    """``fits(texts) -> [bool]``: whether each text, as SOT + tokens + EOT, fits in
+    ``context_length`` positions, i.e. the text tower sees all of it.
+
+    ``tokenizer`` is an open_clip tokenizer (``tokenizer(texts, context_length=n)`` -> ids
+    [N, n], 0 = padding). Texts are tokenized one position longer than the window, so a text
+    fits iff that last position is padding (at ``context_length`` itself a text of exactly
+    the window and a truncated one look the same).
+    """
+
+    def fits(texts: Sequence[str]) -> List[bool]:
+        if not texts:
+            return []
+        tokens = tokenizer(list(texts), context_length=context_length + 1)
+        return (tokens[:, -1] == 0).tolist()
+
+    return fits
+
+
+def _cut_points(caption: str) -> List[int]:
+    """Ascending character offsets where a prefix of ``caption`` ends a whole word: after each
+    whitespace-separated chunk, and before the chunk's trailing punctuation ("grass|,|"). Each
+    lies on a boundary of open_clip's pre-tokenizer (letter runs, digits, punctuation runs), so
+    a prefix cut there tokenizes to a prefix of the caption's tokens."""
+    cuts = []
+    for chunk in _CHUNK.finditer(caption):
+        trailing = _TRAILING_PUNCTUATION.search(chunk.group())
+        word_end = chunk.end() - (len(trailing.group()) if trailing else 0)
+        if chunk.start() < word_end < chunk.end():
+            cuts.append(word_end)
+        cuts.append(chunk.end())
+    return cuts
+
+
+def visible_prefix(caption: str, fits: FitsWindow) -> str:
+    """The longest prefix of ``caption`` that ends a whole word (``_cut_points``) and that
+    ``fits`` the window ("" when even the first word does not). Binary search over the cut
+    points (a longer prefix never has fewer tokens): a few tokenizer calls, not one per word."""
+    cuts = _cut_points(caption)
+    low, high = 0, len(cuts)  # the prefix at cut ``low`` fits; any beyond cut ``high`` does not
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits([caption[: cuts[middle - 1]]])[0]:
+            low = middle
+        else:
+            high = middle - 1
+    return caption[: cuts[low - 1]] if low else ""
+
+
+def tags_in_token_window(
+    caption: str, tags: Sequence[str], fits: FitsWindow, caption_fits: Optional[bool] = None
+) -> List[str]:
+    """The ``tags`` (from ``caption_to_tags(caption)``) whose first occurrence lies inside the
+    text tower's window, in their order. A word counts as seen when all of its tokens are
+    inside the window (a word cut by the truncation is dropped; so is one glued to a later
+    word by punctuation without a space, "dog,cat", when the later word is cut).
+
+    ``caption_fits``: ``fits([caption])[0]`` when the caller already has it (one batched call
+    for a batch); when the caption fits, the tags are returned as they are.
+    """
+    if caption_fits is None:
+        caption_fits = fits([caption])[0]
+    if caption_fits:
+        return list(tags)
+    seen = set(caption_to_tags(visible_prefix(caption, fits), remove_stopwords=False))
+    return [tag for tag in tags if tag in seen]
+
+
+def candidate_tags(
+    captions: Sequence[str], fits: FitsWindow, remove_stopwords: bool = True, max_tags: Optional[int] = None
+) -> List[List[str]]:
+    """Candidate tags of each caption: ``caption_to_tags``, limited to the text tower's window
+    (``tags_in_token_window``), then the first ``max_tags`` in caption order (None = all).
+
+    One tokenizer call for the whole batch; captions longer than the window cost a few more.
+    """
+    if max_tags is not None and max_tags < 1:
+        raise ValueError(f"max_tags must be None or >= 1, got {max_tags}")
+    whole = fits(captions)
+    return [
+        tags_in_token_window(caption, caption_to_tags(caption, remove_stopwords), fits, ok)[:max_tags]
+        for caption, ok in zip(captions, whole)
+    ]
 
 
 @functools.lru_cache(maxsize=1)

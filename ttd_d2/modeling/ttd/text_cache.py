@@ -7,7 +7,8 @@ import torch
 
 
 class TextEmbeddingCache:
-    """Maps strings to embeddings [D], computing misses in one batched call.
+    """Maps strings to embeddings [D], computing misses in one batched call. Each entry is
+    its own copy of one row (not a view of the batch output), so evicting it frees its memory.
 
     Args:
         encode: list[str] -> Tensor[N, D]; must be deterministic (e.g. a frozen tower).
@@ -30,8 +31,10 @@ class TextEmbeddingCache:
         """Embeddings [len(texts), D] of ``texts``, in order."""
         missing = list(dict.fromkeys(t for t in texts if t not in self._store))
         if missing:
+            # clone(): a row of the batch output is a view that keeps the whole batch alive,
+            # so evicting it would free nothing.
             for text, emb in zip(missing, self.encode(missing)):
-                self._store[text] = emb
+                self._store[text] = emb.clone()
         for text in texts:
             self._store.move_to_end(text)
         out = torch.stack([self._store[t] for t in texts]) if texts else None
