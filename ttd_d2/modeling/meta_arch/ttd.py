@@ -113,6 +113,11 @@ class TTD(TTDInference, nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        # Every key is checked before CLIP is loaded. Imported here: config_checks imports
+        # the modeling package (its lists of valid values), which imports this module.
+        from ...config_checks import check_model_config
+
+        check_model_config(cfg)
         ttd, test = cfg.MODEL.TTD, cfg.MODEL.SEG_INFERENCE
         return {
             "backbone": build_backbone(cfg),
