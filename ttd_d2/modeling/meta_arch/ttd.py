@@ -199,8 +199,6 @@ class TTD(TTDInference, nn.Module):
             return self.inference(batched_inputs)
         images = self.normalize(torch.stack([torch.as_tensor(x["image"]) for x in batched_inputs]))
         captions = [x["caption"] for x in batched_inputs]
-        if not (self.ttd_enabled or self.contrastive_weight > 0):
-            raise ValueError("nothing to train: set MODEL.TTD.ENABLED True or MODEL.CLIP.CONTRASTIVE_WEIGHT > 0")
         # With TTD the base weights are frozen: leading image blocks without adapters need no
         # graph and are shared by student and teacher.
         shared = self.shared_image_blocks if self.ttd_enabled else 0
