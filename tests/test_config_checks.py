@@ -4,7 +4,6 @@ names the key and what is allowed."""
 from pathlib import Path
 
 import pytest
-import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
