@@ -81,7 +81,7 @@ def add_ttd_config(cfg):
     cfg.MODEL.SEG_INFERENCE = CN()
     # Sliding-window crop size in pixels of the resized input (0 = whole image at once).
     cfg.MODEL.SEG_INFERENCE.SLIDE_CROP = 0
-    # Sliding-window stride in pixels.
+    # Sliding-window stride in pixels, at most SLIDE_CROP (0 = SLIDE_CROP: windows do not overlap).
     cfg.MODEL.SEG_INFERENCE.SLIDE_STRIDE = 0
     # Constant background score for datasets whose class 0 is "background"; a negative value
     # uses the dataset's `background_threshold` metadata.

@@ -8,6 +8,7 @@ from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import DatasetEvaluators, SemSegEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
+from ..config_checks import check_trainable, check_training_config
 from ..data.mappers import CaptionTrainMapper, TestMapper
 from ..evaluation import build_caption_evaluators
 from .hooks import TTDHook
@@ -19,6 +20,12 @@ NO_WEIGHT_DECAY = ("w", "b", "logit_scale", "class_embedding", "positional_embed
 class TTDTrainer(DefaultTrainer):
     """DefaultTrainer with image-caption training data, the TTD hook, and evaluators chosen by
     each test dataset's ``evaluator_type`` (sem_seg | caption)."""
+
+    def __init__(self, cfg):
+        # Training-only keys, before detectron2 builds the model, optimizer and data loaders
+        # (the model's keys are checked by build_model, which --eval-only also uses).
+        check_training_config(cfg)
+        super().__init__(cfg)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -54,6 +61,7 @@ class TTDTrainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         """AdamW (``SOLVER.OPTIMIZER: ADAMW``) or detectron2's SGD over trainable parameters."""
+        check_trainable(model)
         if cfg.SOLVER.OPTIMIZER.upper() == "SGD":
             return super().build_optimizer(cfg, model)
         if cfg.SOLVER.OPTIMIZER.upper() != "ADAMW":

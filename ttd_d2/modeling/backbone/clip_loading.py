@@ -1,16 +1,19 @@
 """Build an open_clip model from ``MODEL.CLIP.{ARCH,PRETRAINED,CACHE_DIR}`` with errors that
-name the fix (unknown architecture, missing file, weights not cached offline)."""
+name the fix (unknown architecture, missing file, weights not cached offline); in distributed
+runs a failure on one process ends every process with that error."""
+import functools
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Tuple
+from typing import Callable, Optional, Tuple, TypeVar
 
 import open_clip
 import torch
 from detectron2.utils import comm
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PACKAGE_MODEL_CONFIGS = Path(__file__).resolve().parents[2] / "model_configs"
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
@@ -74,19 +77,21 @@ def _create(name: str, pretrained: str, cache_dir: str) -> torch.nn.Module:
         ) from e
 
 
-def load_clip(arch: str, pretrained: str = "", cache_dir: str = "") -> Tuple[torch.nn.Module, dict]:
-    """Create the open_clip model and return it with its preprocessing config (mean, std, size).
+def vision_config(arch: str) -> Optional[dict]:
+    """open_clip's ``vision_cfg`` of ``arch`` (image_size, layers, patch_size...), or None when
+    ``arch`` cannot be resolved here (``load_clip`` then raises the error)."""
+    try:
+        name = resolve_arch(arch)
+    except (OSError, ValueError):
+        return None
+    return (open_clip.get_model_config(name) or {}).get("vision_cfg")
 
-    In distributed runs the local master loads (and maybe downloads) first, then the others.
-    """
+
+def _load(arch: str, pretrained: str, cache_dir: str) -> Tuple[torch.nn.Module, dict]:
     name = resolve_arch(arch)
     if pretrained:
         _check_pretrained(name, pretrained)
-    if comm.get_local_rank() != 0:
-        comm.synchronize()
     model = _create(name, pretrained, cache_dir)
-    if comm.get_local_rank() == 0:
-        comm.synchronize()
     if not isinstance(getattr(model, "visual", None), open_clip.transformer.VisionTransformer):
         raise ValueError(
             f"MODEL.CLIP.ARCH '{arch}': ttd_d2's dense heads need an open_clip ViT image tower "
@@ -94,3 +99,41 @@ def load_clip(arch: str, pretrained: str = "", cache_dir: str = "") -> Tuple[tor
         )
     logger.info("Built open_clip %s (pretrained=%r)", name, pretrained or None)
     return model, open_clip.get_model_preprocess_cfg(model)
+
+
+def _in_turn(load: Optional[Callable[[], T]]) -> Optional[T]:
+    """Run ``load`` (None: this process sits this turn out), then tell every process whether a
+    load failed anywhere: ``comm.all_gather`` is a collective that every process reaches, loaded
+    or failed, so no process is left waiting at a barrier until the timeout. If one failed,
+    it re-raises its own error and every other process raises a ``RuntimeError`` carrying it."""
+    result, error = None, None
+    if load is not None:
+        try:
+            result = load()
+        except Exception as e:  # any failure must reach the other processes before we raise
+            error = e
+    failures = comm.all_gather(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(rank, message) for rank, message in enumerate(failures) if message is not None]
+    if failed:
+        rank, message = failed[0]
+        raise RuntimeError(
+            f"loading CLIP (MODEL.CLIP.ARCH / PRETRAINED) failed on process {rank} of {len(failures)}, "
+            f"so process {comm.get_rank()} stops too. The error there: {message}"
+        )
+    return result
+
+
+def load_clip(arch: str, pretrained: str = "", cache_dir: str = "") -> Tuple[torch.nn.Module, dict]:
+    """Create the open_clip model and return it with its preprocessing config (mean, std, size).
+
+    In distributed runs the first process of each machine loads (and maybe downloads into the
+    shared cache) first, then the others. After each of the two turns every process learns
+    whether a load failed on any process, and then all of them raise (see ``_in_turn``).
+    """
+    load = functools.partial(_load, arch, pretrained, cache_dir)
+    first = comm.get_local_rank() == 0
+    loaded = _in_turn(load if first else None)
+    later = _in_turn(None if first else load)
+    return loaded if first else later

@@ -118,6 +118,11 @@ class TTD(TTDInference, nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        # Every key is checked before CLIP is loaded. Imported here: config_checks imports
+        # the modeling package (its lists of valid values), which imports this module.
+        from ...config_checks import check_model_config
+
+        check_model_config(cfg)
         ttd, test = cfg.MODEL.TTD, cfg.MODEL.SEG_INFERENCE
         return {
             "backbone": build_backbone(cfg),
@@ -200,8 +205,6 @@ class TTD(TTDInference, nn.Module):
             return self.inference(batched_inputs)
         images = self.normalize(torch.stack([torch.as_tensor(x["image"]) for x in batched_inputs]))
         captions = [x["caption"] for x in batched_inputs]
-        if not (self.ttd_enabled or self.contrastive_weight > 0):
-            raise ValueError("nothing to train: set MODEL.TTD.ENABLED True or MODEL.CLIP.CONTRASTIVE_WEIGHT > 0")
         # With TTD the base weights are frozen: leading image blocks without adapters need no
         # graph and are shared by student and teacher.
         shared = self.shared_image_blocks if self.ttd_enabled else 0
