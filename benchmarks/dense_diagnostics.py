@@ -36,7 +36,7 @@ def class_accuracy(model, mapper, records):
     for record in records:
         scores = model([mapper(record)])[0]["sem_seg"]
         gt = np.asarray(Image.open(record["sem_seg_file_name"]))
-        pred = scores[1:].argmax(0).numpy() + 1
+        pred = scores[1:].argmax(0).cpu().numpy() + 1
         objects = (gt > 0) & (gt < 255)
         correct += int((pred[objects] == gt[objects]).sum())
         total += int(objects.sum())
@@ -56,7 +56,7 @@ def tag_map_auc(model, mapper, records):
     for record in records:
         out = model([mapper(record)])[0]
         instances = np.asarray(Image.open(record["instance_mask_file"]))
-        maps = F.interpolate(out["tag_masks"][None], size=instances.shape, mode="bilinear")[0].numpy()
+        maps = F.interpolate(out["tag_masks"][None], size=instances.shape, mode="bilinear")[0].cpu().numpy()
         for i, obj in enumerate(record["objects"]):
             mask = instances == i + 1
             if obj["category"] in out["tags"] and mask.any() and not mask.all():
@@ -79,8 +79,8 @@ def target_quality(model, mapper, records):
         selected = out["tag_scores"]["s_pixel"] >= out["tag_threshold"]
         union = torch.zeros(1, *out["tag_masks"].shape[-2:]) if not selected.any() else \
             minmax_normalize(out["tag_masks"][selected]).amax(0, keepdim=True)
-        union = F.interpolate(union[None], size=gt.shape, mode="bilinear")[0, 0].numpy()
-        for conf, pred in ((target_conf, union >= 0.5), (caption_conf, out["caption_mask"].numpy() >= 0.5)):
+        union = F.interpolate(union[None], size=gt.shape, mode="bilinear")[0, 0].cpu().numpy()
+        for conf, pred in ((target_conf, union >= 0.5), (caption_conf, out["caption_mask"].cpu().numpy() >= 0.5)):
             conf += np.bincount(gt.ravel() * 2 + pred.ravel(), minlength=4).reshape(2, 2)
     return two_class_iou(target_conf), two_class_iou(caption_conf)
 
