@@ -37,6 +37,8 @@ def parse_args(argv=None):
     parser.add_argument("--val-images", type=int, default=200, help="quickstart: each val split's size")
     parser.add_argument("--test-images", type=int, default=300, help="quickstart: each test split's size")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
+    parser.add_argument("--single-object-radius", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="image_text only: radius range (fraction of the width) of one-object scenes")
     parser.add_argument("--overwrite", action="store_true", help="replace splits generated with other parameters")
     args = parser.parse_args(argv)
     if args.preset is None and (args.split is None or args.seed is None):
@@ -57,13 +59,15 @@ def main(argv=None):
     start = time.perf_counter()
     for spec in requested_splits(args):
         label = f"{spec.layout}/{spec.split}"
-        if is_complete(args.root, spec.layout, spec.split, spec.num_images, spec.seed, args.image_size):
+        radius = tuple(args.single_object_radius) if args.single_object_radius and spec.layout == "image_text" else None
+        if is_complete(args.root, spec.layout, spec.split, spec.num_images, spec.seed, args.image_size,
+                       single_object_radius=radius):
             logger.info("%s: complete, skipped", label)
             continue
         with tqdm(total=spec.num_images, desc=label, unit="img", leave=False) as bar:
             folder = generate(
                 args.root, spec.layout, spec.split, spec.num_images, spec.seed, args.image_size,
-                workers=args.workers, overwrite=args.overwrite, progress=bar.update,
+                workers=args.workers, overwrite=args.overwrite, progress=bar.update, single_object_radius=radius,
             )
         logger.info("%s: %d images (seed %d) -> %s", label, spec.num_images, spec.seed, folder)
     logger.info("done in %.1f s", time.perf_counter() - start)

@@ -187,6 +187,29 @@ def test_image_text_layout_and_same_scenes_across_layouts(tmp_path):
     assert (folder / "images" / "000003.png").read_bytes() == (semseg / "images" / "000003.png").read_bytes()
 
 
+def test_single_object_radius_widens_only_one_object_scenes():
+    singles = multis = 0
+    for index in range(300):
+        plain = render_scene(image_rngs(7, index)[0], 64)
+        wide = render_scene(image_rngs(7, index)[0], 64, single_object_radius=(0.10, 0.30))
+        if len(plain.objects) == 1:
+            assert len(wide.objects) == 1 and 0.10 * 64 <= wide.objects[0].radius <= 0.30 * 64
+            singles += wide.objects[0].radius < 0.23 * 64
+        else:  # several objects: the same random draws, the same scene
+            assert np.array_equal(plain.image, wide.image) and plain.objects == wide.objects
+            multis += 1
+    assert singles > 30 and multis > 100  # the wider range is used; multi-object scenes exist
+
+
+def test_single_object_radius_is_recorded_and_image_text_only(tmp_path):
+    folder = generate(tmp_path, "image_text", "train", 3, seed=9, single_object_radius=(0.1, 0.3))
+    assert json.loads((folder / "meta.json").read_text())["single_object_radius"] == [0.1, 0.3]
+    assert is_complete(tmp_path, "image_text", "train", 3, 9, single_object_radius=(0.1, 0.3))
+    assert not is_complete(tmp_path, "image_text", "train", 3, 9)
+    with pytest.raises(ValueError, match="image_text layout only"):
+        generate(tmp_path, "captions", "val", 3, seed=9, single_object_radius=(0.1, 0.3))
+
+
 def test_complete_split_is_skipped_and_mismatch_refused(tmp_path):
     folder = generate(tmp_path, "semseg", "val", 3, seed=1)
     stamp = (folder / "meta.json").stat().st_mtime_ns

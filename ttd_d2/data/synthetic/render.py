@@ -284,8 +284,10 @@ def _place_secondary(rng, category_id: int, image_size: int, dominant_area: int,
     return None
 
 
-def sample_scene(rng: np.random.Generator, image_size: int = 64):
-    """Sample the layout, colours and background of a scene.
+def sample_scene(rng: np.random.Generator, image_size: int = 64, single_object_radius=None):
+    """Sample the layout, colours and background of a scene. ``single_object_radius``
+    (fractions of the width, or None = :data:`DOMINANT_RADIUS`) is the radius range of a
+    scene that holds one object; scenes of several objects are unaffected (the same draws).
 
     Returns:
         (objects: tuple[ObjectSpec] dominant first, masks: list of bool [S, S] full masks in
@@ -293,7 +295,8 @@ def sample_scene(rng: np.random.Generator, image_size: int = 64):
     """
     background, kind = render_background(rng, image_size)
     category_ids = [int(c) for c in rng.choice(len(CLASSES), size=sample_num_objects(rng), replace=False)]
-    radius = rng.uniform(*DOMINANT_RADIUS) * image_size
+    radius_range = single_object_radius if single_object_radius and len(category_ids) == 1 else DOMINANT_RADIUS
+    radius = rng.uniform(*radius_range) * image_size
     objects = [_make_object(rng, category_ids[0], radius, image_size, True)]
     masks = [rasterize_shape(objects[0], image_size)]
     occupied = masks[0].copy()
@@ -314,9 +317,9 @@ def sample_scene(rng: np.random.Generator, image_size: int = 64):
     return objects, masks, background, kind
 
 
-def render_scene(rng: np.random.Generator, image_size: int = 64) -> Scene:
-    """Sample and draw one scene (see the module docstring for the rules)."""
-    objects, masks, background, kind = sample_scene(rng, image_size)
+def render_scene(rng: np.random.Generator, image_size: int = 64, single_object_radius=None) -> Scene:
+    """Sample and draw one scene (see the module docstring and :func:`sample_scene`)."""
+    objects, masks, background, kind = sample_scene(rng, image_size, single_object_radius)
     image = background
     instance_mask = np.zeros((image_size, image_size), np.uint8)
     for instance_id in range(len(objects), 0, -1):  # last object first: the dominant ends on top

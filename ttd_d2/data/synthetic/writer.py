@@ -88,7 +88,8 @@ MIN_IMAGES_FOR_POOL = 2000  # below this, starting worker processes costs more t
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # meta.json fields that must match for an existing split to count as complete
-_IDENTITY_KEYS = ("generator_version", "layout", "split", "seed", "num_images", "image_size", "caption_noise")
+_IDENTITY_KEYS = ("generator_version", "layout", "split", "seed", "num_images", "image_size", "caption_noise",
+                  "single_object_radius")
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def read_meta(directory: Union[str, Path]) -> Optional[dict]:
         return None
 
 
-def _meta(layout, split, seed, num_images, image_size, omit_prob, replace_prob) -> dict:
+def _meta(layout, split, seed, num_images, image_size, omit_prob, replace_prob, single_object_radius=None) -> dict:
     meta = {
         "generator_version": GENERATOR_VERSION,
         "layout": layout,
@@ -147,6 +148,8 @@ def _meta(layout, split, seed, num_images, image_size, omit_prob, replace_prob) 
         meta.update(caption_order="dominant_first")
     else:
         meta.update(caption_noise={"omit_prob": omit_prob, "replace_prob": replace_prob})
+        if single_object_radius:  # absent = DOMINANT_RADIUS, as in splits written before the option
+            meta.update(single_object_radius=[float(r) for r in single_object_radius])
     return meta
 
 
@@ -157,9 +160,10 @@ def _same_split(existing: Optional[dict], expected: dict) -> bool:
 def is_complete(
     root: Union[str, Path], layout: str, split: str, num_images: int, seed: int,
     image_size: int = 64, omit_prob: float = 0.3, replace_prob: float = 0.3,
+    single_object_radius: Optional[Tuple[float, float]] = None,
 ) -> bool:
     """True when ``root/<layout>/<split>`` holds a finished split with these parameters."""
-    expected = _meta(layout, split, seed, num_images, image_size, omit_prob, replace_prob)
+    expected = _meta(layout, split, seed, num_images, image_size, omit_prob, replace_prob, single_object_radius)
     return _same_split(read_meta(split_dir(root, layout, split)), expected)
 
 
@@ -171,11 +175,11 @@ def _write_png(path: str, array: np.ndarray) -> None:
 def _render_chunk(task: tuple) -> List[dict]:
     """Render and write images ``start..stop-1`` of a split into ``folder``; return their
     records (an empty dict per image for the semseg layout)."""
-    folder, layout, seed, image_size, start, stop, omit_prob, replace_prob = task
+    folder, layout, seed, image_size, start, stop, omit_prob, replace_prob, single_object_radius = task
     records = []
     for index in range(start, stop):
         scene_rng, caption_rng = image_rngs(seed, index)
-        scene = render_scene(scene_rng, image_size)
+        scene = render_scene(scene_rng, image_size, single_object_radius)
         name = f"{index:06d}.png"
         _write_png(os.path.join(folder, "images", name), scene.image[:, :, ::-1])
         if layout == "semseg":
@@ -269,6 +273,7 @@ def generate(
     overwrite: bool = False,
     omit_prob: float = 0.3,
     replace_prob: float = 0.3,
+    single_object_radius: Optional[Tuple[float, float]] = None,
     chunk_size: int = 500,
     progress: Optional[Callable[[int], None]] = None,
 ) -> Path:
@@ -286,6 +291,11 @@ def generate(
             calling this with ``workers > 1`` needs the ``if __name__ == "__main__":`` guard.
         overwrite: replace an existing split whose parameters differ (otherwise an error).
         omit_prob, replace_prob: noise of the training captions (image_text layout only).
+        single_object_radius: (low, high) radius range, in fractions of the width, of scenes
+            with one object (image_text layout only; None = the dominant range 0.23-0.30).
+            (0.10, 0.30) names every class word for small objects too, which made word maps
+            localise secondary objects (docs/RESULTS.md, "Lever experiments"). Recorded in
+            ``meta.json``.
         chunk_size: images per rendering task.
         progress: called with the number of images finished, after every chunk.
 
@@ -299,7 +309,11 @@ def generate(
     if num_images <= 0 or image_size <= 0:
         raise ValueError(f"num_images and image_size must be positive, got {num_images}, {image_size}")
     target = split_dir(root, layout, split)
-    expected = _meta(layout, split, seed, num_images, image_size, omit_prob, replace_prob)
+    if single_object_radius is not None and layout != "image_text":
+        raise ValueError("single_object_radius applies to the image_text layout only (evaluation splits keep their distribution)")
+    if single_object_radius is not None and not 0 < single_object_radius[0] <= single_object_radius[1] <= 0.5:
+        raise ValueError(f"single_object_radius must be 0 < low <= high <= 0.5, got {single_object_radius}")
+    expected = _meta(layout, split, seed, num_images, image_size, omit_prob, replace_prob, single_object_radius)
     if target.exists():
         if _same_split(read_meta(target), expected):
             logger.info("%s is complete, skipping", target)
@@ -317,7 +331,8 @@ def generate(
             (temporary / sub).mkdir()
         chunk = max(1, min(chunk_size, math.ceil(num_images / max(1, 4 * workers))))
         tasks = [
-            (str(temporary), layout, seed, image_size, start, min(start + chunk, num_images), omit_prob, replace_prob)
+            (str(temporary), layout, seed, image_size, start, min(start + chunk, num_images), omit_prob, replace_prob,
+             single_object_radius)
             for start in range(0, num_images, chunk)
         ]
         records = _render_all(tasks, workers, progress)
