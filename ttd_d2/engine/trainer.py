@@ -1,15 +1,18 @@
 """The Detectron2 trainer of ttd_d2: caption data for training, evaluators by dataset type."""
 import os
+from unittest import mock
 
 import torch
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, hooks
+from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import DatasetEvaluators, SemSegEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from ..data.mappers import CaptionTrainMapper, TestMapper
 from ..evaluation import build_caption_evaluators
+from .ddp import create_ddp_model
 from .hooks import TTDHook
 
 # Scalars and embeddings that are not decayed (masker w, b; CLIP temperature; embeddings).
@@ -19,6 +22,14 @@ NO_WEIGHT_DECAY = ("w", "b", "logit_scale", "class_embedding", "positional_embed
 class TTDTrainer(DefaultTrainer):
     """DefaultTrainer with image-caption training data, the TTD hook, and evaluators chosen by
     each test dataset's ``evaluator_type`` (sem_seg | caption)."""
+
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__ wraps the model with detectron2.engine.defaults'
+        # create_ddp_model, which gives DDP device_ids=[local_rank] even for a CPU model (DDP
+        # rejects that). Ours differs only there; it is swapped in while the parent builds,
+        # rather than copying the parent's constructor.
+        with mock.patch.object(d2_defaults, "create_ddp_model", create_ddp_model):
+            super().__init__(cfg)
 
     @classmethod
     def build_train_loader(cls, cfg):

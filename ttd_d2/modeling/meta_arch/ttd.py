@@ -13,13 +13,14 @@ from open_clip.loss import ClipLoss
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..lora import VALID_TARGETS, VALID_TOWERS, add_lora, add_lora_to_blocks, load_lora_state_dict, lora_state_dict, lora_disabled, lora_ema_update, lora_swapped, merge_lora
+from ..lora import VALID_TARGETS, VALID_TOWERS, load_lora_state_dict, lora_state_dict, lora_disabled, lora_ema_update, lora_swapped, merge_lora
 from ..masker import Masker
 from ..ttd.losses import distillation_targets, ttd_losses
 from ..ttd.scoring import SCORING_METHODS, cosine_maps, score_tags, select_tags
 from ..ttd.tags import caption_to_tags, nltk_noun_adjective_mask, pad_tag_batch
 from ..ttd.text_cache import TextEmbeddingCache
 from .inference import TTDInference
+from .ttd_lora import add_ttd_adapters
 
 logger = logging.getLogger(__name__)
 TEACHERS = ("self", "frozen", "ema")
@@ -110,6 +111,8 @@ class TTD(TTDInference, nn.Module):
         self._contrastive_loss = ClipLoss(gather_with_grad=True, rank=comm.get_rank(), world_size=comm.get_world_size())
         if ttd_enabled:
             self._setup_lora(**(lora or {}))
+        else:
+            masker.requires_grad_(False)  # no loss reads it (see ttd_lora: what trains)
 
     @classmethod
     def from_config(cls, cfg):
@@ -144,22 +147,15 @@ class TTD(TTDInference, nn.Module):
         }
 
     def _setup_lora(self, rank=8, alpha=16.0, targets=VALID_TARGETS, towers=VALID_TOWERS, image_layers=0, weights="", merge=False):
-        """Freeze the base model, add adapters (to the last ``image_layers`` image blocks, 0 =
-        all), load LoRA-only ``weights``, optionally merge them."""
+        """Freeze the base model, add adapters where a loss reaches them (``ttd_lora``: the last
+        ``image_layers`` image blocks, 0 = all), load LoRA-only ``weights``, optionally merge them."""
         clip = self.backbone.clip
         unknown = set(towers) - set(VALID_TOWERS)
         if unknown or not towers:
             raise ValueError(f"MODEL.TTD.LORA.TOWERS {list(towers)}: choose from {VALID_TOWERS}")
-        clip.requires_grad_(False)
-        if "text" in towers:
-            add_lora(clip, rank, alpha, targets=targets, towers=["text"])
-        blocks = clip.visual.transformer.resblocks
-        if not 0 <= image_layers <= len(blocks):
-            raise ValueError(f"MODEL.TTD.LORA.IMAGE_LAYERS must be in [0, {len(blocks)}], got {image_layers}")
-        first = len(blocks) - (image_layers or len(blocks)) if "image" in towers else len(blocks) - 1
-        if "image" in towers:
-            add_lora_to_blocks(blocks[first:], rank, alpha, targets)
-        self.shared_image_blocks = first
+        self.shared_image_blocks = add_ttd_adapters(
+            clip, rank, alpha, targets, towers, image_layers, self.backbone.dense_mode, self._global_grad
+        )
         if self.teacher == "ema":
             for name, tensor in lora_state_dict(clip).items():
                 self.ema_teacher.register_buffer(name.replace(".", "__"), tensor.clone())
@@ -206,10 +202,14 @@ class TTD(TTDInference, nn.Module):
             tag_batch = self._tag_batch(captions)
             if self.teacher != "self":  # before the student: the EMA teacher swaps weights in place
                 teacher = self._teacher_views(tokens, grid, shared, captions, tag_batch)
-        need_global = self.contrastive_weight > 0 or (self.teacher == "self" and self._scoring_needs_global)
+        # Only the contrastive loss reads the global embedding with grad; the self teacher's
+        # tag scoring reads it detached, so it is computed without a graph (see ttd_lora).
+        need_global = self._global_grad or (self.teacher == "self" and self._scoring_needs_global)
         # Adapted weights (W + BA) are built once per step instead of at every access.
         with parametrize.cached():
-            student = self.backbone.forward_head(tokens, grid, shared, with_global=need_global, with_dense=self.ttd_enabled)
+            student = self.backbone.forward_head(
+                tokens, grid, shared, with_global=need_global, with_dense=self.ttd_enabled, global_grad=self._global_grad
+            )
             caption_emb = self.backbone.encode_text(captions)
             return self._losses(captions, tag_batch, student, caption_emb, teacher)
 
@@ -224,6 +224,11 @@ class TTD(TTDInference, nn.Module):
         return losses
 
     # ------------------------------------------------------------------ TTD training
+    @property
+    def _global_grad(self) -> bool:
+        """Whether a loss reads the global image embedding with grad (the contrastive loss)."""
+        return self.contrastive_weight > 0
+
     @property
     def _scoring_needs_global(self) -> bool:
         return self.tag_scoring in ("s_image", "image_text")

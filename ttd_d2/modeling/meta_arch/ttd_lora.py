@@ -1,0 +1,68 @@
+"""Where the TTD meta-architecture puts LoRA adapters, so that everything trainable is trained.
+
+The rule. DistributedDataParallel as detectron2 wraps models (``find_unused_parameters=False``)
+expects a gradient for every trainable parameter at every step; a trainable parameter that no
+loss reaches is a silent no-op in one process and a crash ("Expected to have finished
+reduction in the prior iteration") in several. So:
+
+* **TTD on** (base weights frozen): adapters go only on modules that the training forward
+  uses on a gradient path:
+
+  - text tower, every block: the caption and the tag embeddings enter both losses with grad;
+  - image tower, the last ``IMAGE_LAYERS`` blocks (0 = all; the blocks before run once without
+    a graph): the dense path runs through them, except the **last block's MLP under the
+    clearclip and naclip heads**, which skip the MLP and its residual. Those two adapters are
+    added only when a loss reads the global embedding (the vanilla last block) with grad,
+    i.e. ``MODEL.CLIP.CONTRASTIVE_WEIGHT > 0``;
+  - the global embedding that only tag scoring reads (teacher ``self`` with ``s_image`` /
+    ``image_text``) is computed without a graph (``CLIPDense.forward_head(global_grad=False)``),
+    so it does not count as a gradient path;
+  - the masker's w, b train (both losses read the masks).
+* **TTD off** (contrastive pretraining): every CLIP weight trains (the global path and the
+  text tower use all of them); the masker is frozen, since no loss reads it.
+"""
+from typing import Dict, List, Sequence
+
+from torch import nn
+
+from ..lora import add_lora, add_lora_to_blocks
+
+HEADS_WITHOUT_LAST_MLP = ("clearclip", "naclip")
+MLP_TARGETS = ("mlp.c_fc", "mlp.c_proj")
+
+
+def image_adapter_plan(num_blocks: int, targets: Sequence[str], image_layers: int, dense_mode: str,
+                       global_grad: bool) -> Dict[int, List[str]]:
+    """{image block index: the targets adapted there} under the rule of this module.
+
+    Args:
+        num_blocks: blocks of the image tower.
+        targets: ``MODEL.TTD.LORA.TARGETS``.
+        image_layers: ``MODEL.TTD.LORA.IMAGE_LAYERS`` (0 = all blocks).
+        dense_mode: ``MODEL.CLIP.DENSE_MODE``.
+        global_grad: whether a loss reads the global embedding with grad.
+    """
+    if not 0 <= image_layers <= num_blocks:
+        raise ValueError(f"MODEL.TTD.LORA.IMAGE_LAYERS must be in [0, {num_blocks}], got {image_layers}")
+    first = num_blocks - (image_layers or num_blocks)
+    plan = {i: list(targets) for i in range(first, num_blocks)}
+    if dense_mode in HEADS_WITHOUT_LAST_MLP and not global_grad:
+        plan[num_blocks - 1] = [t for t in targets if t not in MLP_TARGETS]
+    return {i: t for i, t in plan.items() if t}
+
+
+def add_ttd_adapters(clip: nn.Module, rank: int, alpha: float, targets: Sequence[str], towers: Sequence[str],
+                     image_layers: int, dense_mode: str, global_grad: bool) -> int:
+    """Freeze ``clip`` and add the adapters of :func:`image_adapter_plan` (image tower) and on
+    every text block. Returns the number of leading image blocks without adapters (they run
+    once, without a graph, for student and teacher)."""
+    clip.requires_grad_(False)
+    if "text" in towers:
+        add_lora(clip, rank, alpha, targets=targets, towers=["text"])
+    blocks = clip.visual.transformer.resblocks
+    plan = image_adapter_plan(len(blocks), targets, image_layers, dense_mode, global_grad)
+    if "image" not in towers:
+        return len(blocks) - 1
+    for i, block_targets in plan.items():
+        add_lora_to_blocks([blocks[i]], rank, alpha, block_targets)
+    return len(blocks) - (image_layers or len(blocks))
