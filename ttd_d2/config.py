@@ -48,7 +48,7 @@ def add_ttd_config(cfg):
     # Where distillation targets come from: self (the model being trained) | frozen (the
     # base model = adapters off) | ema (an exponential moving average of the adapters).
     cfg.MODEL.TTD.TEACHER = "frozen"
-    # EMA decay of the "ema" teacher's adapters.
+    # EMA decay of the "ema" teacher, an EMA of each adapted weight's delta s*B*A.
     cfg.MODEL.TTD.EMA_DECAY = 0.999
     cfg.MODEL.TTD.LOSS = CN()
     # Distance between masks: l1 | mse | bce.

@@ -1,12 +1,13 @@
 """LoRA set-up of the TTD meta-architecture (ttd_d2/modeling/meta_arch/ttd_lora.py): adapters
 only where a loss reaches them, so every trainable parameter gets a gradient at every step
 (what DistributedDataParallel with find_unused_parameters=False needs; the distributed run
-itself is tests/engine/test_distributed_training.py)."""
+itself is tests/engine/test_distributed_training.py); the EMA teacher's start from LoRA files."""
 import pytest
 import torch
 from detectron2.modeling import build_model
 
-from ttd_d2.modeling.lora import iter_lora_modules
+from ttd_d2.engine.hooks import lora_checkpoint
+from ttd_d2.modeling.lora import iter_lora_modules, lora_deltas
 from ttd_d2.modeling.meta_arch.ttd_lora import image_adapter_plan
 
 ALL = ["attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj"]
@@ -72,3 +73,39 @@ def test_contrastive_pretraining_trains_all_clip_weights_and_not_the_masker(tiny
     assert all(p.requires_grad for p in model.backbone.clip.parameters())
     sum(model(batch()).values()).backward()
     assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+
+
+# ---------------------------------------------------------------------------------- EMA teacher
+def _trained(tiny_cfg, teacher, steps=2):
+    model = build(tiny_cfg, train=True, **{"MODEL.TTD.ENABLED": True, "MODEL.TTD.TEACHER": teacher, "MODEL.TTD.EMA_DECAY": 0.5})
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        sum(model(batch()).values()).backward()
+        optimizer.step()
+        model.update_teacher()
+    return model
+
+
+def test_lora_file_without_ema_starts_the_ema_teacher_at_its_adapters(tiny_cfg, tmp_path):
+    trained = _trained(tiny_cfg, "frozen")
+    path = tmp_path / "model_lora_frozen.pth"
+    torch.save(lora_checkpoint(trained), path)
+    assert "ema" not in torch.load(path, weights_only=True)
+    model = build(tiny_cfg, **{"MODEL.TTD.ENABLED": True, "MODEL.TTD.TEACHER": "ema", "MODEL.TTD.LORA.WEIGHTS": str(path)})
+    expected = lora_deltas(trained.backbone.clip)
+    assert set(model.ema_state) == set(expected)
+    assert any(v.abs().max() > 0 for v in expected.values())
+    for name, delta in expected.items():
+        torch.testing.assert_close(model.ema_state[name], delta)
+
+
+def test_lora_file_carries_the_ema(tiny_cfg, tmp_path):
+    trained = _trained(tiny_cfg, "ema")
+    path = tmp_path / "model_lora_ema.pth"
+    torch.save(lora_checkpoint(trained), path)
+    model = build(tiny_cfg, **{"MODEL.TTD.ENABLED": True, "MODEL.TTD.TEACHER": "ema", "MODEL.TTD.LORA.WEIGHTS": str(path)})
+    live = lora_deltas(model.backbone.clip)
+    assert set(model.ema_state) == set(trained.ema_state)
+    assert all(torch.equal(model.ema_state[k], v) for k, v in trained.ema_state.items())
+    assert any(not torch.allclose(model.ema_state[k], live[k]) for k in live)  # the EMA, not the adapters

@@ -9,7 +9,8 @@ every base weight stays frozen; the released checkpoint holds only the adapters.
   (for the attention weights that ``nn.MultiheadAttention`` reads as raw tensors);
 * :mod:`.inject`: :func:`add_lora`, :func:`add_lora_to_blocks`, :func:`merge_lora`;
 * :mod:`.state`: finding adapters, switching them off (:func:`lora_disabled`), state dicts;
-* :mod:`.ema`: the moving average of the adapters for an EMA teacher.
+* :mod:`.ema`: the exact moving average of the adapted weights (of ``s * B @ A``) for an EMA
+  teacher, and running with given deltas (:func:`lora_delta_override`).
 
 Why not ``peft``: it pulls in ``transformers`` and its ``nn.MultiheadAttention`` support is
 experimental; the few lines here are easier to audit and have no extra dependency.
@@ -33,7 +34,7 @@ Caveats:
 * ``dropout`` only applies to :class:`LoRALinear` targets (MLP); a weight parametrization has no
   input to drop.
 """
-from .ema import lora_ema_update
+from .ema import check_lora_deltas, lora_delta_override, lora_deltas, lora_ema_update
 from .inject import add_lora, add_lora_to_blocks, merge_lora, tower_blocks
 from .layers import VALID_TARGETS, VALID_TOWERS, LoRALinear, LoRAParametrization
 from .state import (
@@ -62,5 +63,8 @@ __all__ = [
     "LoRALoadResult",
     "merge_lora",
     "lora_ema_update",
+    "lora_deltas",
+    "lora_delta_override",
+    "check_lora_deltas",
     "lora_swapped",
 ]

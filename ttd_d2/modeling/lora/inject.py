@@ -207,7 +207,7 @@ def merge_lora(model: nn.Module) -> List[str]:
                 if len(plist) != 1:
                     raise RuntimeError(f"{pre}{tname}: cannot merge a LoRA stacked with other "
                                        "parametrizations")
-                plist[0].enabled = True
+                plist[0].enabled, plist[0].delta_override = True, None
                 parametrize.remove_parametrizations(mod, tname, leave_parametrized=True)
                 merged.append(pre + tname)
             _remove_hooks(mod)

@@ -2,7 +2,9 @@
 for raw weight tensors.
 
 Both hold ``lora_A`` ``[r, in]`` (Kaiming-uniform) and ``lora_B`` ``[out, r]`` (zeros, so a
-fresh adapter is an exact no-op), ``scaling = alpha / rank`` and an ``enabled`` flag.
+fresh adapter is an exact no-op), ``scaling = alpha / rank``, an ``enabled`` flag and
+``delta_override``: a tensor ``[out, in]`` used instead of ``scaling * B @ A`` when set (the
+EMA teacher runs with ``W + EMA(delta)``, see :mod:`.ema`).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class _LoRAMixin:
         self.alpha = float(alpha)
         self.scaling = self.alpha / self.rank
         self.enabled = True
+        self.delta_override: Optional[torch.Tensor] = None
         self.lora_A = nn.Parameter(torch.empty(rank, in_features, device=device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(out_features, rank, device=device, dtype=dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
@@ -44,8 +47,8 @@ class _LoRAMixin:
 class LoRALinear(_LoRAMixin, nn.Module):
     """Frozen ``nn.Linear`` plus a low-rank side branch.
 
-    ``y = base(x) + (alpha / rank) * B(A(dropout(x)))``; with ``enabled=False`` ``y = base(x)``.
-    ``x`` ``[..., in]`` -> ``y`` ``[..., out]``. ``.weight`` / ``.bias`` (and ``in_features`` /
+    ``y = base(x) + (alpha / rank) * B(A(dropout(x)))``; with ``enabled=False`` ``y = base(x)``;
+    with ``delta_override`` D ``y = base(x) + x D^T`` (no dropout). ``x`` ``[..., in]`` -> ``y`` ``[..., out]``. ``.weight`` / ``.bias`` (and ``in_features`` /
     ``out_features``) return the base's, unmerged.
     """
 
@@ -78,11 +81,14 @@ class LoRALinear(_LoRAMixin, nn.Module):
         y = self.base(x)
         if not self.enabled:
             return y
+        if self.delta_override is not None:
+            return y + F.linear(x, self.delta_override)
         return y + self.scaling * F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
 
 
 class LoRAParametrization(_LoRAMixin, nn.Module):
-    """Weight parametrization ``W -> W + (alpha / rank) * B @ A`` (``W`` when disabled).
+    """Weight parametrization ``W -> W + (alpha / rank) * B @ A`` (``W`` when disabled,
+    ``W + delta_override`` when that is set).
 
     ``W`` ``[out, in]``; ``A`` ``[r, in]``; ``B`` ``[out, r]``. Register with
     ``parametrize.register_parametrization(module, name, LoRAParametrization(...))``.
@@ -96,6 +102,8 @@ class LoRAParametrization(_LoRAMixin, nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return weight
+        if self.delta_override is not None:
+            return weight + self.delta_override
         return weight + self.delta_weight()
 
 

@@ -13,7 +13,7 @@ from open_clip.loss import ClipLoss
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..lora import VALID_TARGETS, VALID_TOWERS, load_lora_state_dict, lora_state_dict, lora_disabled, lora_ema_update, lora_swapped, merge_lora
+from ..lora import VALID_TARGETS, VALID_TOWERS, check_lora_deltas, load_lora_state_dict, lora_delta_override, lora_deltas, lora_disabled, lora_ema_update, merge_lora
 from ..masker import Masker
 from ..ttd.losses import distillation_targets, ttd_losses
 from ..ttd.scoring import SCORING_METHODS, cosine_maps, score_tags, select_tags
@@ -70,7 +70,7 @@ class TTD(TTDInference, nn.Module):
             tag_threshold: a tag is selected when its score >= this.
             remove_stopwords: drop NLTK stopwords from candidate tags.
             teacher: self | frozen | ema: the model the targets come from.
-            ema_decay: decay of the EMA teacher's adapters.
+            ema_decay: decay of the EMA teacher's adapted weights.
             loss_distance: l1 | mse | bce.
             distill_weight, tag_weight: weights of L_distill and L_tag.
             contrastive_weight: weight of CLIP's contrastive loss.
@@ -104,7 +104,7 @@ class TTD(TTDInference, nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(backbone.pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(backbone.pixel_std).view(-1, 1, 1), False)
         self._class_cache: Dict = {}
-        self.ema_teacher = nn.Module()  # EMA adapters as buffers: saved and resumed with the model
+        self.ema_teacher = nn.Module()  # EMA of the adapters' deltas as buffers: saved and resumed with the model
         self.tag_statistics: Dict = {}
         self._teacher_text_cache = TextEmbeddingCache(self._teacher_encode_tags)
         self.shared_image_blocks = 0
@@ -156,9 +156,6 @@ class TTD(TTDInference, nn.Module):
         self.shared_image_blocks = add_ttd_adapters(
             clip, rank, alpha, targets, towers, image_layers, self.backbone.dense_mode, self._global_grad
         )
-        if self.teacher == "ema":
-            for name, tensor in lora_state_dict(clip).items():
-                self.ema_teacher.register_buffer(name.replace(".", "__"), tensor.clone())
         if weights:
             if not os.path.isfile(weights):
                 raise FileNotFoundError(f"MODEL.TTD.LORA.WEIGHTS '{weights}' does not exist (a model_lora_*.pth of a TTD run)")
@@ -166,15 +163,21 @@ class TTD(TTDInference, nn.Module):
             load_lora_state_dict(clip, state.get("lora", state))
             if "masker" in state:
                 self.masker.load_state_dict(state["masker"])
-            for name, tensor in self.ema_state.items():  # resume an EMA teacher too
-                tensor.copy_(state.get("ema", {}).get(name, tensor))
             logger.info("Loaded LoRA weights from %s", weights)
+        if self.teacher == "ema":  # starts at the loaded adapters unless the file has its EMA
+            ema = lora_deltas(clip)
+            if weights and "ema" in state:
+                ema = state["ema"]
+                check_lora_deltas(ema, clip, f"the EMA of {weights}")
+            for name, delta in ema.items():
+                self.ema_teacher.register_buffer(name.replace(".", "__"), delta.to(clip.logit_scale).clone())
         if merge:
             merge_lora(clip)
 
     @property
     def ema_state(self) -> Dict[str, torch.Tensor]:
-        """{LoRA tensor name: EMA tensor} (empty unless the teacher is "ema"); updated in place."""
+        """{adapted weight name: EMA of its delta s·B·A [out, in]} (empty unless the teacher is
+        "ema"); updated in place. The teacher runs with W + EMA(delta)."""
         return {name.replace("__", "."): buf for name, buf in self.ema_teacher.named_buffers()}
 
     @property
@@ -200,7 +203,7 @@ class TTD(TTDInference, nn.Module):
         tag_batch = teacher = None
         if self.ttd_enabled:
             tag_batch = self._tag_batch(captions)
-            if self.teacher != "self":  # before the student: the EMA teacher swaps weights in place
+            if self.teacher != "self":
                 teacher = self._teacher_views(tokens, grid, shared, captions, tag_batch)
         # Only the contrastive loss reads the global embedding with grad; the self teacher's
         # tag scoring reads it detached, so it is computed without a graph (see ttd_lora).
@@ -259,12 +262,12 @@ class TTD(TTDInference, nn.Module):
     @torch.no_grad()
     def _teacher_views(self, tokens, grid, first_block: int, captions: List[str], tag_batch: Dict) -> Dict:
         """From trunk ``tokens`` [B, 1 + h*w, C] (blocks before ``first_block`` done), the
-        frozen (adapters off) or EMA (adapters swapped) teacher's tag cos maps
+        frozen (adapters off) or EMA (W + EMA of the adapters' deltas) teacher's tag cos maps
         [B, K, h, w], tag embeddings [B, K, D], and global/caption embeddings when scoring needs them."""
         if self.teacher == "frozen":
             context, encode_tags = lora_disabled(self.backbone.clip), self._teacher_text_cache
         else:
-            context, encode_tags = lora_swapped(self.backbone.clip, self.ema_state), self._encode_tags
+            context, encode_tags = lora_delta_override(self.backbone.clip, self.ema_state), self._encode_tags
         with context:
             feats = self.backbone.forward_head(tokens, grid, first_block, with_global=self._scoring_needs_global)
             tag_emb = self._tag_embeddings(tag_batch, encode_tags, self.backbone.embed_dim)
