@@ -619,7 +619,7 @@ def test_lora_checkpoint_round_trip(tiny_cfg, tmp_path):
     model = build(tiny_cfg, train=True, **ttd_opts())
     _perturb(model)
     ckpt = lora_checkpoint(model)
-    assert set(ckpt) == {"lora", "masker"}
+    assert set(ckpt) == {"format", "version", "settings", "lora", "masker"}  # docs/LORA_FILES.md
     assert set(ckpt["masker"]) == {"w", "b"}
     assert all(not v.requires_grad for v in ckpt["lora"].values())
     path = tmp_path / "model_lora_test.pth"

@@ -11,6 +11,8 @@ every base weight stays frozen; the released checkpoint holds only the adapters.
 * :mod:`.state`: finding adapters, switching them off (:func:`lora_disabled`), state dicts;
 * :mod:`.ema`: the exact moving average of the adapted weights (of ``s * B @ A``) for an EMA
   teacher, and running with given deltas (:func:`lora_delta_override`).
+* :mod:`.file`: LoRA files, the adapters with the settings they were trained with
+  (docs/LORA_FILES.md).
 
 Why not ``peft``: it pulls in ``transformers`` and its ``nn.MultiheadAttention`` support is
 experimental; the few lines here are easier to audit and have no extra dependency.
@@ -29,8 +31,8 @@ Caveats:
   input (MHA transposes to sequence-first) picks a different kernel when the weight does not
   require grad (~1e-6 differences). "Exactly equal to the base model" therefore refers to the
   base model with frozen parameters (which is what the frozen teacher is).
-* ``alpha`` is not stored in :func:`lora_state_dict`; the loader must use the same
-  ``alpha``/``rank`` (the rank is checked through the shapes).
+* ``alpha`` is not stored in :func:`lora_state_dict` (the rank is checked through the shapes);
+  LoRA files (:mod:`.file`) record both, and every other setting, and loading checks them.
 * ``dropout`` only applies to :class:`LoRALinear` targets (MLP); a weight parametrization has no
   input to drop.
 """

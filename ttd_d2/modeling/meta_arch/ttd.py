@@ -1,7 +1,6 @@
 """The ``TTD`` meta-architecture: a dense CLIP backbone + masker, with TTD training."""
 import logging
 import math
-import os
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -13,14 +12,16 @@ from open_clip.loss import ClipLoss
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..lora import VALID_TARGETS, VALID_TOWERS, check_lora_deltas, load_lora_state_dict, lora_delta_override, lora_deltas, lora_disabled, lora_ema_update, merge_lora
+from ..backbone.clip_loading import resolve_arch
+from ..lora import VALID_TARGETS, VALID_TOWERS, check_lora_deltas, lora_delta_override, lora_deltas, lora_disabled, lora_ema_update, merge_lora
+from ..lora.file import check_lora_settings, lora_settings, read_lora_file
 from ..masker import Masker
 from ..ttd.losses import distillation_targets, ttd_losses
 from ..ttd.scoring import SCORING_METHODS, cosine_maps, score_tags, select_tags
 from ..ttd.tags import caption_to_tags, nltk_noun_adjective_mask, pad_tag_batch
 from ..ttd.text_cache import TextEmbeddingCache
 from .inference import TTDInference
-from .ttd_lora import add_ttd_adapters
+from .ttd_lora import add_ttd_adapters, load_lora_weights
 
 logger = logging.getLogger(__name__)
 TEACHERS = ("self", "frozen", "ema")
@@ -74,8 +75,8 @@ class TTD(TTDInference, nn.Module):
             loss_distance: l1 | mse | bce.
             distill_weight, tag_weight: weights of L_distill and L_tag.
             contrastive_weight: weight of CLIP's contrastive loss.
-            lora: dict(rank, alpha, targets, towers, weights, merge) for ``add_lora``; used
-                when ``ttd_enabled``.
+            lora: dict(rank, alpha, targets, towers, image_layers, weights, merge, arch) of
+                ``_setup_lora``; used when ``ttd_enabled`` or a LoRA file ``weights`` is given.
             background_threshold: constant background score (< 0: the dataset's metadata).
             slide_crop, slide_stride: sliding-window inference (crop 0 = whole image).
             flip: add a horizontally flipped pass at inference.
@@ -109,9 +110,10 @@ class TTD(TTDInference, nn.Module):
         self._teacher_text_cache = TextEmbeddingCache(self._teacher_encode_tags)
         self.shared_image_blocks = 0
         self._contrastive_loss = ClipLoss(gather_with_grad=True, rank=comm.get_rank(), world_size=comm.get_world_size())
-        if ttd_enabled:
+        self.lora_settings: Optional[Dict] = None  # of the adapters, recorded in LoRA files
+        if ttd_enabled or (lora or {}).get("weights"):
             self._setup_lora(**(lora or {}))
-        else:
+        if not ttd_enabled:
             masker.requires_grad_(False)  # no loss reads it (see ttd_lora: what trains)
 
     @classmethod
@@ -138,6 +140,7 @@ class TTD(TTDInference, nn.Module):
                 "image_layers": ttd.LORA.IMAGE_LAYERS,
                 "weights": ttd.LORA.WEIGHTS,
                 "merge": ttd.LORA.MERGE_FOR_INFERENCE,
+                "arch": resolve_arch(cfg.MODEL.CLIP.ARCH),
             },
             "background_threshold": test.BACKGROUND_THRESHOLD,
             "slide_crop": test.SLIDE_CROP,
@@ -146,9 +149,13 @@ class TTD(TTDInference, nn.Module):
             "default_dataset": cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "",
         }
 
-    def _setup_lora(self, rank=8, alpha=16.0, targets=VALID_TARGETS, towers=VALID_TOWERS, image_layers=0, weights="", merge=False):
+    def _setup_lora(self, rank=8, alpha=16.0, targets=VALID_TARGETS, towers=VALID_TOWERS, image_layers=0, weights="",
+                    merge=False, arch=""):
         """Freeze the base model, add adapters where a loss reaches them (``ttd_lora``: the last
-        ``image_layers`` image blocks, 0 = all), load LoRA-only ``weights``, optionally merge them."""
+        ``image_layers`` image blocks, 0 = all), load the LoRA file ``weights`` (its settings
+        checked against these; ``arch`` "" = unchecked), start the EMA teacher, merge if asked.
+        Without TTD (``weights`` given) the adapters are frozen, or merged into the weights when
+        the contrastive loss trains them."""
         clip = self.backbone.clip
         unknown = set(towers) - set(VALID_TOWERS)
         if unknown or not towers:
@@ -156,23 +163,26 @@ class TTD(TTDInference, nn.Module):
         self.shared_image_blocks = add_ttd_adapters(
             clip, rank, alpha, targets, towers, image_layers, self.backbone.dense_mode, self._global_grad
         )
+        adapted_image_blocks = len(clip.visual.transformer.resblocks) - self.shared_image_blocks if "image" in towers else 0
+        self.lora_settings = lora_settings(rank, alpha, targets, towers, adapted_image_blocks, arch, self.backbone.dense_mode)
+        content = None
         if weights:
-            if not os.path.isfile(weights):
-                raise FileNotFoundError(f"MODEL.TTD.LORA.WEIGHTS '{weights}' does not exist (a model_lora_*.pth of a TTD run)")
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-            load_lora_state_dict(clip, state.get("lora", state))
-            if "masker" in state:
-                self.masker.load_state_dict(state["masker"])
+            content = read_lora_file(weights)
+            check_lora_settings(content["settings"], self.lora_settings, weights)
+            load_lora_weights(clip, self.masker, content, weights, rank, alpha)
             logger.info("Loaded LoRA weights from %s", weights)
-        if self.teacher == "ema":  # starts at the loaded adapters unless the file has its EMA
+        if self.ttd_enabled and self.teacher == "ema":  # starts at the loaded adapters unless the file has its EMA
             ema = lora_deltas(clip)
-            if weights and "ema" in state:
-                ema = state["ema"]
+            if content is not None and "ema" in content:
+                ema = content["ema"]
                 check_lora_deltas(ema, clip, f"the EMA of {weights}")
             for name, delta in ema.items():
                 self.ema_teacher.register_buffer(name.replace(".", "__"), delta.to(clip.logit_scale).clone())
-        if merge:
+        if not self.ttd_enabled:
+            clip.requires_grad_(False)
+        if merge or (not self.ttd_enabled and self._global_grad):
             merge_lora(clip)
+            clip.requires_grad_(not self.ttd_enabled)  # contrastive training of every weight
 
     @property
     def ema_state(self) -> Dict[str, torch.Tensor]:

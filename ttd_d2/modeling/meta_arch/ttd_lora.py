@@ -19,13 +19,17 @@ reduction in the prior iteration") in several. So:
     so it does not count as a gradient path;
   - the masker's w, b train (both losses read the masks).
 * **TTD off** (contrastive pretraining): every CLIP weight trains (the global path and the
-  text tower use all of them); the masker is frozen, since no loss reads it.
+  text tower use all of them); the masker is frozen, since no loss reads it. A
+  ``MODEL.TTD.LORA.WEIGHTS`` file is folded into the weights first (the start of training);
+  without the contrastive loss (evaluation) its adapters are applied and frozen.
+* Adapters a LoRA file has where this config's forward gives them no gradient (the MLP above,
+  from a run with the contrastive loss) are applied and frozen (:func:`load_lora_weights`).
 """
 from typing import Dict, List, Sequence
 
 from torch import nn
 
-from ..lora import add_lora, add_lora_to_blocks
+from ..lora import add_lora, add_lora_to_blocks, iter_lora_modules, load_lora_state_dict, tower_blocks
 
 HEADS_WITHOUT_LAST_MLP = ("clearclip", "naclip")
 MLP_TARGETS = ("mlp.c_fc", "mlp.c_proj")
@@ -66,3 +70,28 @@ def add_ttd_adapters(clip: nn.Module, rank: int, alpha: float, targets: Sequence
     for i, block_targets in plan.items():
         add_lora_to_blocks([blocks[i]], rank, alpha, block_targets)
     return len(blocks) - (image_layers or len(blocks))
+
+
+def load_lora_weights(clip: nn.Module, masker: nn.Module, content: Dict, path: str, rank: int, alpha: float) -> None:
+    """Copy a LoRA file's adapters (into the adapters :func:`add_ttd_adapters` placed) and masker.
+
+    The one place where file and config may differ is the last image block's MLP under
+    clearclip / naclip, adapted only when the contrastive loss trained the global embedding:
+    a file that has those adapters gets them applied (frozen: no loss of this config reaches
+    them), and a file without them leaves this config's at their no-op start.
+    """
+    prefix, blocks = tower_blocks(clip, "image")
+    optional = {f"{prefix}.{len(blocks) - 1}.{t}.weight": t for t in MLP_TARGETS}  # weight name -> target
+    placed = {name for name, _ in iter_lora_modules(clip)}
+    extra = [n for n in optional if n + ".lora_A" in content["lora"] and n not in placed]
+    if extra:
+        add_lora_to_blocks([blocks[-1]], rank, alpha, [optional[n] for n in extra])
+        for name, adapter in iter_lora_modules(clip):
+            if name in extra:
+                adapter.requires_grad_(False)
+    result = load_lora_state_dict(clip, content["lora"], strict=False)
+    missing = [k for k in result.missing_keys if k.rsplit(".", 1)[0] not in optional]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"MODEL.TTD.LORA.WEIGHTS '{path}' does not fit this model although its settings do: "
+                         f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+    masker.load_state_dict(content["masker"])
