@@ -12,6 +12,7 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 
 from ..data.mappers import CaptionTrainMapper, TestMapper
 from ..evaluation import build_caption_evaluators
+from .checkpoint import TTDCheckpointer
 from .ddp import create_ddp_model
 from .hooks import TTDHook
 
@@ -24,11 +25,18 @@ class TTDTrainer(DefaultTrainer):
     each test dataset's ``evaluator_type`` (sem_seg | caption)."""
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__ wraps the model with detectron2.engine.defaults'
-        # create_ddp_model, which gives DDP device_ids=[local_rank] even for a CPU model (DDP
-        # rejects that). Ours differs only there; it is swapped in while the parent builds,
-        # rather than copying the parent's constructor.
-        with mock.patch.object(d2_defaults, "create_ddp_model", create_ddp_model):
+        if cfg.MODEL.TTD.LORA.MERGE_FOR_INFERENCE:
+            raise ValueError(
+                "MODEL.TTD.LORA.MERGE_FOR_INFERENCE True folds the adapters into the weights, which is for "
+                "evaluation (--eval-only): in training the adapters would be gone and the frozen teacher would be "
+                "the student. Set it False to train."
+            )
+        # DefaultTrainer.__init__ builds the DDP wrapper and the checkpointer through two names
+        # of detectron2.engine.defaults; ours are swapped in while it runs, rather than copying
+        # its body: create_ddp_model gives a CPU model device_ids=None (detectron2 passes
+        # [local_rank], which DDP rejects for CPU modules), TTDCheckpointer refuses LoRA files as
+        # MODEL.WEIGHTS.
+        with mock.patch.multiple(d2_defaults, create_ddp_model=create_ddp_model, DetectionCheckpointer=TTDCheckpointer):
             super().__init__(cfg)
 
     @classmethod
