@@ -13,15 +13,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..backbone.clip_loading import resolve_arch
-from ..lora import VALID_TARGETS, VALID_TOWERS, check_lora_deltas, lora_delta_override, lora_deltas, lora_disabled, lora_ema_update, merge_lora
-from ..lora.file import check_lora_settings, lora_settings, read_lora_file
+from ..lora import lora_delta_override, lora_disabled, lora_ema_update
 from ..masker import Masker
 from ..ttd.losses import distillation_targets, ttd_losses
 from ..ttd.scoring import SCORING_METHODS, cosine_maps, score_tags, select_tags
 from ..ttd.tags import caption_to_tags, nltk_noun_adjective_mask, pad_tag_batch
 from ..ttd.text_cache import TextEmbeddingCache
 from .inference import TTDInference
-from .ttd_lora import add_ttd_adapters, load_lora_weights
+from .ttd_lora import setup_lora
 
 logger = logging.getLogger(__name__)
 TEACHERS = ("self", "frozen", "ema")
@@ -149,40 +148,9 @@ class TTD(TTDInference, nn.Module):
             "default_dataset": cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "",
         }
 
-    def _setup_lora(self, rank=8, alpha=16.0, targets=VALID_TARGETS, towers=VALID_TOWERS, image_layers=0, weights="",
-                    merge=False, arch=""):
-        """Freeze the base model, add adapters where a loss reaches them (``ttd_lora``: the last
-        ``image_layers`` image blocks, 0 = all), load the LoRA file ``weights`` (its settings
-        checked against these; ``arch`` "" = unchecked), start the EMA teacher, merge if asked.
-        Without TTD (``weights`` given) the adapters are frozen, or merged into the weights when
-        the contrastive loss trains them."""
-        clip = self.backbone.clip
-        unknown = set(towers) - set(VALID_TOWERS)
-        if unknown or not towers:
-            raise ValueError(f"MODEL.TTD.LORA.TOWERS {list(towers)}: choose from {VALID_TOWERS}")
-        self.shared_image_blocks = add_ttd_adapters(
-            clip, rank, alpha, targets, towers, image_layers, self.backbone.dense_mode, self._global_grad
-        )
-        adapted_image_blocks = len(clip.visual.transformer.resblocks) - self.shared_image_blocks if "image" in towers else 0
-        self.lora_settings = lora_settings(rank, alpha, targets, towers, adapted_image_blocks, arch, self.backbone.dense_mode)
-        content = None
-        if weights:
-            content = read_lora_file(weights)
-            check_lora_settings(content["settings"], self.lora_settings, weights)
-            load_lora_weights(clip, self.masker, content, weights, rank, alpha)
-            logger.info("Loaded LoRA weights from %s", weights)
-        if self.ttd_enabled and self.teacher == "ema":  # starts at the loaded adapters unless the file has its EMA
-            ema = lora_deltas(clip)
-            if content is not None and "ema" in content:
-                ema = content["ema"]
-                check_lora_deltas(ema, clip, f"the EMA of {weights}")
-            for name, delta in ema.items():
-                self.ema_teacher.register_buffer(name.replace(".", "__"), delta.to(clip.logit_scale).clone())
-        if not self.ttd_enabled:
-            clip.requires_grad_(False)
-        if merge or (not self.ttd_enabled and self._global_grad):
-            merge_lora(clip)
-            clip.requires_grad_(not self.ttd_enabled)  # contrastive training of every weight
+    def _setup_lora(self, **lora):
+        """Adapters, LoRA file, EMA teacher: :func:`.ttd_lora.setup_lora`."""
+        setup_lora(self, **lora)
 
     @property
     def ema_state(self) -> Dict[str, torch.Tensor]:

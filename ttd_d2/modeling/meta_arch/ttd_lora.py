@@ -25,11 +25,26 @@ reduction in the prior iteration") in several. So:
 * Adapters a LoRA file has where this config's forward gives them no gradient (the MLP above,
   from a run with the contrastive loss) are applied and frozen (:func:`load_lora_weights`).
 """
+import logging
 from typing import Dict, List, Sequence
 
 from torch import nn
 
-from ..lora import add_lora, add_lora_to_blocks, iter_lora_modules, load_lora_state_dict, tower_blocks
+from ..lora import (
+    VALID_TARGETS,
+    VALID_TOWERS,
+    add_lora,
+    add_lora_to_blocks,
+    check_lora_deltas,
+    iter_lora_modules,
+    load_lora_state_dict,
+    lora_deltas,
+    merge_lora,
+    tower_blocks,
+)
+from ..lora.file import check_lora_settings, lora_settings, read_lora_file
+
+logger = logging.getLogger(__name__)
 
 HEADS_WITHOUT_LAST_MLP = ("clearclip", "naclip")
 MLP_TARGETS = ("mlp.c_fc", "mlp.c_proj")
@@ -95,3 +110,43 @@ def load_lora_weights(clip: nn.Module, masker: nn.Module, content: Dict, path: s
         raise ValueError(f"MODEL.TTD.LORA.WEIGHTS '{path}' does not fit this model although its settings do: "
                          f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
     masker.load_state_dict(content["masker"])
+
+
+def setup_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, targets: Sequence[str] = VALID_TARGETS,
+               towers: Sequence[str] = VALID_TOWERS, image_layers: int = 0, weights: str = "", merge: bool = False,
+               arch: str = "") -> None:
+    """Set up the adapters of a ``TTD`` model (``MODEL.TTD.LORA.*``; ``arch`` "" = unchecked).
+
+    Freezes the base model and adds adapters by the rule of this module; loads the LoRA file
+    ``weights`` after checking its settings; starts an EMA teacher at the loaded adapters
+    (or at the file's EMA); merges when asked. Without TTD the adapters are frozen, or merged
+    into the weights when the contrastive loss trains all of them. Sets
+    ``model.shared_image_blocks`` and ``model.lora_settings``; fills ``model.ema_teacher``.
+    """
+    clip = model.backbone.clip
+    unknown = set(towers) - set(VALID_TOWERS)
+    if unknown or not towers:
+        raise ValueError(f"MODEL.TTD.LORA.TOWERS {list(towers)}: choose from {VALID_TOWERS}")
+    model.shared_image_blocks = add_ttd_adapters(
+        clip, rank, alpha, targets, towers, image_layers, model.backbone.dense_mode, model._global_grad
+    )
+    adapted_image_blocks = len(clip.visual.transformer.resblocks) - model.shared_image_blocks if "image" in towers else 0
+    model.lora_settings = lora_settings(rank, alpha, targets, towers, adapted_image_blocks, arch, model.backbone.dense_mode)
+    content = None
+    if weights:
+        content = read_lora_file(weights)
+        check_lora_settings(content["settings"], model.lora_settings, weights)
+        load_lora_weights(clip, model.masker, content, weights, rank, alpha)
+        logger.info("Loaded LoRA weights from %s", weights)
+    if model.ttd_enabled and model.teacher == "ema":
+        ema = lora_deltas(clip)  # starts at the loaded adapters unless the file has its EMA
+        if content is not None and "ema" in content:
+            ema = content["ema"]
+            check_lora_deltas(ema, clip, f"the EMA of {weights}")
+        for name, delta in ema.items():
+            model.ema_teacher.register_buffer(name.replace(".", "__"), delta.to(clip.logit_scale).clone())
+    contrastive_only = not model.ttd_enabled and model._global_grad
+    if merge or contrastive_only:
+        merge_lora(clip)
+    if not model.ttd_enabled:
+        clip.requires_grad_(contrastive_only)  # contrastive training trains every (merged) weight
