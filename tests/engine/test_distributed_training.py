@@ -123,7 +123,7 @@ def ranks(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ddp_runs")
     mp.spawn(worker, args=(free_port(), str(root), f"synth_image_text_{split}", str(out_dir)),
              nprocs=WORLD_SIZE, join=True)
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
 
 
 @pytest.mark.parametrize("case", list(CASES))
