@@ -45,7 +45,6 @@ MODEL_CASES = [
     ("MODEL.TTD.LORA.TOWERS", ["image", "audio"], "MODEL.TTD.LORA.TOWERS = ['image', 'audio']: must be a non-empty list of distinct names from image, text"),
     ("MODEL.TTD.LORA.IMAGE_LAYERS", -1, "MODEL.TTD.LORA.IMAGE_LAYERS = -1: must be in [0, 2]"),
     ("MODEL.TTD.LORA.IMAGE_LAYERS", 3, "MODEL.TTD.LORA.IMAGE_LAYERS = 3: must be in [0, 2]"),  # tiny CLIP: 2 blocks
-    ("MODEL.TTD.LORA.WEIGHTS", "model_lora_final.pth", "is ignored while MODEL.TTD.ENABLED is False"),
     ("MODEL.SEG_INFERENCE.SLIDE_CROP", -8, "MODEL.SEG_INFERENCE.SLIDE_CROP = -8: must be 0 (whole image) or >= the patch size (8)"),
     ("MODEL.SEG_INFERENCE.SLIDE_CROP", 4, "MODEL.SEG_INFERENCE.SLIDE_CROP = 4: must be 0 (whole image) or >= the patch size (8)"),
     ("MODEL.SEG_INFERENCE.SLIDE_STRIDE", -1, "MODEL.SEG_INFERENCE.SLIDE_STRIDE = -1: must be in [0, MODEL.SEG_INFERENCE.SLIDE_CROP = 0]"),

@@ -3,14 +3,15 @@
 
     python tools/train_net.py --config-file configs/ttd_maskclip.yaml
     python tools/train_net.py --config-file configs/maskclip.yaml --eval-only
+    python tools/train_net.py --config-file configs/clearclip.yaml --eval-only MODEL.TTD.LORA.WEIGHTS output/ttd_clearclip/model_lora_final.pth
     python tools/train_net.py --config-file ... --num-gpus 8 SOLVER.IMS_PER_BATCH 512
 """
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 
 import ttd_d2  # noqa: F401  (registers the backbone, meta-architecture and datasets)
 from ttd_d2 import TTDTrainer, add_ttd_config
+from ttd_d2.engine import TTDCheckpointer
 
 
 def setup(args):
@@ -23,12 +24,18 @@ def setup(args):
     return cfg
 
 
+def build_eval_model(cfg, resume=False):
+    """The model of ``--eval-only``: built (a ``MODEL.TTD.LORA.WEIGHTS`` file is applied then),
+    then ``MODEL.WEIGHTS`` (a full checkpoint, or the last one with ``resume``) loaded over it."""
+    model = TTDTrainer.build_model(cfg)
+    TTDCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    return model
+
+
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        model = TTDTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return TTDTrainer.test(cfg, model)
+        return TTDTrainer.test(cfg, build_eval_model(cfg, resume=args.resume))
     trainer = TTDTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

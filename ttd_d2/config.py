@@ -51,7 +51,7 @@ def add_ttd_config(cfg):
     # Where distillation targets come from: self (the model being trained) | frozen (the
     # base model = adapters off) | ema (an exponential moving average of the adapters).
     cfg.MODEL.TTD.TEACHER = "frozen"
-    # EMA decay of the "ema" teacher's adapters.
+    # EMA decay of the "ema" teacher, an EMA of each adapted weight's delta s*B*A.
     cfg.MODEL.TTD.EMA_DECAY = 0.999
     cfg.MODEL.TTD.LOSS = CN()
     # Distance between masks: l1 | mse | bce.
@@ -72,9 +72,11 @@ def add_ttd_config(cfg):
     # Adapt only the last N image blocks (0 = all). The blocks before them run once, without
     # a graph, for both student and teacher: faster steps, fewer trainable weights.
     cfg.MODEL.TTD.LORA.IMAGE_LAYERS = 0
-    # A LoRA-only checkpoint (from a TTD run) loaded after the base weights; "" = none.
+    # A LoRA file (model_lora_*.pth of a TTD run, docs/LORA_FILES.md) applied on any config,
+    # TTD on or off; its recorded settings must match these keys. "" = none.
     cfg.MODEL.TTD.LORA.WEIGHTS = ""
-    # Fold the adapters into the base weights before inference (no extra inference cost).
+    # Fold the adapters into the base weights before inference (no extra inference cost);
+    # evaluation only, refused in training.
     cfg.MODEL.TTD.LORA.MERGE_FOR_INFERENCE = False
 
     # ---------------------------------------------------------------- inference

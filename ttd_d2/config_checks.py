@@ -150,16 +150,14 @@ def check_model_config(cfg) -> None:
         _choice("MODEL.TTD.LOSS.DISTANCE", ttd.LOSS.DISTANCE, DISTANCES),
         _number("MODEL.TTD.LOSS.DISTILL_WEIGHT", ttd.LOSS.DISTILL_WEIGHT, *non_negative),
         _number("MODEL.TTD.LOSS.TAG_WEIGHT", ttd.LOSS.TAG_WEIGHT, *non_negative),
-        # MODEL.TTD.LORA (the LORA.WEIGHTS file is checked where it is loaded, TTD._setup_lora)
+        # MODEL.TTD.LORA (the LORA.WEIGHTS file, applied on any config, is checked where it is
+        # loaded: ttd_lora.py)
         _number("MODEL.TTD.LORA.RANK", lora.RANK, lambda v: v >= 1, ">= 1", integer=True),
         _number("MODEL.TTD.LORA.ALPHA", lora.ALPHA, *positive, fix=" (adapters are scaled by ALPHA / RANK)"),
         _names("MODEL.TTD.LORA.TARGETS", lora.TARGETS, VALID_TARGETS),
         _names("MODEL.TTD.LORA.TOWERS", lora.TOWERS, VALID_TOWERS),
         _number("MODEL.TTD.LORA.IMAGE_LAYERS", lora.IMAGE_LAYERS, lambda v: 0 <= v <= (v if depth is None else depth),
                 f"in [0, {'the number of image blocks' if depth is None else depth}]", integer=True, fix=" (0 = all)"),
-        None if ttd.ENABLED or not lora.WEIGHTS else
-        f"MODEL.TTD.LORA.WEIGHTS = {lora.WEIGHTS!r} is ignored while MODEL.TTD.ENABLED is False: set "
-        "MODEL.TTD.ENABLED True (it adds the adapters the file holds) or MODEL.TTD.LORA.WEIGHTS ''",
         _flag("MODEL.TTD.LORA.MERGE_FOR_INFERENCE", lora.MERGE_FOR_INFERENCE),
         # MODEL.SEG_INFERENCE
         _number("MODEL.SEG_INFERENCE.SLIDE_CROP", crop, lambda v: v == 0 or v >= (patch or 1),
@@ -186,8 +184,9 @@ AMP_REFUSED = (
     "train in float32 (MODEL.CLIP.BF16 False)."
 )
 MERGE_REFUSED = (
-    "MODEL.TTD.LORA.MERGE_FOR_INFERENCE = True: it folds the adapters into the frozen weights, so training would "
-    "update only the masker. Set it False to train (it is for evaluating a LoRA checkpoint)."
+    "MODEL.TTD.LORA.MERGE_FOR_INFERENCE = True: it folds the adapters into the weights, which is for evaluation "
+    "(--eval-only); in training the adapters would be gone and the frozen teacher would be the student. Set it "
+    "False to train."
 )
 
 
@@ -204,7 +203,7 @@ def check_training_config(cfg) -> None:
         _choice("SOLVER.OPTIMIZER", str(cfg.SOLVER.OPTIMIZER).upper(), OPTIMIZERS, " (case-insensitive)"),
         _betas("SOLVER.BETAS", cfg.SOLVER.BETAS),
         _nothing_to_train(cfg),
-        MERGE_REFUSED if cfg.MODEL.TTD.ENABLED and cfg.MODEL.TTD.LORA.MERGE_FOR_INFERENCE else None,
+        MERGE_REFUSED if cfg.MODEL.TTD.LORA.MERGE_FOR_INFERENCE else None,
         _number("INPUT.TRAIN_SIZE", cfg.INPUT.TRAIN_SIZE, lambda v: v > 0 and v % (patch or 1) == 0,
                 f"> 0 and a multiple of the patch size{patch_text}", integer=True,
                 fix=" (the patch embedding drops the pixels past the last whole patch)"),

@@ -100,7 +100,10 @@ def test_lora_checkpoints_written(trained):
     assert not list(out.glob("*.tmp"))
     assert lora_final.stat().st_size * 10 < full_final.stat().st_size
     state = torch.load(lora_final, map_location="cpu", weights_only=True)
-    assert set(state) == {"lora", "masker"}
+    assert set(state) == {"format", "version", "settings", "lora", "masker"}
+    assert state["settings"] == {"rank": 8, "alpha": 16.0, "targets": sorted(cfg.MODEL.TTD.LORA.TARGETS),
+                                 "towers": ["image", "text"], "image_layers": 2, "arch": "tiny_clip",
+                                 "dense_mode": "maskclip"}
     live = lora_state_dict(trainer.model.backbone.clip)
     assert set(state["lora"]) == set(live)
     assert all(torch.equal(state["lora"][k], live[k]) for k in live)

@@ -1,11 +1,11 @@
-"""Training hook of TTD: tag statistics, EMA teacher updates, LoRA-only checkpoints."""
+"""Training hook of TTD: tag statistics, EMA teacher updates, LoRA files."""
 import os
 
-import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..modeling.lora import lora_state_dict
+from ..modeling.lora.file import make_lora_file, save_lora_file
 
 
 def unwrap(model):
@@ -14,16 +14,13 @@ def unwrap(model):
 
 
 def lora_checkpoint(model) -> dict:
-    """The LoRA-only checkpoint of a TTD model: adapters, masker and, with an EMA teacher, its
-    adapters (plain tensors)."""
+    """The LoRA file content of a TTD model (docs/LORA_FILES.md): its settings, adapters,
+    masker and, with an EMA teacher, the EMA of the adapters' deltas (plain CPU tensors)."""
     model = unwrap(model)
-    checkpoint = {
-        "lora": {k: v.detach().cpu() for k, v in lora_state_dict(model.backbone.clip).items()},
-        "masker": {k: v.detach().cpu() for k, v in model.masker.state_dict().items()},
-    }
-    if model.ema_state:
-        checkpoint["ema"] = {k: v.detach().cpu() for k, v in model.ema_state.items()}
-    return checkpoint
+    if model.lora_settings is None:
+        raise ValueError("the model has no LoRA adapters (MODEL.TTD.ENABLED False and no MODEL.TTD.LORA.WEIGHTS)")
+    return make_lora_file(model.lora_settings, lora_state_dict(model.backbone.clip), model.masker.state_dict(),
+                          model.ema_state)
 
 
 class TTDHook(HookBase):
@@ -32,7 +29,8 @@ class TTDHook(HookBase):
     After every step: advances the EMA teacher, writes tag statistics (candidate and
     selected tags per caption, IoU of the distillation target with the caption mask, a
     histogram of tag scores) to the EventStorage. Every ``period`` steps and at the end:
-    saves ``model_lora_<iter>.pth`` / ``model_lora_final.pth`` (a few MB) in ``output_dir``.
+    saves the LoRA files ``model_lora_<iter>.pth`` / ``model_lora_final.pth`` in ``output_dir``
+    (a few MB; with an EMA teacher as large as the adapted weights, see docs/LORA_FILES.md).
     """
 
     def __init__(self, output_dir: str, period: int, histogram_period: int = 20):
@@ -62,8 +60,4 @@ class TTDHook(HookBase):
 
     def _save(self, name: str):
         if comm.is_main_process():
-            os.makedirs(self.output_dir, exist_ok=True)
-            path = os.path.join(self.output_dir, name)
-            tmp = path + ".tmp"
-            torch.save(lora_checkpoint(self.trainer.model), tmp)
-            os.replace(tmp, path)
+            save_lora_file(lora_checkpoint(self.trainer.model), os.path.join(self.output_dir, name))

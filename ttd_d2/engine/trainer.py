@@ -1,16 +1,20 @@
 """The Detectron2 trainer of ttd_d2: caption data for training, evaluators by dataset type."""
 import os
+from unittest import mock
 
 import torch
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, hooks
+from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import DatasetEvaluators, SemSegEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from ..config_checks import check_trainable, check_training_config
 from ..data.mappers import CaptionTrainMapper, TestMapper
 from ..evaluation import build_caption_evaluators
+from .checkpoint import TTDCheckpointer
+from .ddp import create_ddp_model
 from .hooks import TTDHook
 
 # Scalars and embeddings that are not decayed (masker w, b; CLIP temperature; embeddings).
@@ -25,7 +29,13 @@ class TTDTrainer(DefaultTrainer):
         # Training-only keys, before detectron2 builds the model, optimizer and data loaders
         # (the model's keys are checked by build_model, which --eval-only also uses).
         check_training_config(cfg)
-        super().__init__(cfg)
+        # DefaultTrainer.__init__ builds the DDP wrapper and the checkpointer through two names
+        # of detectron2.engine.defaults; ours are swapped in while it runs, rather than copying
+        # its body: create_ddp_model gives a CPU model device_ids=None (detectron2 passes
+        # [local_rank], which DDP rejects for CPU modules), TTDCheckpointer refuses LoRA files as
+        # MODEL.WEIGHTS.
+        with mock.patch.multiple(d2_defaults, create_ddp_model=create_ddp_model, DetectionCheckpointer=TTDCheckpointer):
+            super().__init__(cfg)
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -152,26 +152,31 @@ class CLIPDense(Backbone):
 
     def forward_head(
         self, tokens: torch.Tensor, grid: Tuple[int, int], first_block: int, with_global: bool = True,
-        with_dense: bool = True,
+        with_dense: bool = True, global_grad: bool = True,
     ) -> Dict[str, torch.Tensor]:
         """Blocks ``first_block``.. of ``forward_trunk`` tokens, the last one as the dense head
-        ("dense") and/or as itself ("global")."""
+        ("dense") and/or as itself ("global"). ``global_grad=False``: "global" is computed
+        without a graph (for callers that only read it detached)."""
         visual = self.clip.visual
         with self.autocast(tokens.device):
             *blocks, last = visual.transformer.resblocks[first_block:]
             for block in blocks:
                 tokens = block(tokens)
-            vanilla = last(tokens) if with_global or self.dense_mode == "vanilla" else None
             out = {}
-            if with_dense and self.dense_mode == "vanilla":
-                dense_tokens = vanilla
-            elif with_dense:
-                dense_tokens = dense_last_block(last, tokens, self.dense_mode, grid, self.attn_scale, self.naclip_sigma)
+            dense_tokens = None
             if with_dense:
+                if self.dense_mode == "vanilla":
+                    dense_tokens = last(tokens)
+                else:
+                    dense_tokens = dense_last_block(last, tokens, self.dense_mode, grid, self.attn_scale, self.naclip_sigma)
                 dense = visual.ln_post(dense_tokens[:, 1:]) @ visual.proj
                 out["dense"] = dense.float().transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
             if with_global:
-                out["global"] = self.pool(vanilla).float()
+                # After the dense path: under parametrize.cached() the first read of an adapted
+                # weight is cached, and with global_grad=False that read would carry no graph.
+                with torch.set_grad_enabled(torch.is_grad_enabled() and global_grad):
+                    vanilla = dense_tokens if self.dense_mode == "vanilla" and with_dense else last(tokens)
+                    out["global"] = self.pool(vanilla).float()
         return out
 
     def tokenize(self, texts: List[str]) -> torch.Tensor:

@@ -1,7 +1,6 @@
 """The ``TTD`` meta-architecture: a dense CLIP backbone + masker, with TTD training."""
 import logging
 import math
-import os
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -13,13 +12,15 @@ from open_clip.loss import ClipLoss
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..lora import VALID_TARGETS, VALID_TOWERS, add_lora, add_lora_to_blocks, load_lora_state_dict, lora_state_dict, lora_disabled, lora_ema_update, lora_swapped, merge_lora
+from ..backbone.clip_loading import resolve_arch
+from ..lora import lora_delta_override, lora_disabled, lora_ema_update
 from ..masker import Masker
 from ..ttd.losses import distillation_targets, ttd_losses
 from ..ttd.scoring import SCORING_METHODS, cosine_maps, score_tags, select_tags
 from ..ttd.tags import nltk_noun_adjective_mask, pad_tag_batch
 from ..ttd.text_cache import TextEmbeddingCache
 from .inference import TTDInference
+from .ttd_lora import setup_lora
 
 logger = logging.getLogger(__name__)
 TEACHERS = ("self", "frozen", "ema")
@@ -71,12 +72,12 @@ class TTD(TTDInference, nn.Module):
             remove_stopwords: drop NLTK stopwords from candidate tags.
             max_tags: candidate tags kept per caption (the first ones inside the text window).
             teacher: self | frozen | ema: the model the targets come from.
-            ema_decay: decay of the EMA teacher's adapters.
+            ema_decay: decay of the EMA teacher's adapted weights.
             loss_distance: l1 | mse | bce.
             distill_weight, tag_weight: weights of L_distill and L_tag.
             contrastive_weight: weight of CLIP's contrastive loss.
-            lora: dict(rank, alpha, targets, towers, weights, merge) for ``add_lora``; used
-                when ``ttd_enabled``.
+            lora: dict(rank, alpha, targets, towers, image_layers, weights, merge, arch) of
+                ``_setup_lora``; used when ``ttd_enabled`` or a LoRA file ``weights`` is given.
             background_threshold: constant background score (< 0: the dataset's metadata).
             slide_crop, slide_stride: sliding-window inference (crop 0 = whole image).
             flip: add a horizontally flipped pass at inference.
@@ -108,13 +109,16 @@ class TTD(TTDInference, nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(backbone.pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(backbone.pixel_std).view(-1, 1, 1), False)
         self._class_cache: Dict = {}
-        self.ema_teacher = nn.Module()  # EMA adapters as buffers: saved and resumed with the model
+        self.ema_teacher = nn.Module()  # EMA of the adapters' deltas as buffers: saved and resumed with the model
         self.tag_statistics: Dict = {}
         self._teacher_text_cache = TextEmbeddingCache(self._teacher_encode_tags)
         self.shared_image_blocks = 0
         self._contrastive_loss = ClipLoss(gather_with_grad=True, rank=comm.get_rank(), world_size=comm.get_world_size())
-        if ttd_enabled:
+        self.lora_settings: Optional[Dict] = None  # of the adapters, recorded in LoRA files
+        if ttd_enabled or (lora or {}).get("weights"):
             self._setup_lora(**(lora or {}))
+        if not ttd_enabled:
+            masker.requires_grad_(False)  # no loss reads it (see ttd_lora: what trains)
 
     @classmethod
     def from_config(cls, cfg):
@@ -146,6 +150,7 @@ class TTD(TTDInference, nn.Module):
                 "image_layers": ttd.LORA.IMAGE_LAYERS,
                 "weights": ttd.LORA.WEIGHTS,
                 "merge": ttd.LORA.MERGE_FOR_INFERENCE,
+                "arch": resolve_arch(cfg.MODEL.CLIP.ARCH),
             },
             "background_threshold": test.BACKGROUND_THRESHOLD,
             "slide_crop": test.SLIDE_CROP,
@@ -154,42 +159,14 @@ class TTD(TTDInference, nn.Module):
             "default_dataset": cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "",
         }
 
-    def _setup_lora(self, rank=8, alpha=16.0, targets=VALID_TARGETS, towers=VALID_TOWERS, image_layers=0, weights="", merge=False):
-        """Freeze the base model, add adapters (to the last ``image_layers`` image blocks, 0 =
-        all), load LoRA-only ``weights``, optionally merge them."""
-        clip = self.backbone.clip
-        unknown = set(towers) - set(VALID_TOWERS)
-        if unknown or not towers:
-            raise ValueError(f"MODEL.TTD.LORA.TOWERS {list(towers)}: choose from {VALID_TOWERS}")
-        clip.requires_grad_(False)
-        if "text" in towers:
-            add_lora(clip, rank, alpha, targets=targets, towers=["text"])
-        blocks = clip.visual.transformer.resblocks
-        if not 0 <= image_layers <= len(blocks):
-            raise ValueError(f"MODEL.TTD.LORA.IMAGE_LAYERS must be in [0, {len(blocks)}], got {image_layers}")
-        first = len(blocks) - (image_layers or len(blocks)) if "image" in towers else len(blocks) - 1
-        if "image" in towers:
-            add_lora_to_blocks(blocks[first:], rank, alpha, targets)
-        self.shared_image_blocks = first
-        if self.teacher == "ema":
-            for name, tensor in lora_state_dict(clip).items():
-                self.ema_teacher.register_buffer(name.replace(".", "__"), tensor.clone())
-        if weights:
-            if not os.path.isfile(weights):
-                raise FileNotFoundError(f"MODEL.TTD.LORA.WEIGHTS '{weights}' does not exist (a model_lora_*.pth of a TTD run)")
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-            load_lora_state_dict(clip, state.get("lora", state))
-            if "masker" in state:
-                self.masker.load_state_dict(state["masker"])
-            for name, tensor in self.ema_state.items():  # resume an EMA teacher too
-                tensor.copy_(state.get("ema", {}).get(name, tensor))
-            logger.info("Loaded LoRA weights from %s", weights)
-        if merge:
-            merge_lora(clip)
+    def _setup_lora(self, **lora):
+        """Adapters, LoRA file, EMA teacher: :func:`.ttd_lora.setup_lora`."""
+        setup_lora(self, **lora)
 
     @property
     def ema_state(self) -> Dict[str, torch.Tensor]:
-        """{LoRA tensor name: EMA tensor} (empty unless the teacher is "ema"); updated in place."""
+        """{adapted weight name: EMA of its delta s·B·A [out, in]} (empty unless the teacher is
+        "ema"); updated in place. The teacher runs with W + EMA(delta)."""
         return {name.replace("__", "."): buf for name, buf in self.ema_teacher.named_buffers()}
 
     @property
@@ -213,12 +190,16 @@ class TTD(TTDInference, nn.Module):
         tag_batch = teacher = None
         if self.ttd_enabled:
             tag_batch = self._tag_batch(captions)
-            if self.teacher != "self":  # before the student: the EMA teacher swaps weights in place
+            if self.teacher != "self":
                 teacher = self._teacher_views(tokens, grid, shared, captions, tag_batch)
-        need_global = self.contrastive_weight > 0 or (self.teacher == "self" and self._scoring_needs_global)
+        # Only the contrastive loss reads the global embedding with grad; the self teacher's
+        # tag scoring reads it detached, so it is computed without a graph (see ttd_lora).
+        need_global = self._global_grad or (self.teacher == "self" and self._scoring_needs_global)
         # Adapted weights (W + BA) are built once per step instead of at every access.
         with parametrize.cached():
-            student = self.backbone.forward_head(tokens, grid, shared, with_global=need_global, with_dense=self.ttd_enabled)
+            student = self.backbone.forward_head(
+                tokens, grid, shared, with_global=need_global, with_dense=self.ttd_enabled, global_grad=self._global_grad
+            )
             caption_emb = self.backbone.encode_text(captions)
             return self._losses(captions, tag_batch, student, caption_emb, teacher)
 
@@ -233,6 +214,11 @@ class TTD(TTDInference, nn.Module):
         return losses
 
     # ------------------------------------------------------------------ TTD training
+    @property
+    def _global_grad(self) -> bool:
+        """Whether a loss reads the global image embedding with grad (the contrastive loss)."""
+        return self.contrastive_weight > 0
+
     @property
     def _scoring_needs_global(self) -> bool:
         return self.tag_scoring in ("s_image", "image_text")
@@ -264,12 +250,12 @@ class TTD(TTDInference, nn.Module):
     @torch.no_grad()
     def _teacher_views(self, tokens, grid, first_block: int, captions: List[str], tag_batch: Dict) -> Dict:
         """From trunk ``tokens`` [B, 1 + h*w, C] (blocks before ``first_block`` done), the
-        frozen (adapters off) or EMA (adapters swapped) teacher's tag cos maps
+        frozen (adapters off) or EMA (W + EMA of the adapters' deltas) teacher's tag cos maps
         [B, K, h, w], tag embeddings [B, K, D], and global/caption embeddings when scoring needs them."""
         if self.teacher == "frozen":
             context, encode_tags = lora_disabled(self.backbone.clip), self._teacher_text_cache
         else:
-            context, encode_tags = lora_swapped(self.backbone.clip, self.ema_state), self._encode_tags
+            context, encode_tags = lora_delta_override(self.backbone.clip, self.ema_state), self._encode_tags
         with context:
             feats = self.backbone.forward_head(tokens, grid, first_block, with_global=self._scoring_needs_global)
             tag_emb = self._tag_embeddings(tag_batch, encode_tags, self.backbone.embed_dim)

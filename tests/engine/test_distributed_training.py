@@ -1,0 +1,142 @@
+"""Multi-process training as detectron2 runs it: two CPU processes (gloo), the real
+``TTDTrainer`` (its model, optimizer, train loader, hooks and detectron2's DDP wrapping with
+``find_unused_parameters=False``), for every dense head and teacher with TTD, TTD plus the
+contrastive loss, and contrastive pretraining. After a few iterations the trainable
+parameters must be identical on both ranks (DDP averaged every gradient) and changed.
+
+detectron2 v0.6's ``launch`` needs CUDA for several processes, so the workers set up what it
+sets up (the process group, ``comm``'s local group) themselves. All cases run in one spawn
+(starting two interpreters costs more than a case); each case is reported by its own test.
+"""
+import os
+import socket
+import uuid
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from detectron2.utils import comm
+from torch.nn.parallel import DistributedDataParallel
+
+from conftest import make_tiny_cfg
+from ttd_d2.data.datasets.synthetic import register_synthetic
+from ttd_d2.data.synthetic.writer import generate
+
+WORLD_SIZE = 2
+ITERATIONS = 3
+CASES = {
+    "vanilla-self-s_image": {"MODEL.CLIP.DENSE_MODE": "vanilla", "MODEL.TTD.TEACHER": "self",
+                             "MODEL.TTD.TAG_SCORING": "s_image"},
+    "maskclip-frozen": {"MODEL.CLIP.DENSE_MODE": "maskclip", "MODEL.TTD.TEACHER": "frozen"},
+    "sclip-ema": {"MODEL.CLIP.DENSE_MODE": "sclip", "MODEL.TTD.TEACHER": "ema", "MODEL.TTD.EMA_DECAY": 0.5},
+    "clearclip-frozen": {"MODEL.CLIP.DENSE_MODE": "clearclip", "MODEL.TTD.TEACHER": "frozen"},
+    "clearclip-self-image_text-layers1": {"MODEL.CLIP.DENSE_MODE": "clearclip", "MODEL.TTD.TEACHER": "self",
+                                          "MODEL.TTD.TAG_SCORING": "image_text", "MODEL.TTD.LORA.IMAGE_LAYERS": 1},
+    "naclip-ema": {"MODEL.CLIP.DENSE_MODE": "naclip", "MODEL.TTD.TEACHER": "ema", "MODEL.TTD.EMA_DECAY": 0.5},
+    "naclip-frozen-contrastive": {"MODEL.CLIP.DENSE_MODE": "naclip", "MODEL.TTD.TEACHER": "frozen",
+                                  "MODEL.CLIP.CONTRASTIVE_WEIGHT": 1.0},
+    "contrastive-pretraining": {"MODEL.TTD.ENABLED": False, "MODEL.CLIP.CONTRASTIVE_WEIGHT": 1.0},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def case_cfg(dataset, output_dir, opts):
+    cfg = make_tiny_cfg()
+    cfg.MODEL.TTD.ENABLED = True
+    cfg.DATASETS.TRAIN = (dataset,)
+    cfg.DATASETS.TEST = ()
+    cfg.INPUT.TRAIN_SIZE = 32
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
+    cfg.SOLVER.IMS_PER_BATCH = 2 * WORLD_SIZE  # global batch: 2 images per rank
+    cfg.SOLVER.MAX_ITER = ITERATIONS
+    cfg.SOLVER.CHECKPOINT_PERIOD = 1000
+    cfg.SOLVER.BASE_LR = 1e-2
+    cfg.SOLVER.WEIGHT_DECAY = 0.0  # a parameter changes only through its gradient
+    cfg.SOLVER.WARMUP_ITERS = 0
+    cfg.SOLVER.STEPS = ()
+    cfg.TEST.EVAL_PERIOD = 0
+    cfg.SEED = 0  # same initial weights on both ranks, as with a pretrained model
+    cfg.OUTPUT_DIR = str(output_dir)
+    cfg.merge_from_list([x for k, v in opts.items() for x in (k, v)])
+    return cfg
+
+
+def trainable(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def run_case(dataset, output_dir, opts):
+    from detectron2.utils.env import seed_all_rng
+
+    from ttd_d2.engine import TTDTrainer
+
+    cfg = case_cfg(dataset, output_dir, opts)
+    seed_all_rng(cfg.SEED)
+    trainer = TTDTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    model = trainer.model.module if isinstance(trainer.model, DistributedDataParallel) else trainer.model
+    captions = []
+    model.register_forward_pre_hook(lambda _, args: captions.append([x["caption"] for x in args[0]]))
+    initial = trainable(model)
+    trainer.train()
+    return {"ddp": isinstance(trainer.model, DistributedDataParallel), "initial": initial,
+            "final": trainable(model), "captions": captions}
+
+
+def worker(rank, port, root, dataset, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD_SIZE, timeout=timedelta(seconds=120))
+    if hasattr(comm, "create_local_process_group"):  # detectron2 > 0.6
+        comm.create_local_process_group(WORLD_SIZE)
+    else:
+        comm._LOCAL_PROCESS_GROUP = dist.new_group(list(range(WORLD_SIZE)))
+    register_synthetic(root)
+    results = {}
+    for name, opts in CASES.items():
+        try:
+            results[name] = run_case(dataset, os.path.join(out_dir, name), opts)
+        except Exception as e:  # reported by the case's test; both ranks raise alike
+            results[name] = f"{type(e).__name__}: {e}"
+        dist.barrier()
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    # Leave without tearing gloo down: with torch 2.14 its teardown at exit now and then
+    # aborts the process ("terminate called without an active exception").
+    os._exit(0)
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """[rank 0 results, rank 1 results], each {case: dict or error string}."""
+    root = tmp_path_factory.mktemp("synthetic")
+    split = f"ddp{uuid.uuid4().hex[:8]}"
+    generate(root, "image_text", split, 16, 0, image_size=32)
+    out_dir = tmp_path_factory.mktemp("ddp_runs")
+    mp.spawn(worker, args=(free_port(), str(root), f"synth_image_text_{split}", str(out_dir)),
+             nprocs=WORLD_SIZE, join=True)
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_process_training_keeps_ranks_in_sync(ranks, case):
+    results = [r[case] for r in ranks]
+    for rank, result in enumerate(results):
+        assert isinstance(result, dict), f"rank {rank}: {result}"
+    first, second = results
+    assert first["ddp"] and second["ddp"]
+    assert len(first["captions"]) == ITERATIONS
+    assert first["captions"] != second["captions"]  # each rank trained on its own samples
+    assert first["final"] and set(first["final"]) == set(second["final"])
+    differ = [n for n, p in first["final"].items() if not torch.equal(p, second["final"][n])]
+    assert not differ, f"parameters differ between ranks: {differ[:5]}"
+    unchanged = [n for n, p in first["final"].items() if torch.equal(p, first["initial"][n])]
+    assert not unchanged, f"parameters not trained: {unchanged[:5]}"
