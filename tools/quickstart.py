@@ -4,33 +4,50 @@
     python tools/quickstart.py --output-dir output/quickstart
 
 1. generates the synthetic benchmark under $DETECTRON2_DATASETS/synthetic if missing;
-2. evaluates the shipped tiny CLIP (checkpoints/tiny_clip_synthetic.pt) zero-shot, with the
-   background threshold calibrated on the validation split;
-3. TTD-fine-tunes it through tools/train_net.py (LoRA, frozen teacher);
-4. evaluates the LoRA-only result the same way; prints a before/after table and writes
-   ``<output-dir>/quickstart_results.json`` = {"before": ..., "after": ...}.
+2. calibrates the shipped tiny CLIP (checkpoints/tiny_clip_synthetic.pt) on the validation
+   splits: masker bias, and (recorded, not applied) the tag-selection threshold;
+3. evaluates it zero-shot, with the background threshold calibrated on semseg/val;
+4. TTD-fine-tunes it through tools/train_net.py (LoRA, frozen teacher);
+5. evaluates the LoRA-only result the same way; prints a before/after table and writes
+   ``<output-dir>/quickstart_results.json`` = {"before": ..., "after": ..., "calibration": ...}.
+
+Every run is seeded (``SEED`` of the configs): the same machine gives the same numbers. The
+console shows one progress bar per stage and the table; detectron2's log (training included)
+goes to ``<output-dir>/log.txt``. What it measures: docs/SYNTHETIC_BENCHMARK.md.
 ``--test-splits test test101 test102`` evaluates several held-out generator seeds (and their mean);
 training overrides follow a ``--``: ``--test-splits test test101 -- MODEL.TTD.TEACHER ema``.
 """
 import argparse
+import collections
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
-import torch
-from detectron2.config import get_cfg
-from detectron2.utils.logger import setup_logger
+# Warnings raised while importing (e.g. torch's deprecation of torch.jit.script, used by
+# detectron2) are kept for the log file instead of the console.
+with warnings.catch_warnings(record=True) as IMPORT_WARNINGS:
+    import torch
+    from detectron2.config import get_cfg
+    from detectron2.evaluation import inference_on_dataset, print_csv_format
+    from detectron2.utils.env import seed_all_rng
+    from tqdm import tqdm
 
-from ttd_d2 import TTDTrainer, add_ttd_config  # importing ttd_d2 registers datasets and models
-from ttd_d2.data.datasets.builtin import synthetic_root
-from ttd_d2.data.synthetic.writer import generate, quickstart_splits
-from ttd_d2.evaluation.calibration import calibrate_background_threshold, calibrate_masker_bias
-from ttd_d2.evaluation.summary import before_after_table, mean_summary, summarize
+    from ttd_d2 import TTDTrainer, add_ttd_config  # importing ttd_d2 registers datasets and models
+    from ttd_d2.data.datasets.builtin import synthetic_root
+    from ttd_d2.data.synthetic.writer import generate, is_complete, quickstart_splits
+    from ttd_d2.evaluation.calibration import calibrate_background_threshold, calibrate_masker_bias, calibrate_tag_threshold
+    from ttd_d2.evaluation.summary import before_after_table, mean_summary, summarize
+    from ttd_d2.evaluation.tag_selection import BINARY_METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
+LOG_FORMAT = "[%(asctime)s] %(name)s %(levelname)s: %(message)s"
+# detectron2's CommonMetricPrinter line: " eta: 0:01:02  iter: 19  total_loss: ..."
+ITERATION_LINE = re.compile(r"\biter: (\d+)\b")
 
 logger = logging.getLogger("quickstart")
 
@@ -43,10 +60,42 @@ def load_cfg(config_file: str, opts=()):
     return cfg
 
 
-def ensure_data(workers: int) -> None:
+def log_to_file(path: Path) -> None:
+    """Every logger (detectron2, ttd_d2, warnings) to ``path`` and nothing to the console.
+    detectron2's ``setup_logger`` always adds a console handler, hence a plain FileHandler."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%m/%d %H:%M:%S"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    for w in IMPORT_WARNINGS:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+class Progress:
+    """A data loader that advances a shared progress bar by one per batch (one bar per stage,
+    over several loaders); keeps ``len`` for detectron2's ``inference_on_dataset``."""
+
+    def __init__(self, loader, bar: tqdm):
+        self.loader, self.bar = loader, bar
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield batch
+            self.bar.update(1)
+
+
+def ensure_data(specs, workers: int) -> None:
+    """Generate the missing splits of ``specs`` under ``$DETECTRON2_DATASETS/synthetic``."""
     root = synthetic_root()
-    for spec in quickstart_splits():
-        generate(root, spec.layout, spec.split, spec.num_images, spec.seed, workers=workers)
+    missing = [s for s in specs if not is_complete(root, s.layout, s.split, s.num_images, s.seed)]
+    with tqdm(total=sum(s.num_images for s in missing), desc="data generation", unit="img") as bar:
+        for spec in missing:
+            generate(root, spec.layout, spec.split, spec.num_images, spec.seed, workers=workers, progress=bar.update)
 
 
 def build_eval_model(cfg):
@@ -54,85 +103,137 @@ def build_eval_model(cfg):
     return model.eval()
 
 
-def evaluate(model, cfg, test_splits, output_dir: Path):
+def calibrate(model, cfg, tag_scoring: str):
+    """Masker bias and (for a score method) the tag threshold on captions/val; sets the bias."""
+    loader = TTDTrainer.build_test_loader(cfg, "synth_captions_val")
+    with_tags = tag_scoring not in BINARY_METHODS
+    with tqdm(total=len(loader) * (1 + with_tags), desc="calibration", unit="img") as bar:
+        bias, _ = calibrate_masker_bias(model, Progress(loader, bar), "synth_captions_val")
+        tag = calibrate_tag_threshold(model, Progress(loader, bar), "synth_captions_val", tag_scoring) if with_tags else None
+    with torch.no_grad():
+        model.masker.b.fill_(bias)
+    return bias, tag
+
+
+def evaluate(model, cfg, test_splits, output_dir: Path, desc: str):
     """Calibrate the background on semseg/val, then evaluate every test split.
     Returns {split: summary}."""
-    threshold, sweep = calibrate_background_threshold(model, TTDTrainer.build_test_loader(cfg, "synth_semseg_val"), "synth_semseg_val")
-    model.background_threshold = threshold
+    names = ["synth_semseg_val"] + [f"synth_{layout}_{s}" for s in test_splits for layout in ("semseg", "captions")]
+    loaders = {name: TTDTrainer.build_test_loader(cfg, name) for name in names}
     summaries = {}
-    for split in test_splits:
-        cfg_split = cfg.clone()
-        cfg_split.defrost()
-        cfg_split.DATASETS.TEST = (f"synth_semseg_{split}", f"synth_captions_{split}")
-        cfg_split.OUTPUT_DIR = str(output_dir)
-        results = TTDTrainer.test(cfg_split, model)
-        summaries[split] = summarize(results, threshold)
+    with tqdm(total=sum(len(loader) for loader in loaders.values()), desc=desc, unit="img") as bar:
+        threshold, _ = calibrate_background_threshold(model, Progress(loaders["synth_semseg_val"], bar), "synth_semseg_val")
+        model.background_threshold = threshold
+        for split in test_splits:
+            results = {}
+            for name in (f"synth_semseg_{split}", f"synth_captions_{split}"):
+                # DefaultTrainer.test's loop, with the stage's progress bar around the loader
+                evaluator = TTDTrainer.build_evaluator(cfg, name, str(output_dir / "inference" / name))
+                results[name] = inference_on_dataset(model, Progress(loaders[name], bar), evaluator)
+                print_csv_format(results[name])
+            summaries[split] = summarize(results, threshold)
     return summaries
 
 
-def train_ttd(config_file: str, output_dir: Path, opts) -> Path:
-    """Run tools/train_net.py; return the LoRA-only checkpoint it wrote."""
+def train_ttd(config_file: str, output_dir: Path, opts, max_iter: int, log_path: Path) -> Path:
+    """Run tools/train_net.py (the users' entry point, seeded by its ``default_setup``) with its
+    output appended to ``log_path``; a progress bar follows its iteration lines. Returns the
+    LoRA-only checkpoint it wrote."""
     cmd = [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config-file", config_file,
            "OUTPUT_DIR", str(output_dir), *opts]
     logger.info("training: %s", " ".join(cmd))
-    subprocess.run(cmd, check=True, cwd=os.getcwd())
+    tail = collections.deque(maxlen=40)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # lines arrive as they are printed
+    with open(log_path, "a", encoding="utf-8") as log, \
+            tqdm(total=max_iter, desc="training (TTD)", unit="it") as bar, \
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
+            tail.append(line)
+            match = ITERATION_LINE.search(line)
+            if match:
+                bar.update(int(match.group(1)) + 1 - bar.n)
+    if proc.returncode != 0:
+        raise RuntimeError(f"tools/train_net.py failed (exit code {proc.returncode}); full log in {log_path}; "
+                           f"its last lines:\n{''.join(tail)}")
     lora = output_dir / "model_lora_final.pth"
     if not lora.is_file():
-        raise RuntimeError(f"training finished without writing {lora}")
+        raise RuntimeError(f"training finished without writing {lora}; see {log_path}")
     return lora
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="output/quickstart")
     parser.add_argument("--base-config", default=str(ROOT / "configs" / "clearclip.yaml"))
     parser.add_argument("--ttd-config", default=str(ROOT / "configs" / "ttd_clearclip.yaml"))
     parser.add_argument("--test-splits", nargs="+", default=["test"])
     parser.add_argument("--workers", type=int, default=2, help="processes that render the benchmark")
+    parser.add_argument("--train-images", type=int, default=20000, help="size of image_text/train when generated")
+    parser.add_argument("--val-images", type=int, default=200, help="size of each val split when generated")
+    parser.add_argument("--test-images", type=int, default=300, help="size of each test split when generated")
     parser.add_argument("--skip-training", action="store_true", help="reuse <output-dir>/ttd/model_lora_final.pth")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...) for training")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.opts = [o for o in args.opts if o != "--"]  # "--" ends --test-splits before overrides
+    return args
 
+
+def main(argv=None):
+    args = parse_args(argv)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    setup_logger(str(output_dir / "log.txt"))
-    setup_logger(str(output_dir / "log.txt"), name="quickstart")
-    setup_logger(str(output_dir / "log.txt"), name="ttd_d2")
+    log_path = output_dir / "log.txt"
+    log_to_file(log_path)
     device = ["MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu"]
     base_cfg = load_cfg(args.base_config, device)
+    ttd_cfg = load_cfg(args.ttd_config, [*device, *args.opts])
     pretrained = base_cfg.MODEL.CLIP.PRETRAINED
     if pretrained and not Path(pretrained).is_file():
         raise FileNotFoundError(
             f"base model '{pretrained}' not found: run from the repository root, or pretrain it with "
             "configs/pretrain_tiny_clip.yaml (see docs/SYNTHETIC_BENCHMARK.md)"
         )
-    ensure_data(args.workers)
+    splits = ("train", "val", *args.test_splits)
+    specs = quickstart_splits(args.train_images, args.val_images, args.test_images)
+    ensure_data([s for s in specs if s.split in splits], args.workers)
+    seed_all_rng(None if base_cfg.SEED < 0 else base_cfg.SEED)  # as train_net.py's default_setup
 
     base_model = build_eval_model(base_cfg)
     # The masker's bias is calibrated for the base model on the caption validation split;
-    # TTD starts from it and trains w, b further.
-    bias, _ = calibrate_masker_bias(base_model, TTDTrainer.build_test_loader(base_cfg, "synth_captions_val"), "synth_captions_val")
-    with torch.no_grad():
-        base_model.masker.b.fill_(bias)
-    before = evaluate(base_model, base_cfg, args.test_splits, output_dir / "before")
+    # TTD starts from it and trains w, b further. The tag threshold is recorded (training
+    # uses the config's: pass MODEL.TTD.TAG_THRESHOLD after -- to change it).
+    tag_scoring = ttd_cfg.MODEL.TTD.TAG_SCORING
+    bias, tag = calibrate(base_model, base_cfg, tag_scoring)
+    calibration = {"masker_bias": bias, "tag_scoring": tag_scoring, "tag_threshold_used": ttd_cfg.MODEL.TTD.TAG_THRESHOLD}
+    if tag is not None:
+        threshold, sweep = tag
+        calibration.update(tag_threshold_calibrated=threshold, tag_threshold_f1=sweep[threshold], tag_threshold_sweep=sweep)
+    before = evaluate(base_model, base_cfg, args.test_splits, output_dir / "before", "evaluation before TTD")
     lora = output_dir / "ttd" / "model_lora_final.pth"
     if not args.skip_training:
-        lora = train_ttd(args.ttd_config, output_dir / "ttd", [*device, "MODEL.MASKER.INIT_B", str(bias), *args.opts])
+        # DATASETS.TEST (): the quickstart evaluates the result itself, calibrated, below
+        opts = [*device, "MODEL.MASKER.INIT_B", str(bias), "DATASETS.TEST", "()", *args.opts]
+        lora = train_ttd(args.ttd_config, output_dir / "ttd", opts, ttd_cfg.SOLVER.MAX_ITER, log_path)
     after_cfg = load_cfg(args.ttd_config, [*device, "MODEL.TTD.LORA.WEIGHTS", str(lora),
                                            "MODEL.TTD.LORA.MERGE_FOR_INFERENCE", "True"])
-    after = evaluate(build_eval_model(after_cfg), after_cfg, args.test_splits, output_dir / "after")
+    after = evaluate(build_eval_model(after_cfg), after_cfg, args.test_splits, output_dir / "after", "evaluation after TTD")
 
     report = {"before": before[args.test_splits[0]], "after": after[args.test_splits[0]]}
     if len(args.test_splits) > 1:
         report = {"before": mean_summary(list(before.values())), "after": mean_summary(list(after.values())),
                   "per_split": {s: {"before": before[s], "after": after[s]} for s in args.test_splits}}
+    report["calibration"] = calibration
     with open(output_dir / "quickstart_results.json", "w") as f:
         json.dump(report, f, indent=2)
     table = before_after_table(report["before"], report["after"])
-    splits = ", ".join(args.test_splits)
-    print(f"\nSingle tag bias on the synthetic benchmark (held-out split(s): {splits}):\n{table}")
-    print(f"\nwrote {output_dir / 'quickstart_results.json'}")
+    print(f"\nSingle tag bias on the synthetic benchmark (held-out split(s): {', '.join(args.test_splits)}):\n{table}")
+    if tag is not None:
+        print(f"\n{tag_scoring} tag threshold calibrated on captions/val: {calibration['tag_threshold_calibrated']:.2f} "
+              f"(F1 {calibration['tag_threshold_f1']:.1f}); training used MODEL.TTD.TAG_THRESHOLD "
+              f"{calibration['tag_threshold_used']}")
+    print(f"wrote {output_dir / 'quickstart_results.json'}; detectron2's log: {log_path}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Evaluators and metrics of the TTD evaluation protocols (see TTD_METHOD.md)."""
+"""Evaluators and metrics of the TTD evaluation protocols (docs/METHOD.md, "Evaluation")."""
 from .caption_seg import CaptionSegEvaluator, build_caption_evaluators
 from .tag_selection import TagSelectionEvaluator
 from .text_bias import TextBiasEvaluator

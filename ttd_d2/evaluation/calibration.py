@@ -1,14 +1,20 @@
-"""Calibrate the constant background score of open-vocabulary segmentation on a validation
-split: one inference pass, then mIoU for every candidate threshold from confusion matrices."""
+"""Calibration on a validation split: one inference pass, then the metric for every candidate
+value. Three values are calibrated: the constant background score of open-vocabulary
+segmentation (mIoU on a sem-seg split), the masker bias (CaptionIoU on a caption split) and the
+tag-selection threshold (F1 on a caption split's ground-truth tags).
+
+Each ``calibrate_*`` function iterates ``data_loader`` once and shows no progress itself: wrap
+the loader (e.g. in ``tqdm``) to see it. ``tools/calibrate.py`` runs them from a config.
+"""
 import logging
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from tqdm import tqdm
 
 from .metrics import to_numpy
+from .tag_selection import BINARY_METHODS, SCORE_METHODS, caption_tag_statistics, summarize_tag_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +63,7 @@ def calibrate_background_threshold(
     model.background_threshold = 0.0  # channel 0 = 0: the others are the foreground scores
     scores, labels, gts = [], [], []
     try:
-        for inputs in tqdm(data_loader, desc=f"calibrating on {dataset_name}", leave=False):
+        for inputs in data_loader:
             for x, out in zip(inputs, model(inputs)):
                 fg = to_numpy(out["sem_seg"][1:])
                 scores.append(fg.max(0))
@@ -82,7 +88,7 @@ def calibrate_masker_bias(
 
     records = {r["file_name"]: r for r in DatasetCatalog.get(dataset_name)}
     cos_maps, gts = [], []
-    for inputs in tqdm(data_loader, desc=f"calibrating the masker on {dataset_name}", leave=False):
+    for inputs in data_loader:
         for x, out in zip(inputs, model(inputs)):
             cos_maps.append(to_numpy(out["caption_cos"]))
             gts.append(np.asarray(read_image(records[x["file_name"]]["caption_mask_file"])) > 0)
@@ -96,3 +102,41 @@ def calibrate_masker_bias(
     bias = -float(model.masker.w) * best
     logger.info("masker bias on %s: %.3f (cos threshold %.3f, CaptionIoU %.2f)", dataset_name, bias, best, sweep[best])
     return bias, sweep
+
+
+def tag_threshold_sweep(captions: Sequence[tuple], thresholds: Sequence[float]) -> Dict[float, float]:
+    """Dataset F1 (percent) of the selection ``score >= t`` for each threshold ``t``.
+
+    ``captions``: one ``(candidate tags [K], ground-truth tags, scores Float[K])`` per caption;
+    the counts are those of the tag-selection evaluator (``caption_tag_statistics``)."""
+    return {
+        float(t): summarize_tag_statistics([caption_tag_statistics(tags, gt, s, t) for tags, gt, s in captions])["F1"]
+        for t in thresholds
+    }
+
+
+@torch.no_grad()
+def calibrate_tag_threshold(
+    model, data_loader, dataset_name: str, method: Optional[str] = None,
+    thresholds: Sequence[float] = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2)),
+) -> Tuple[float, Dict[float, float]]:
+    """``MODEL.TTD.TAG_THRESHOLD`` that maximises the F1 of the tag selection of ``method``
+    (default: the model's ``tag_scoring``) against the ground-truth ``tags`` of a caption split.
+    Ties go to the threshold nearest 0.5. Returns (threshold, {threshold: F1})."""
+    method = method or model.tag_scoring
+    if method not in SCORE_METHODS:
+        reason = "selects without a threshold" if method in BINARY_METHODS else "is unknown"
+        raise ValueError(f"MODEL.TTD.TAG_SCORING '{method}' {reason}; calibrate one of {SCORE_METHODS}")
+    captions = []
+    for inputs in data_loader:
+        for x, out in zip(inputs, model(inputs)):
+            if "tags" not in x:
+                raise KeyError(
+                    f"records of '{dataset_name}' have no ground-truth 'tags': calibrate the tag threshold "
+                    "on a caption split (e.g. synth_captions_val)"
+                )
+            captions.append((out["tags"], x["tags"], out["tag_scores"][method]))
+    sweep = tag_threshold_sweep(captions, thresholds)
+    best = max(sweep, key=lambda t: (sweep[t], -abs(t - 0.5)))
+    logger.info("%s tag threshold on %s: %.2f (F1 %.2f)", method, dataset_name, best, sweep[best])
+    return best, sweep

@@ -1,0 +1,54 @@
+"""tools/calibrate.py: runs a calibration of ttd_d2.evaluation.calibration from a config and prints
+the override; bad --dataset / --what combinations name the fix."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from ttd_d2.data.datasets.synthetic import register_synthetic_split
+from ttd_d2.data.synthetic.writer import generate
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_ARCH = str(ROOT / "tests" / "fixtures" / "tiny_clip.json")
+# the tiny random test CLIP (32 px) in place of the shipped one
+TINY = ["MODEL.DEVICE", "cpu", "MODEL.CLIP.ARCH", TINY_ARCH, "MODEL.CLIP.PRETRAINED", "",
+        "INPUT.MIN_SIZE_TEST", "32", "DATALOADER.NUM_WORKERS", "0"]
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("ttd_calibrate_tool", ROOT / "tools" / "calibrate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+calibrate = _load_tool()
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    for layout in ("captions", "semseg"):
+        generate(root, layout, "calibtool", 3, seed=5, image_size=32)
+        register_synthetic_split(root, layout, "calibtool")
+    return "synth_captions_calibtool", "synth_semseg_calibtool"
+
+
+@pytest.mark.parametrize("what, key", [("tag-threshold", "MODEL.TTD.TAG_THRESHOLD"), ("background", "MODEL.SEG_INFERENCE.BACKGROUND_THRESHOLD")])
+def test_prints_the_calibrated_value_and_its_override(splits, capsys, what, key):
+    dataset = splits[0] if what == "tag-threshold" else splits[1]
+    argv = ["--config-file", str(ROOT / "configs" / "clearclip.yaml"), "--what", what, "--dataset", dataset, "--sweep", *TINY]
+    assert calibrate.main(argv) == 0
+    out = capsys.readouterr().out
+    override = [line for line in out.splitlines() if line.startswith("config override: ")]
+    assert len(override) == 1 and override[0].split()[2] == key
+    value = float(override[0].split()[3])
+    assert f"{what} on {dataset}: {value:.3f}" in out and "|" in out  # the sweep table
+
+
+def test_bad_dataset_names_the_fix(splits):
+    config = ["--config-file", str(ROOT / "configs" / "clearclip.yaml")]
+    with pytest.raises(SystemExit, match="needs a split of evaluator_type 'caption'"):
+        calibrate.main([*config, "--what", "masker-bias", "--dataset", splits[1], *TINY])
+    with pytest.raises(SystemExit, match="not registered"):
+        calibrate.main([*config, "--what", "background", "--dataset", "synth_semseg_nowhere", *TINY])

@@ -1,0 +1,64 @@
+"""tools/quickstart.py end to end on a tiny generated benchmark (the shipped tiny CLIP, two TTD
+steps through tools/train_net.py): two runs give identical results, numbers and LoRA tensors;
+the console shows the stages' progress bars and the table, detectron2's log goes to log.txt."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+SIZES = ["--train-images", "8", "--val-images", "2", "--test-images", "2", "--workers", "1"]
+TRAINING = ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1"]
+LOG_LINE = re.compile(r"^\[\d\d/\d\d \d\d:\d\d:\d\d")  # detectron2's and the quickstart's log records
+STAGES = ("data generation", "calibration", "evaluation before TTD", "training (TTD)", "evaluation after TTD")
+
+
+def run_quickstart(tmp_path: Path, name: str):
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"),
+               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    output_dir = tmp_path / name
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "quickstart.py"), "--output-dir", str(output_dir), *SIZES, "--", *TRAINING],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"quickstart failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return output_dir, proc
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("quickstart")
+    return run_quickstart(tmp_path, "run1"), run_quickstart(tmp_path, "run2")
+
+
+def test_two_runs_give_identical_numbers_and_lora_tensors(two_runs):
+    (first, _), (second, _) = two_runs
+    results = [json.loads((d / "quickstart_results.json").read_text()) for d in (first, second)]
+    assert set(results[0]) == {"before", "after", "calibration"}
+    assert results[0] == results[1]
+    loras = [torch.load(d / "ttd" / "model_lora_final.pth", map_location="cpu", weights_only=True) for d in (first, second)]
+    assert loras[0]["lora"] and loras[0].keys() == loras[1].keys()
+    for part in loras[0]:  # format, version, settings, then dicts of tensors (docs/LORA_FILES.md)
+        if not (isinstance(loras[0][part], dict) and all(torch.is_tensor(v) for v in loras[0][part].values())):
+            assert loras[0][part] == loras[1][part], part
+            continue
+        assert loras[0][part].keys() == loras[1][part].keys()
+        for key, tensor in loras[0][part].items():
+            assert torch.equal(tensor, loras[1][part][key]), f"{part}/{key} differs between two runs"
+
+
+def test_console_shows_bars_and_table_and_the_log_goes_to_the_file(two_runs):
+    (output_dir, proc), _ = two_runs
+    console = (proc.stdout + proc.stderr).replace("\r", "\n").splitlines()
+    assert not [line for line in console if LOG_LINE.match(line)], "log records on the console"
+    assert "Single tag bias on the synthetic benchmark" in proc.stdout and "| CaptionIoU (2-class)" in proc.stdout
+    for stage in STAGES:
+        assert f"{stage}: 100%" in proc.stderr, stage
+    log = (output_dir / "log.txt").read_text()
+    assert "Starting training from iteration 0" in log and "iter: 1" in log  # train_net.py's detectron2 log
+    assert "Start inference on" in log and "synth_captions_test" in log  # the quickstart's own evaluation

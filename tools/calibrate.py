@@ -1,0 +1,88 @@
+#!/usr/bin/env python
+"""Calibrate one inference setting of a config's model on a validation split and print the
+config override that applies it.
+
+    # the constant background score, on a sem-seg split whose class 0 is background (mIoU)
+    python tools/calibrate.py --config-file configs/clearclip.yaml --what background --dataset synth_semseg_val
+    # the masker bias b, on a caption split with caption masks (2-class CaptionIoU)
+    python tools/calibrate.py --config-file configs/clearclip.yaml --what masker-bias --dataset synth_captions_val
+    # the tag-selection threshold of MODEL.TTD.TAG_SCORING, on a caption split with ground-truth tags (F1)
+    python tools/calibrate.py --config-file configs/clearclip.yaml --what tag-threshold --dataset synth_captions_val \\
+        MODEL.MASKER.INIT_B -2.2
+
+Config overrides (KEY VALUE ...) follow the options, as for tools/train_net.py; a TTD result is
+calibrated with ``MODEL.TTD.LORA.WEIGHTS <model_lora_final.pth>``. Never calibrate on a test split.
+"""
+import argparse
+import sys
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils.env import seed_all_rng
+from tabulate import tabulate
+from tqdm import tqdm
+
+from ttd_d2 import TTDTrainer, add_ttd_config  # importing ttd_d2 registers datasets and models
+from ttd_d2.evaluation.calibration import calibrate_background_threshold, calibrate_masker_bias, calibrate_tag_threshold
+
+# --what -> (calibration, evaluator_type the split needs, config key it sets, metric of the sweep)
+CALIBRATIONS = {
+    "background": (calibrate_background_threshold, "sem_seg", "MODEL.SEG_INFERENCE.BACKGROUND_THRESHOLD", "mIoU"),
+    "masker-bias": (calibrate_masker_bias, "caption", "MODEL.MASKER.INIT_B", "CaptionIoU"),
+    "tag-threshold": (calibrate_tag_threshold, "caption", "MODEL.TTD.TAG_THRESHOLD", "F1"),
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, help="the model's config")
+    parser.add_argument("--what", choices=sorted(CALIBRATIONS), required=True, help="the setting to calibrate")
+    parser.add_argument("--dataset", required=True, help="a registered validation split, e.g. synth_captions_val")
+    parser.add_argument("--sweep", action="store_true", help="also print the metric of every candidate value")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...)")
+    return parser.parse_args(argv)
+
+
+def check_dataset(name: str, what: str) -> None:
+    """A clear error when ``--dataset`` cannot serve the ``--what`` calibration."""
+    if name not in DatasetCatalog.list():
+        raise SystemExit(f"--dataset '{name}' is not registered (synthetic splits: python tools/generate_synthetic.py "
+                         "--preset quickstart; your own: docs/DATASETS.md)")
+    needed = CALIBRATIONS[what][1]
+    meta = MetadataCatalog.get(name)
+    if meta.get("evaluator_type", None) != needed:
+        raise SystemExit(f"--what {what} needs a split of evaluator_type '{needed}', but --dataset '{name}' has "
+                         f"'{meta.get('evaluator_type', None)}' (e.g. synth_{'semseg' if needed == 'sem_seg' else 'captions'}_val)")
+    if what == "background" and not hasattr(meta, "background_threshold"):
+        raise SystemExit(f"--dataset '{name}' has no background class (metadata background_threshold): "
+                         "nothing to calibrate")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = get_cfg()
+    add_ttd_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # as the quickstart; opts may override
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    check_dataset(args.dataset, args.what)
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)  # a randomly initialised model repeats too
+    model = TTDTrainer.build_model(cfg).eval()
+    loader = TTDTrainer.build_test_loader(cfg, args.dataset)
+    calibration, _, key, metric = CALIBRATIONS[args.what]
+    value, sweep = calibration(model, tqdm(loader, desc=f"calibrating {args.what}", unit="img"), args.dataset)
+    if args.sweep:
+        label = "cos threshold" if args.what == "masker-bias" else "value"
+        print(tabulate(sorted(sweep.items()), headers=(label, metric), tablefmt="pipe", floatfmt=".3f"))
+    # the calibrated value is the sweep's best (masker-bias: b = -w * the best cos threshold)
+    print(f"{args.what} on {args.dataset}: {value:.3f} ({metric} {max(sweep.values()):.2f})")
+    print(f"config override: {key} {value:.3f}")
+    if args.what == "masker-bias" and cfg.MODEL.TTD.LORA.WEIGHTS:
+        print(f"note: {cfg.MODEL.TTD.LORA.WEIGHTS} holds its own masker, which replaces MODEL.MASKER.INIT_B")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
