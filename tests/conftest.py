@@ -1,4 +1,6 @@
-"""Shared fixtures: a tiny random open_clip model built through the real config path."""
+"""Shared fixtures: a tiny random open_clip model built through the real config path, tiny
+training configs, and scripts of tools/ and benchmarks/ imported as modules."""
+import importlib.util
 import os
 from pathlib import Path
 
@@ -9,6 +11,7 @@ from detectron2.config import get_cfg
 from ttd_d2 import add_ttd_config
 
 TINY_ARCH = str(Path(__file__).parent / "fixtures" / "tiny_clip.json")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_tiny_cfg():
@@ -21,6 +24,37 @@ def make_tiny_cfg():
     cfg.MODEL.CLIP.ARCH = TINY_ARCH
     cfg.MODEL.CLIP.PRETRAINED = ""
     return cfg
+
+
+def make_tiny_train_cfg(train_dataset, output_dir, test_datasets=(), **opts):
+    """``make_tiny_cfg`` set up to train a few iterations on 32 px images of ``train_dataset``
+    in this process (no loader workers, no warm-up, no periodic evaluation); ``opts`` are
+    config overrides ``{"KEY": value}`` applied last."""
+    cfg = make_tiny_cfg()
+    cfg.DATASETS.TRAIN = (train_dataset,)
+    cfg.DATASETS.TEST = tuple(test_datasets)
+    cfg.INPUT.TRAIN_SIZE = 32
+    cfg.INPUT.MIN_SIZE_TEST = 0
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
+    cfg.SOLVER.IMS_PER_BATCH = 4
+    cfg.SOLVER.MAX_ITER = 3
+    cfg.SOLVER.BASE_LR = 1e-2
+    cfg.SOLVER.WARMUP_ITERS = 0
+    cfg.SOLVER.STEPS = ()
+    cfg.TEST.EVAL_PERIOD = 0
+    cfg.OUTPUT_DIR = str(output_dir)
+    cfg.merge_from_list([x for k, v in opts.items() for x in (k, v)])
+    return cfg
+
+
+def load_script(relative_path: str):
+    """Import a script of the repository (``tools/train_net.py``...; not a package) as a module."""
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location("ttd_script_" + path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 """CPU smoke test of benchmarks/bench_ttd_step.py: the tiny CLIP, two timed steps per model."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from conftest import load_script
 from ttd_d2.modeling.ttd.tags import caption_to_tags
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_ttd_step.py"
@@ -19,10 +19,7 @@ TINY_ARGS = [
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_ttd_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_ttd_step.py")
 
 
 def test_captions_have_the_requested_number_of_tags(bench):

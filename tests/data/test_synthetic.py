@@ -1,5 +1,4 @@
 """The synthetic benchmark generator: rendering, captions, on-disk layouts, CLI."""
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
@@ -21,6 +20,7 @@ from ttd_d2.data.synthetic import (
     render_scene,
     training_caption,
 )
+from conftest import load_script
 from ttd_d2.data.synthetic import writer
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
@@ -247,9 +247,7 @@ def test_quickstart_seed_map():
 
 
 def test_cli_quickstart_preset(tmp_path):
-    spec = importlib.util.spec_from_file_location("generate_synthetic", TOOLS / "generate_synthetic.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("tools/generate_synthetic.py")
     argv = ["--root", str(tmp_path), "--preset", "quickstart", "--train-images", "4",
             "--val-images", "2", "--test-images", "3", "--image-size", "32", "--workers", "0"]
     assert cli.main(argv) == 0

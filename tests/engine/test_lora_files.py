@@ -1,7 +1,6 @@
 """LoRA files through the tools: ``tools/train_net.py --eval-only`` with
 ``MODEL.TTD.LORA.WEIGHTS`` on a zero-shot config equals the TTD config with the same file;
 a LoRA file given as ``MODEL.WEIGHTS`` and ``MERGE_FOR_INFERENCE`` in training are refused."""
-import importlib.util
 import uuid
 from pathlib import Path
 
@@ -10,20 +9,16 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation.testing import flatten_results_dict
 
-from conftest import make_tiny_cfg
+from conftest import load_script, make_tiny_train_cfg
 from ttd_d2.data.datasets.synthetic import register_synthetic
 from ttd_d2.data.synthetic.writer import generate
 from ttd_d2.engine import TTDTrainer
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "train_net.py"
 
 
 @pytest.fixture(scope="module")
 def train_net():
-    spec = importlib.util.spec_from_file_location("ttd_train_net_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/train_net.py")
 
 
 @pytest.fixture(scope="module")
@@ -42,23 +37,8 @@ def datasets(tmp_path_factory):
 
 def zero_shot_cfg(datasets, output_dir, **opts):
     """configs/clearclip.yaml on the tiny CLIP: TTD off, a caption test set."""
-    cfg = make_tiny_cfg()
-    cfg.MODEL.CLIP.DENSE_MODE = "clearclip"
-    cfg.DATASETS.TRAIN = (datasets["train"],)
-    cfg.DATASETS.TEST = (datasets["captions"],)
-    cfg.INPUT.TRAIN_SIZE = 32
-    cfg.INPUT.MIN_SIZE_TEST = 0
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
-    cfg.SOLVER.IMS_PER_BATCH = 4
-    cfg.SOLVER.MAX_ITER = 3
-    cfg.SOLVER.BASE_LR = 5e-2
-    cfg.SOLVER.WARMUP_ITERS = 0
-    cfg.SOLVER.STEPS = ()
-    cfg.TEST.EVAL_PERIOD = 0
-    cfg.OUTPUT_DIR = str(output_dir)
-    cfg.merge_from_list([x for k, v in opts.items() for x in (k, v)])
-    return cfg
+    return make_tiny_train_cfg(datasets["train"], output_dir, (datasets["captions"],), **{
+        "MODEL.CLIP.DENSE_MODE": "clearclip", "SOLVER.BASE_LR": 5e-2, **opts})
 
 
 def ttd_cfg(datasets, output_dir, **opts):

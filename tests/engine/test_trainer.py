@@ -10,7 +10,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluators
 
-from conftest import make_tiny_cfg
+from conftest import load_script, make_tiny_cfg, make_tiny_train_cfg
 from ttd_d2.data.datasets.synthetic import register_synthetic
 from ttd_d2.data import mappers
 from ttd_d2.data.synthetic.writer import generate
@@ -44,24 +44,8 @@ def synthetic(tmp_path_factory):
 
 
 def train_cfg(synthetic, output_dir, **opts):
-    cfg = make_tiny_cfg()
-    cfg.MODEL.TTD.ENABLED = True
-    cfg.DATASETS.TRAIN = (synthetic["train"],)
-    cfg.DATASETS.TEST = ()
-    cfg.INPUT.TRAIN_SIZE = 32
-    cfg.INPUT.MIN_SIZE_TEST = 0
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
-    cfg.SOLVER.IMS_PER_BATCH = 4
-    cfg.SOLVER.MAX_ITER = 3
-    cfg.SOLVER.CHECKPOINT_PERIOD = 2
-    cfg.SOLVER.BASE_LR = 1e-2
-    cfg.SOLVER.WARMUP_ITERS = 0
-    cfg.SOLVER.STEPS = ()
-    cfg.TEST.EVAL_PERIOD = 0
-    cfg.OUTPUT_DIR = str(output_dir)
-    cfg.merge_from_list([x for k, v in opts.items() for x in (k, v)])
-    return cfg
+    return make_tiny_train_cfg(synthetic["train"], output_dir, **{
+        "MODEL.TTD.ENABLED": True, "SOLVER.CHECKPOINT_PERIOD": 2, **opts})
 
 
 @pytest.fixture(scope="module")
@@ -228,8 +212,6 @@ def test_optimizer_covers_only_trainable_parameters(synthetic, tmp_path):
 def test_contrastive_run_then_export(synthetic, tmp_path):
     """The documented pipeline: contrastive (pre)training with the trainer, then
     tools/export_clip.py, then MODEL.CLIP.PRETRAINED; a TTD run's checkpoint is refused."""
-    import importlib.util
-
     from ttd_d2.engine import TTDHook
 
     cfg = train_cfg(synthetic, tmp_path, **{"MODEL.TTD.ENABLED": False, "MODEL.CLIP.CONTRASTIVE_WEIGHT": 1.0,
@@ -239,10 +221,7 @@ def test_contrastive_run_then_export(synthetic, tmp_path):
     trainer.train()
     assert len(trainer.storage.history("total_loss").values()) == 1 and not (tmp_path / "model_lora_final.pth").exists()
 
-    tool = Path(__file__).resolve().parents[2] / "tools" / "export_clip.py"
-    spec = importlib.util.spec_from_file_location("ttd_export_clip_tool_engine", tool)
-    export_clip = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(export_clip)
+    export_clip = load_script("tools/export_clip.py")
     dst = tmp_path / "exported.pt"
     export_clip.export(str(tmp_path / "model_final.pth"), str(dst))
     cfg2 = make_tiny_cfg()
@@ -268,12 +247,8 @@ def test_caption_train_mapper_non_square_image_gives_square_crop(synthetic, tmp_
 
 
 def test_export_refuses_ttd_run_checkpoint(trained):
-    import importlib.util
 
     _, cfg, _ = trained
-    tool = Path(__file__).resolve().parents[2] / "tools" / "export_clip.py"
-    spec = importlib.util.spec_from_file_location("ttd_export_clip_tool_engine2", tool)
-    export_clip = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(export_clip)
+    export_clip = load_script("tools/export_clip.py")
     with pytest.raises(ValueError, match="LoRA"):
         export_clip.export(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), os.path.join(cfg.OUTPUT_DIR, "x.pt"))

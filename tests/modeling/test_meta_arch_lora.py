@@ -154,7 +154,7 @@ def test_lora_weights_apply_without_ttd(tiny_cfg, tmp_path, mode):
     merged = build(tiny_cfg, **{"MODEL.CLIP.DENSE_MODE": mode, "MODEL.TTD.LORA.WEIGHTS": path,
                                 "MODEL.TTD.LORA.MERGE_FOR_INFERENCE": True})
     assert not list(iter_lora_modules(merged.backbone.clip)) and not [p for p in merged.parameters() if p.requires_grad]
-    (out, feats), (ref_out, ref_feats) = _outputs(merged), _outputs(with_ttd)
+    (_, feats), (_, ref_feats) = _outputs(merged), _outputs(with_ttd)
     torch.testing.assert_close(feats["dense"], ref_feats["dense"], atol=1e-5, rtol=1e-5)
 
 

@@ -1,10 +1,10 @@
 """tools/calibrate.py: runs a calibration of ttd_d2.evaluation.calibration from a config and prints
 the override; bad --dataset / --what combinations name the fix."""
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from conftest import load_script
 from ttd_d2.data.datasets.synthetic import register_synthetic_split
 from ttd_d2.data.synthetic.writer import generate
 
@@ -15,14 +15,7 @@ TINY = ["MODEL.DEVICE", "cpu", "MODEL.CLIP.ARCH", TINY_ARCH, "MODEL.CLIP.PRETRAI
         "INPUT.MIN_SIZE_TEST", "32", "DATALOADER.NUM_WORKERS", "0"]
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("ttd_calibrate_tool", ROOT / "tools" / "calibrate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-calibrate = _load_tool()
+calibrate = load_script("tools/calibrate.py")
 
 
 @pytest.fixture(scope="module")

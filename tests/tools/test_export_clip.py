@@ -1,6 +1,6 @@
 """tools/export_clip.py: ttd_d2 checkpoint -> plain open_clip checkpoint (fp16) that
 ``MODEL.CLIP.PRETRAINED`` loads back."""
-import importlib.util
+
 from pathlib import Path
 
 import pytest
@@ -8,16 +8,11 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
+from conftest import load_script
 from ttd_d2.modeling.lora import iter_lora_modules, merge_lora
 
-EXPORT_PATH = Path(__file__).resolve().parents[2] / "tools" / "export_clip.py"
-
-
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("ttd_export_clip_tool", EXPORT_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/export_clip.py")
 
 
 export_clip = _load_tool()
