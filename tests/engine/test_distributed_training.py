@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
-from conftest import make_tiny_cfg
+from conftest import make_tiny_train_cfg
 from ttd_d2.data.datasets.synthetic import register_synthetic
 from ttd_d2.data.synthetic.writer import generate
 
@@ -48,25 +48,15 @@ def free_port() -> int:
 
 
 def case_cfg(dataset, output_dir, opts):
-    cfg = make_tiny_cfg()
-    cfg.MODEL.TTD.ENABLED = True
-    cfg.DATASETS.TRAIN = (dataset,)
-    cfg.DATASETS.TEST = ()
-    cfg.INPUT.TRAIN_SIZE = 32
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
-    cfg.SOLVER.IMS_PER_BATCH = 2 * WORLD_SIZE  # global batch: 2 images per rank
-    cfg.SOLVER.MAX_ITER = ITERATIONS
-    cfg.SOLVER.CHECKPOINT_PERIOD = 1000
-    cfg.SOLVER.BASE_LR = 1e-2
-    cfg.SOLVER.WEIGHT_DECAY = 0.0  # a parameter changes only through its gradient
-    cfg.SOLVER.WARMUP_ITERS = 0
-    cfg.SOLVER.STEPS = ()
-    cfg.TEST.EVAL_PERIOD = 0
-    cfg.SEED = 0  # same initial weights on both ranks, as with a pretrained model
-    cfg.OUTPUT_DIR = str(output_dir)
-    cfg.merge_from_list([x for k, v in opts.items() for x in (k, v)])
-    return cfg
+    return make_tiny_train_cfg(dataset, output_dir, **{
+        "MODEL.TTD.ENABLED": True,
+        "SOLVER.IMS_PER_BATCH": 2 * WORLD_SIZE,  # global batch: 2 images per rank
+        "SOLVER.MAX_ITER": ITERATIONS,
+        "SOLVER.CHECKPOINT_PERIOD": 1000,
+        "SOLVER.WEIGHT_DECAY": 0.0,  # a parameter changes only through its gradient
+        "SEED": 0,  # same initial weights on both ranks, as with a pretrained model
+        **opts,
+    })
 
 
 def trainable(model):
