@@ -30,6 +30,7 @@ MODEL_CASES = [
     ("MODEL.MASKER.INIT_B", float("nan"), "MODEL.MASKER.INIT_B = nan: must be a number"),
     ("MODEL.TTD.TAG_SCORING", "s_caption", "MODEL.TTD.TAG_SCORING = 's_caption' is unknown: use one of s_image, s_text, s_pixel, image_text, nltk"),
     ("MODEL.TTD.TAG_THRESHOLD", 1.5, "MODEL.TTD.TAG_THRESHOLD = 1.5: must be in [0, 1]"),
+    ("MODEL.TTD.MAX_TAGS", 0, "MODEL.TTD.MAX_TAGS = 0: must be >= 1"),
     ("MODEL.TTD.TEACHER", "student", "MODEL.TTD.TEACHER = 'student' is unknown: use one of self, frozen, ema"),
     ("MODEL.TTD.EMA_DECAY", 1.001, "MODEL.TTD.EMA_DECAY = 1.001: must be in [0, 1]"),
     ("MODEL.TTD.EMA_DECAY", -0.5, "MODEL.TTD.EMA_DECAY = -0.5: must be in [0, 1]"),

@@ -145,6 +145,8 @@ def check_model_config(cfg) -> None:
         _choice("MODEL.TTD.TAG_SCORING", ttd.TAG_SCORING, SCORING_METHODS + ("nltk",)),
         _number("MODEL.TTD.TAG_THRESHOLD", ttd.TAG_THRESHOLD, *unit, fix=" (tag scores are probabilities)"),
         _flag("MODEL.TTD.REMOVE_STOPWORDS", ttd.REMOVE_STOPWORDS),
+        _number("MODEL.TTD.MAX_TAGS", ttd.MAX_TAGS, lambda v: v >= 1, ">= 1", integer=True,
+                fix=" (candidate tags kept per caption)"),
         _choice("MODEL.TTD.TEACHER", ttd.TEACHER, TEACHERS),
         _number("MODEL.TTD.EMA_DECAY", ttd.EMA_DECAY, *unit),
         _choice("MODEL.TTD.LOSS.DISTANCE", ttd.LOSS.DISTANCE, DISTANCES),

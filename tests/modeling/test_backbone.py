@@ -41,7 +41,7 @@ def test_pixel_mean_std_come_from_open_clip(tiny_cfg):
 
 
 def reference_dense(clip, x, mode, sigma=5.0):
-    """Dense features written from TTD_METHOD.md with explicit per-head loops."""
+    """Dense features written from docs/METHOD.md ("Dense backbones") with explicit per-head loops."""
     visual = clip.visual
     with torch.no_grad():
         tokens = visual._embeds(x)

@@ -1,4 +1,4 @@
-"""Training-free dense heads: each replaces only the last ViT block (TTD_METHOD.md, "Dense
+"""Training-free dense heads: each replaces only the last ViT block (docs/METHOD.md, "Dense
 backbones"). ``x`` is the input of the last block, q, k, v its projections of LN1(x), W_o the
 output projection. All functions take and return token tensors [B, 1 + h*w, C]."""
 import math

@@ -268,7 +268,7 @@ class TTD(TTDInference, nn.Module):
         }
 
     def distillation_losses(self, captions, tag_batch: Dict, student: Dict, caption_emb: torch.Tensor, teacher=None):
-        """L_distill and L_tag (TTD_METHOD.md, step 2) for one batch.
+        """L_distill and L_tag (docs/METHOD.md, "Self-distillation") for one batch.
 
         ``student``: {"dense": [B, D, h, w], "global"?: [B, D]}; ``caption_emb`` [B, D];
         ``teacher``: ``_teacher_views`` output, or None for the model's own (detached) views.
