@@ -1,0 +1,1 @@
+"""Utilities outside the model: FLOP analysis."""
