@@ -1,88 +1,125 @@
 #!/usr/bin/env python
-"""How well a model's dense maps localise, independent of any threshold (docs/RESULTS.md).
+"""The gate of the synthetic benchmark: can TTD improve a base model's caption masks?
+(docs/SYNTHETIC_BENCHMARK.md, "The gate"; the metrics are ttd_d2/evaluation/gate.py)
 
-    python benchmarks/dense_diagnostics.py --config-file configs/clearclip.yaml [--modes clearclip naclip] [-- KEY VALUE ...]
+    python benchmarks/dense_diagnostics.py --config-file configs/clearclip.yaml --modes clearclip naclip \\
+        [--output gate.json] [-- KEY VALUE ...]
 
-For each dense head, on the validation splits of the synthetic benchmark:
-- class accuracy with the true background given: among ground-truth object pixels of
-  ``semseg/val``, the fraction whose highest-scoring class is right (chance = 1/12);
-- tag-map AUC: for each object of ``captions/val`` named by a candidate tag, the probability
-  that a pixel of the object scores higher on the tag's map than a pixel outside it (0.5 =
-  no localisation), averaged over dominant and over secondary objects.
-- target quality: 2-class IoU, against the ground-truth caption mask, of the TTD target (the
-  union of the min-max normalised masks of the tags that s_pixel selects) and of the caption's
-  own mask (both thresholded at 0.5); TTD can only help when the target is the better one.
-Also zero-shot accuracy on training-split images whose training caption names exactly one
-class (a proxy for fitting the training data, to compare with the held-out accuracy).
+For each dense head (MODEL.CLIP.DENSE_MODE), on validation splits only:
+1. the masker bias b is calibrated on word-level segmentation of the sem-seg split (each present
+   class word's mask against its region; --calibrate captions fits the caption mask instead,
+   none keeps the config's MODEL.MASKER.INIT_B);
+2. on the caption split, with that b: the target IoU of each tag selection (s_pixel, s_pixel
+   without background words, its object words only, the ground-truth tags), with and without
+   min-max normalisation, against the caption mask's own IoU (2-class CaptionIoU, masks >=
+   MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD), the caption mask's coverage of dominant and
+   secondary objects, and the tag-map AUC of dominant and secondary objects (P(an object pixel
+   scores higher on its word's map than a pixel outside it); 0.5 = no localisation);
+3. class accuracy on the sem-seg split with the true background given (among object pixels,
+   the fraction whose best class is right; chance = 1/12);
+4. the verdict: PASS when target IoU (s_pixel, min-max) >= caption-mask IoU + 5 and coverage
+   dominant - secondary >= 20, with both margins.
+Also zero-shot accuracy on training images whose caption names exactly one class (a proxy for
+fitting the training data, to compare with held-out accuracy), for the last head.
 """
 import argparse
+import json
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
-from PIL import Image
 from tabulate import tabulate
+from tqdm import tqdm
 
-import ttd_d2
+import ttd_d2  # registers the datasets and models
 from ttd_d2.data.mappers import TestMapper
 from ttd_d2.data.synthetic.render import CLASSES
-from ttd_d2.modeling.ttd import minmax_normalize
+from ttd_d2.evaluation.calibration import calibrate_masker_bias, calibrate_word_masker_bias
+from ttd_d2.evaluation.caption_seg import caption_image_statistics, read_label_png
+from ttd_d2.evaluation.gate import (
+    GATE_BIAS_MARGIN, GATE_IOU_MARGIN, NORMALIZATIONS, SELECTIONS, names_background, object_aucs, summarize_gate,
+    tag_selections, target_counts,
+)
+from ttd_d2.modeling.meta_arch.segmentation import maps_to_image
+
+CALIBRATIONS = {"words": ("semseg", calibrate_word_masker_bias), "captions": ("captions", calibrate_masker_bias)}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default="configs/clearclip.yaml")
+    parser.add_argument("--modes", nargs="+", default=["clearclip", "naclip", "maskclip", "sclip", "vanilla"])
+    parser.add_argument("--num-images", type=int, default=100, help="first N images of each split (training: 4N)")
+    parser.add_argument("--calibrate", choices=["words", "captions", "none"], default="words",
+                        help="where the masker bias comes from (the gate is defined with words)")
+    parser.add_argument("--semseg-dataset", default="synth_semseg_val")
+    parser.add_argument("--captions-dataset", default="synth_captions_val")
+    parser.add_argument("--train-dataset", default="synth_image_text_train")
+    parser.add_argument("--output", help="also write the report as JSON to this file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...), after --")
+    return parser.parse_args(argv)
+
+
+def build_head(args, mode):
+    cfg = get_cfg()
+    ttd_d2.add_ttd_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *[o for o in args.opts if o != "--"], "MODEL.CLIP.DENSE_MODE", mode])
+    return cfg, ttd_d2.TTDTrainer.build_model(cfg).eval(), TestMapper(cfg)
+
+
+def calibrate(model, mapper, args):
+    """Sets the model's masker bias as ``--calibrate`` says; returns what it did."""
+    if args.calibrate == "none":
+        return {"calibrated_on": None, "b": float(model.masker.b)}
+    kind, calibration = CALIBRATIONS[args.calibrate]
+    name = args.semseg_dataset if kind == "semseg" else args.captions_dataset
+    records = DatasetCatalog.get(name)[: args.num_images]
+    bias, sweep = calibration(model, ([mapper(r)] for r in tqdm(records, desc=f"calibrating b on {name}", leave=False)), name)
+    model.masker.b.fill_(bias)
+    return {"calibrated_on": name, "b": bias, "best_iou": max(sweep.values())}
 
 
 def class_accuracy(model, mapper, records):
     correct = total = 0
     for record in records:
-        scores = model([mapper(record)])[0]["sem_seg"]
-        gt = np.asarray(Image.open(record["sem_seg_file_name"]))
-        pred = scores[1:].argmax(0).cpu().numpy() + 1
+        pred = model([mapper(record)])[0]["sem_seg"][1:].argmax(0).cpu().numpy() + 1
+        gt = read_label_png(record["sem_seg_file_name"])
         objects = (gt > 0) & (gt < 255)
         correct += int((pred[objects] == gt[objects]).sum())
         total += int(objects.sum())
     return 100.0 * correct / max(total, 1)
 
 
-def auc(inside: np.ndarray, outside: np.ndarray) -> float:
-    """P(a random inside value > a random outside value), ties counted half."""
-    outside = np.sort(outside)
-    below = np.searchsorted(outside, inside, side="left")
-    not_above = np.searchsorted(outside, inside, side="right")
-    return float(((below + not_above) / 2).mean() / len(outside))
+def caption_statistics(record, out, image_size, patch, threshold):
+    """One caption's statistics for ``summarize_gate``, from the model's output ``out`` for the
+    record's image resized to ``image_size`` (the mapper's) and padded to the ``patch`` grid."""
+    gt = read_label_png(record["caption_mask_file"]) > 0
+    instances = read_label_png(record["instance_mask_file"])
+    padded = tuple(n * patch for n in out["tag_masks"].shape[-2:])
+
+    def to_image(maps):  # patch grid of the padded image -> the record's pixels
+        return maps_to_image(maps, padded, tuple(image_size), gt.shape)
+
+    tags = out["tags"]
+    selections = tag_selections(tags, out["tag_scores"]["s_pixel"] >= out["tag_threshold"], record["tags"])
+    return {
+        "targets": target_counts(out["tag_masks"], selections, gt, to_image, threshold),
+        "names_background": names_background(record["caption"]),
+        "caption": caption_image_statistics(out["caption_mask"].cpu().numpy() >= threshold, gt, instances, record["objects"]),
+        "aucs": object_aucs(to_image(out["tag_masks"]), tags, instances, record["objects"]) if tags else [],
+    }
 
 
-def tag_map_auc(model, mapper, records):
-    found = {True: [], False: []}
-    for record in records:
-        out = model([mapper(record)])[0]
-        instances = np.asarray(Image.open(record["instance_mask_file"]))
-        maps = F.interpolate(out["tag_masks"][None], size=instances.shape, mode="bilinear")[0].cpu().numpy()
-        for i, obj in enumerate(record["objects"]):
-            mask = instances == i + 1
-            if obj["category"] in out["tags"] and mask.any() and not mask.all():
-                tag_map = maps[out["tags"].index(obj["category"])]
-                found[obj["dominant"]].append(auc(tag_map[mask], tag_map[~mask]))
-    return float(np.mean(found[True])), float(np.mean(found[False]))
-
-
-def two_class_iou(conf):
-    tp = np.diag(conf).astype(float)
-    return 100.0 * float(np.mean(tp / (conf.sum(0) + conf.sum(1) - tp)))
-
-
-def target_quality(model, mapper, records):
-    """(target IoU, caption-mask IoU), 2-class, in percent."""
-    target_conf, caption_conf = np.zeros((2, 2), int), np.zeros((2, 2), int)
-    for record in records:
-        out = model([mapper(record)])[0]
-        gt = np.asarray(Image.open(record["caption_mask_file"])) > 0
-        selected = out["tag_scores"]["s_pixel"] >= out["tag_threshold"]
-        union = torch.zeros(1, *out["tag_masks"].shape[-2:]) if not selected.any() else \
-            minmax_normalize(out["tag_masks"][selected]).amax(0, keepdim=True)
-        union = F.interpolate(union[None], size=gt.shape, mode="bilinear")[0, 0].cpu().numpy()
-        for conf, pred in ((target_conf, union >= 0.5), (caption_conf, out["caption_mask"].cpu().numpy() >= 0.5)):
-            conf += np.bincount(gt.ravel() * 2 + pred.ravel(), minlength=4).reshape(2, 2)
-    return two_class_iou(target_conf), two_class_iou(caption_conf)
+def caption_split_statistics(model, mapper, records, threshold, desc):
+    per_image = []
+    for record in tqdm(records, desc=desc, leave=False):
+        x = mapper(record)
+        out = model([x])[0]
+        per_image.append(caption_statistics(record, out, x["image"].shape[-2:], model.backbone.size_divisibility, threshold))
+    return per_image
 
 
 def train_zero_shot(model, mapper, records):
@@ -96,35 +133,64 @@ def train_zero_shot(model, mapper, records):
         emb = F.normalize(model.backbone(image)["global"], dim=-1)
         correct += int(CLASSES[int((emb @ class_emb.T).argmax())] == named[0])
         total += 1
-    return 100.0 * correct / max(total, 1), total
+    return {"accuracy": 100.0 * correct / max(total, 1), "num_images": total}
+
+
+def print_report(report):
+    heads = report["heads"]
+    print(tabulate([[m, h["class_accuracy"], h["tag_map_auc"]["dominant"], h["tag_map_auc"]["secondary"],
+                     h["masker"]["b"]] for m, h in heads.items()],
+                   headers=["head", "class acc. (true bg)", "tag-map AUC dominant", "AUC secondary", "masker b"],
+                   tablefmt="pipe", floatfmt=".3f"))
+    rows = [[f"target: {sel}, {norm}", *(h["target_iou"][sel][norm] for h in heads.values())]
+            for sel in SELECTIONS for norm in NORMALIZATIONS]
+    rows += [[f"target: s_pixel, minmax, {label}", *(h["target_iou_s_pixel_minmax"][k] for h in heads.values())]
+             for k, label in (("names_background", "captions naming the background"), ("others", "other captions"))]
+    rows += [["caption mask", *(h["caption_mask"]["CaptionIoU"] for h in heads.values())]]
+    rows += [[f"caption mask coverage {k}", *(h["caption_mask"][f"coverage_{k}"] for h in heads.values())]
+             for k in ("dominant", "secondary")]
+    print(f"\n2-class IoU on {report['settings']['captions_dataset']} ({report['settings']['num_images']} images):")
+    print(tabulate(rows, headers=["", *heads], tablefmt="pipe", floatfmt=".1f"))
+    zero_shot = report["train_zero_shot"]
+    print(f"\nzero-shot accuracy on {zero_shot['num_images']} training images whose caption names one class: "
+          f"{zero_shot['accuracy']:.1f}")
+    print(f"\nThe gate: target IoU (s_pixel, minmax) >= caption-mask IoU + {GATE_IOU_MARGIN:g} and coverage "
+          f"dominant - secondary >= {GATE_BIAS_MARGIN:g}, masker b calibrated on {report['settings']['calibrate']}")
+    for mode, head in heads.items():
+        g = head["gate"]
+        print(f"{mode}: {g['verdict']}  target - caption IoU {g['target_minus_caption_iou']:+.1f} (margin "
+              f"{g['iou_margin']:+.1f}), coverage dominant - secondary {g['dominant_minus_secondary']:+.1f} "
+              f"(margin {g['bias_margin']:+.1f})")
+    if report["settings"]["calibrate"] != "words":
+        print("note: the gate is defined with the masker calibrated on words (--calibrate words)")
 
 
 @torch.no_grad()
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default="configs/clearclip.yaml")
-    parser.add_argument("--modes", nargs="+", default=["clearclip", "naclip", "maskclip", "sclip", "vanilla"])
-    parser.add_argument("--num-images", type=int, default=100)
-    parser.add_argument("opts", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
-    rows = []
+def main(argv=None):
+    args = parse_args(argv)
+    for name in (args.semseg_dataset, args.captions_dataset, args.train_dataset):
+        if name not in DatasetCatalog.list():
+            raise SystemExit(f"dataset '{name}' is not registered: python tools/generate_synthetic.py --preset "
+                             "quickstart (or name another split with --semseg-dataset / --captions-dataset / --train-dataset)")
+    report = {"settings": {**{k: v for k, v in vars(args).items() if k != "output"}, "opts": [o for o in args.opts if o != "--"]},
+              "heads": {}}
     for mode in args.modes:
-        cfg = get_cfg()
-        ttd_d2.add_ttd_config(cfg)
-        cfg.merge_from_file(args.config_file)
-        opts = [o for o in args.opts if o != "--"]
-        cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.CLIP.DENSE_MODE", mode, *opts])
-        model = ttd_d2.TTDTrainer.build_model(cfg).eval()
-        mapper = TestMapper(cfg)
-        accuracy = class_accuracy(model, mapper, DatasetCatalog.get("synth_semseg_val")[: args.num_images])
-        captions = DatasetCatalog.get("synth_captions_val")[: args.num_images]
-        dominant, secondary = tag_map_auc(model, mapper, captions)
-        rows.append([mode, accuracy, dominant, secondary, *target_quality(model, mapper, captions)])
-    zero_shot, count = train_zero_shot(model, mapper, DatasetCatalog.get("synth_image_text_train")[: 4 * args.num_images])
-    print(tabulate(rows, headers=["head", "class acc. (true bg)", "tag-map AUC dominant", "AUC secondary",
-                                  "target IoU", "caption-mask IoU"],
-                   tablefmt="pipe", floatfmt=".3f"))
-    print(f"zero-shot accuracy on {count} training images whose caption names one class: {zero_shot:.1f}")
+        cfg, model, mapper = build_head(args, mode)
+        masker = calibrate(model, mapper, args)
+        threshold = cfg.MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD
+        captions = DatasetCatalog.get(args.captions_dataset)[: args.num_images]
+        per_image = caption_split_statistics(model, mapper, captions, threshold, desc=mode)
+        report["heads"][mode] = {
+            "masker": masker,
+            "class_accuracy": class_accuracy(model, mapper, DatasetCatalog.get(args.semseg_dataset)[: args.num_images]),
+            **summarize_gate(per_image),
+        }
+    report["train_zero_shot"] = train_zero_shot(model, mapper, DatasetCatalog.get(args.train_dataset)[: 4 * args.num_images])
+    print_report(report)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(report, f, indent=2, default=float)
+    return report
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ config override that applies it.
     python tools/calibrate.py --config-file configs/clearclip.yaml --what background --dataset synth_semseg_val
     # the masker bias b, on a caption split with caption masks (2-class CaptionIoU)
     python tools/calibrate.py --config-file configs/clearclip.yaml --what masker-bias --dataset synth_captions_val
+    # ... or on word-level segmentation of a sem-seg split (the gate's b: docs/SYNTHETIC_BENCHMARK.md)
+    python tools/calibrate.py --config-file configs/clearclip.yaml --what masker-bias-words --dataset synth_semseg_val
     # the tag-selection threshold of MODEL.TTD.TAG_SCORING, on a caption split with ground-truth tags (F1)
     python tools/calibrate.py --config-file configs/clearclip.yaml --what tag-threshold --dataset synth_captions_val \\
         MODEL.MASKER.INIT_B -2.2
@@ -24,12 +26,15 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from ttd_d2 import TTDTrainer, add_ttd_config  # importing ttd_d2 registers datasets and models
-from ttd_d2.evaluation.calibration import calibrate_background_threshold, calibrate_masker_bias, calibrate_tag_threshold
+from ttd_d2.evaluation.calibration import (
+    calibrate_background_threshold, calibrate_masker_bias, calibrate_tag_threshold, calibrate_word_masker_bias,
+)
 
 # --what -> (calibration, evaluator_type the split needs, config key it sets, metric of the sweep)
 CALIBRATIONS = {
     "background": (calibrate_background_threshold, "sem_seg", "MODEL.SEG_INFERENCE.BACKGROUND_THRESHOLD", "mIoU"),
     "masker-bias": (calibrate_masker_bias, "caption", "MODEL.MASKER.INIT_B", "CaptionIoU"),
+    "masker-bias-words": (calibrate_word_masker_bias, "sem_seg", "MODEL.MASKER.INIT_B", "IoU"),
     "tag-threshold": (calibrate_tag_threshold, "caption", "MODEL.TTD.TAG_THRESHOLD", "F1"),
 }
 
@@ -54,9 +59,9 @@ def check_dataset(name: str, what: str) -> None:
     if meta.get("evaluator_type", None) != needed:
         raise SystemExit(f"--what {what} needs a split of evaluator_type '{needed}', but --dataset '{name}' has "
                          f"'{meta.get('evaluator_type', None)}' (e.g. synth_{'semseg' if needed == 'sem_seg' else 'captions'}_val)")
-    if what == "background" and not hasattr(meta, "background_threshold"):
+    if what in ("background", "masker-bias-words") and not hasattr(meta, "background_threshold"):
         raise SystemExit(f"--dataset '{name}' has no background class (metadata background_threshold): "
-                         "nothing to calibrate")
+                         f"--what {what} needs one (e.g. synth_semseg_val)")
 
 
 def main(argv=None):
@@ -74,12 +79,12 @@ def main(argv=None):
     calibration, _, key, metric = CALIBRATIONS[args.what]
     value, sweep = calibration(model, tqdm(loader, desc=f"calibrating {args.what}", unit="img"), args.dataset)
     if args.sweep:
-        label = "cos threshold" if args.what == "masker-bias" else "value"
+        label = "cos threshold" if args.what.startswith("masker-bias") else "value"
         print(tabulate(sorted(sweep.items()), headers=(label, metric), tablefmt="pipe", floatfmt=".3f"))
-    # the calibrated value is the sweep's best (masker-bias: b = -w * the best cos threshold)
+    # the calibrated value is the sweep's best (masker-bias*: b = -w * the best cos threshold)
     print(f"{args.what} on {args.dataset}: {value:.3f} ({metric} {max(sweep.values()):.2f})")
     print(f"config override: {key} {value:.3f}")
-    if args.what == "masker-bias" and cfg.MODEL.TTD.LORA.WEIGHTS:
+    if args.what.startswith("masker-bias") and cfg.MODEL.TTD.LORA.WEIGHTS:
         print(f"note: {cfg.MODEL.TTD.LORA.WEIGHTS} holds its own masker, which replaces MODEL.MASKER.INIT_B")
     return 0
 

@@ -124,3 +124,49 @@ def test_calibrate_masker_bias(tmp_path):
     bias, sweep = calibrate_masker_bias(StubModel({"c": {"caption_cos": cos}}), [records], "calib_captions_test",
                                         thresholds=[0.0, 0.2, 0.28])
     assert sweep[0.2] == 100.0 and bias == pytest.approx(-10.0 * 0.2)
+
+
+# two classes; channel c of the cosines is label c + 1; 255 is ignored
+WORD_GT = np.array([[0, 1, 1, 2, 255]])
+WORD_COS = np.array([[[0.1, 0.5, 0.4, 0.2, 0.9]], [[0.0, 0.3, 0.1, 0.5, 0.0]]], dtype=np.float32)
+
+
+def test_word_mask_sweep_by_hand():
+    from ttd_d2.evaluation.calibration import word_mask_sweep
+
+    sweep = word_mask_sweep([WORD_COS], [WORD_GT], [0.25, 0.35, 0.45], ignore_label=255)
+    # 0.35 separates both classes; 0.25 adds a false positive of class 2 (summed tp 3, fp 1, tn 4:
+    # IoU (3/4 + 4/5) / 2), 0.45 a false negative of class 1 (tp 2, fn 1, tn 5: (2/3 + 5/6) / 2)
+    assert sweep == pytest.approx({0.25: 77.5, 0.35: 100.0, 0.45: 75.0})
+
+
+class WordStubModel:
+    """Sem-seg output of a real masker on fixed class cosines, after a constant background."""
+
+    def __init__(self, cos):
+        import torch
+
+        from ttd_d2.modeling import Masker
+
+        self.cos, self.masker = torch.from_numpy(cos), Masker(10.0, -2.5)
+
+    def __call__(self, inputs):
+        import torch
+
+        return [{"sem_seg": torch.cat([torch.full((1, *self.cos.shape[1:]), 0.3), self.masker(self.cos)])}
+                for _ in inputs]
+
+
+def test_calibrate_word_masker_bias_reads_the_cosines_and_restores_the_masker(tmp_path):
+    from ttd_d2.evaluation.calibration import calibrate_word_masker_bias
+
+    records = [{"file_name": "w", "sem_seg_file_name": write_png(tmp_path / "w.png", WORD_GT)}]
+    register("calib_words_test", records, stuff_classes=["background", "a", "b"], ignore_label=255,
+             background_threshold=0.3)
+    model = WordStubModel(WORD_COS)
+    bias, sweep = calibrate_word_masker_bias(model, [records], "calib_words_test", thresholds=[0.25, 0.35, 0.45])
+    assert sweep[0.35] == pytest.approx(100.0) and bias == pytest.approx(-10.0 * 0.35)
+    assert float(model.masker.w) == 10.0 and float(model.masker.b) == -2.5
+    register("calib_words_nobg", records, stuff_classes=["a", "b"], ignore_label=255)
+    with pytest.raises(ValueError, match="no background class"):
+        calibrate_word_masker_bias(model, [records], "calib_words_nobg")

@@ -27,7 +27,8 @@ def splits(tmp_path_factory):
     return "synth_captions_calibtool", "synth_semseg_calibtool"
 
 
-@pytest.mark.parametrize("what, key", [("tag-threshold", "MODEL.TTD.TAG_THRESHOLD"), ("background", "MODEL.SEG_INFERENCE.BACKGROUND_THRESHOLD")])
+@pytest.mark.parametrize("what, key", [("tag-threshold", "MODEL.TTD.TAG_THRESHOLD"), ("background", "MODEL.SEG_INFERENCE.BACKGROUND_THRESHOLD"),
+                                       ("masker-bias-words", "MODEL.MASKER.INIT_B")])
 def test_prints_the_calibrated_value_and_its_override(splits, capsys, what, key):
     dataset = splits[0] if what == "tag-threshold" else splits[1]
     argv = ["--config-file", str(ROOT / "configs" / "clearclip.yaml"), "--what", what, "--dataset", dataset, "--sweep", *TINY]

@@ -1,7 +1,8 @@
 """Calibration on a validation split: one inference pass, then the metric for every candidate
 value. Three values are calibrated: the constant background score of open-vocabulary
-segmentation (mIoU on a sem-seg split), the masker bias (CaptionIoU on a caption split) and the
-tag-selection threshold (F1 on a caption split's ground-truth tags).
+segmentation (mIoU on a sem-seg split), the masker bias (CaptionIoU on a caption split, or, for
+the word maps TTD builds its targets from, 2-class IoU of each present class word's mask on a
+sem-seg split) and the tag-selection threshold (F1 on a caption split's ground-truth tags).
 
 Each ``calibrate_*`` function iterates ``data_loader`` once and shows no progress itself: wrap
 the loader (e.g. in ``tqdm``) to see it. ``tools/calibrate.py`` runs them from a config.
@@ -101,6 +102,66 @@ def calibrate_masker_bias(
     best = max(sweep, key=sweep.get)
     bias = -float(model.masker.w) * best
     logger.info("masker bias on %s: %.3f (cos threshold %.3f, CaptionIoU %.2f)", dataset_name, bias, best, sweep[best])
+    return bias, sweep
+
+
+def word_mask_sweep(
+    cos_maps: Sequence[np.ndarray], gts: Sequence[np.ndarray], thresholds: Sequence[float], ignore_label: int
+) -> Dict[float, float]:
+    """2-class IoU (percent) of word-level segmentation for each cosine threshold ``t``.
+
+    ``cos_maps``: per image, Float[C, H, W] cosine maps of the C object classes (channel c is
+    label c + 1); ``gts``: per image, Int[H, W] labels (0 = background, ``ignore_label`` skipped).
+    For every class present in an image, its region ``cos >= t`` is compared with its
+    ground-truth region; the counts of all (image, present class) pairs are summed into one
+    {outside, inside} confusion matrix, whose ``mean_iou`` is the value."""
+    pairs = []
+    for cos, gt in zip(cos_maps, gts):
+        for label in np.unique(gt):
+            if 0 < label <= len(cos) and label != ignore_label:
+                pairs.append((cos[label - 1], np.where(gt == ignore_label, -1, gt == label)))
+    result = {}
+    for t in thresholds:
+        conf = np.zeros((2, 2), dtype=np.int64)
+        for cos, inside in pairs:
+            conf += confusion_matrix((cos >= t).astype(np.int64), inside.astype(np.int64), 2, ignore_label=-1)
+        result[float(t)] = mean_iou(conf)
+    return result
+
+
+@torch.no_grad()
+def calibrate_word_masker_bias(
+    model, data_loader, dataset_name: str, thresholds: Sequence[float] = tuple(np.arange(-0.2, 0.61, 0.02))
+) -> Tuple[float, Dict[float, float]]:
+    """Masker bias b for which the masks of class words (mask >= 0.5, i.e. cos >= -b / w) best
+    segment their classes on a sem-seg split (``word_mask_sweep``): word-level segmentation,
+    the maps TTD's targets are made of, where ``calibrate_masker_bias`` fits the caption's mask.
+    Returns (b, {cos threshold: 2-class IoU})."""
+    from detectron2.data.detection_utils import read_image
+
+    meta = MetadataCatalog.get(dataset_name)
+    if not hasattr(meta, "background_threshold"):
+        raise ValueError(f"'{dataset_name}' has no background class (metadata background_threshold): calibrate the "
+                         "word masker bias on a sem-seg split whose class 0 is background, e.g. synth_semseg_val")
+    gt_files = {r["file_name"]: r["sem_seg_file_name"] for r in DatasetCatalog.get(dataset_name)}
+    saved = model.masker.w.clone(), model.masker.b.clone()
+    model.masker.w.fill_(1.0)  # masker = sigmoid(cos): the class scores give back the cosines
+    model.masker.b.fill_(0.0)
+    cos_maps, gts = [], []
+    try:
+        for inputs in data_loader:
+            for x, out in zip(inputs, model(inputs)):
+                # channel 0 is the constant background; averaging over sliding windows or flips
+                # (if set) averages sigmoid(cos), so the cosines are then approximate
+                cos_maps.append(to_numpy(torch.logit(out["sem_seg"][1:].float())))
+                gts.append(np.asarray(read_image(gt_files[x["file_name"]])).astype(np.int64))
+    finally:
+        model.masker.w.copy_(saved[0])
+        model.masker.b.copy_(saved[1])
+    sweep = word_mask_sweep(cos_maps, gts, thresholds, meta.ignore_label)
+    best = max(sweep, key=sweep.get)
+    bias = -float(model.masker.w) * best
+    logger.info("word masker bias on %s: %.3f (cos threshold %.3f, IoU %.2f)", dataset_name, bias, best, sweep[best])
     return bias, sweep
 
 

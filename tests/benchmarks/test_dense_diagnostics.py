@@ -1,0 +1,69 @@
+"""benchmarks/dense_diagnostics.py (the gate): end to end on tiny generated splits with the tiny
+random CLIP, and the mapping of tag masks from the padded patch grid to the image."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import load_script
+from ttd_d2.data.datasets.synthetic import register_synthetic_split
+from ttd_d2.data.synthetic.writer import generate
+from ttd_d2.evaluation.gate import NORMALIZATIONS, SELECTIONS
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["MODEL.CLIP.ARCH", str(ROOT / "tests" / "fixtures" / "tiny_clip.json"), "MODEL.CLIP.PRETRAINED", "",
+        "INPUT.MIN_SIZE_TEST", "32", "DATALOADER.NUM_WORKERS", "0"]
+
+diagnostics = load_script("benchmarks/dense_diagnostics.py")
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    for layout, n in (("captions", 3), ("semseg", 2), ("image_text", 4)):
+        generate(root, layout, "gatetool", n, seed=7, image_size=32)
+        register_synthetic_split(root, layout, "gatetool")
+    return ["--semseg-dataset", "synth_semseg_gatetool", "--captions-dataset", "synth_captions_gatetool",
+            "--train-dataset", "synth_image_text_gatetool"]
+
+
+def test_cli_reports_the_gate_per_head(splits, tmp_path, capsys):
+    out = tmp_path / "gate.json"
+    torch.manual_seed(0)
+    report = diagnostics.main(["--config-file", str(ROOT / "configs" / "clearclip.yaml"), "--modes", "clearclip", "naclip",
+                               "--num-images", "3", *splits, "--output", str(out), "--", *TINY])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert set(report["heads"]) == {"clearclip", "naclip"}
+    printed = capsys.readouterr().out
+    for mode, head in report["heads"].items():
+        assert head["masker"]["calibrated_on"] == "synth_semseg_gatetool"
+        assert set(head["target_iou"]) == set(SELECTIONS)
+        assert all(set(v) == set(NORMALIZATIONS) for v in head["target_iou"].values())
+        gate = head["gate"]
+        assert gate["target_minus_caption_iou"] == pytest.approx(
+            head["target_iou"]["s_pixel"]["minmax"] - head["caption_mask"]["CaptionIoU"])
+        assert gate["verdict"] in ("PASS", "FAIL") and f"{mode}: {gate['verdict']}" in printed
+        assert 0.0 <= head["class_accuracy"] <= 100.0 and head["num_captions"] == 3
+    assert report["settings"]["opts"] == TINY
+
+
+def test_tag_masks_are_mapped_from_the_padded_grid(tmp_path):
+    """A 12 x 12 image is padded to 16 x 16 for patch 8: a tag mask on the left column of its 2 x 2
+    grid is the image's left 8 columns (stretching the grid over 12 pixels gave 6)."""
+    caption_gt = np.zeros((12, 12), np.uint8)
+    caption_gt[:, :8] = 1
+    Image.fromarray(caption_gt).save(tmp_path / "caption.png")
+    Image.fromarray(caption_gt).save(tmp_path / "instances.png")  # one object, the caption region
+    record = {"caption_mask_file": str(tmp_path / "caption.png"), "instance_mask_file": str(tmp_path / "instances.png"),
+              "caption": "a photo of a circle", "tags": ["circle"],
+              "objects": [{"category": "circle", "category_id": 0, "dominant": True}]}
+    out = {"tags": ["photo", "circle"], "tag_scores": {"s_pixel": torch.tensor([0.2, 0.9])}, "tag_threshold": 0.5,
+           "tag_masks": torch.tensor([[[0.1, 0.1], [0.1, 0.1]], [[0.9, 0.1], [0.9, 0.1]]]),
+           "caption_mask": torch.from_numpy(caption_gt.astype(np.float32))}
+    stats = diagnostics.caption_statistics(record, out, (12, 12), patch=8, threshold=0.5)
+    assert stats["targets"]["gt_tags/none"] == (96, 0, 0, 48)  # exactly the 8 x 12 caption region
+    assert stats["targets"]["s_pixel/minmax"] == (96, 0, 0, 48)
+    assert stats["aucs"] == [(True, 1.0)] and not stats["names_background"]
