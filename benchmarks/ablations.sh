@@ -20,3 +20,4 @@ run tags_s_image MODEL.TTD.TAG_SCORING s_image
 run tags_nltk MODEL.TTD.TAG_SCORING nltk
 run teacher_self MODEL.TTD.TEACHER self
 run teacher_ema MODEL.TTD.TEACHER ema
+run target_norm_none MODEL.TTD.TARGET_NORM none

@@ -21,7 +21,7 @@ COLUMNS = (
     ("sem-seg mIoU", ("sem_seg", "mIoU")),
     ("zero-shot", ("zero_shot", "accuracy")),
 )
-ROWS = ("both", "distill_only", "tag_only", "tags_s_image", "tags_nltk", "teacher_self", "teacher_ema")
+ROWS = ("both", "distill_only", "tag_only", "tags_s_image", "tags_nltk", "teacher_self", "teacher_ema", "target_norm_none")
 
 
 def main(root="output/ablations"):

@@ -34,6 +34,7 @@ MODEL_CASES = [
     ("MODEL.TTD.TEACHER", "student", "MODEL.TTD.TEACHER = 'student' is unknown: use one of self, frozen, ema"),
     ("MODEL.TTD.EMA_DECAY", 1.001, "MODEL.TTD.EMA_DECAY = 1.001: must be in [0, 1]"),
     ("MODEL.TTD.EMA_DECAY", -0.5, "MODEL.TTD.EMA_DECAY = -0.5: must be in [0, 1]"),
+    ("MODEL.TTD.TARGET_NORM", "softmax", "MODEL.TTD.TARGET_NORM = 'softmax' is unknown: use one of minmax, none"),
     ("MODEL.TTD.LOSS.DISTANCE", "l2", "MODEL.TTD.LOSS.DISTANCE = 'l2' is unknown: use one of l1, mse, bce"),
     ("MODEL.TTD.LOSS.DISTILL_WEIGHT", -1.0, "MODEL.TTD.LOSS.DISTILL_WEIGHT = -1.0: must be >= 0"),
     ("MODEL.TTD.LOSS.TAG_WEIGHT", -0.5, "MODEL.TTD.LOSS.TAG_WEIGHT = -0.5: must be >= 0"),

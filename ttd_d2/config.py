@@ -53,6 +53,9 @@ def add_ttd_config(cfg):
     cfg.MODEL.TTD.TEACHER = "frozen"
     # EMA decay of the "ema" teacher, an EMA of each adapted weight's delta s*B*A.
     cfg.MODEL.TTD.EMA_DECAY = 0.999
+    # How a selected tag's mask (from the teacher) becomes its distillation target: minmax
+    # (the paper's spatial min-max normalisation) | none (the masker probabilities as they are).
+    cfg.MODEL.TTD.TARGET_NORM = "minmax"
     cfg.MODEL.TTD.LOSS = CN()
     # Distance between masks: l1 | mse | bce.
     cfg.MODEL.TTD.LOSS.DISTANCE = "l1"

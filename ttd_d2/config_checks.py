@@ -26,7 +26,7 @@ from .modeling.backbone.clip_loading import vision_config
 from .modeling.backbone.dense_heads import DENSE_MODES
 from .modeling.lora import VALID_TARGETS, VALID_TOWERS
 from .modeling.meta_arch.ttd import TEACHERS
-from .modeling.ttd.losses import DISTANCES
+from .modeling.ttd.losses import DISTANCES, TARGET_NORMS
 from .modeling.ttd.scoring import SCORING_METHODS
 
 __all__ = ["OPTIMIZERS", "check_model_config", "check_trainable", "check_training_config"]
@@ -149,6 +149,7 @@ def check_model_config(cfg) -> None:
                 fix=" (candidate tags kept per caption)"),
         _choice("MODEL.TTD.TEACHER", ttd.TEACHER, TEACHERS),
         _number("MODEL.TTD.EMA_DECAY", ttd.EMA_DECAY, *unit),
+        _choice("MODEL.TTD.TARGET_NORM", ttd.TARGET_NORM, TARGET_NORMS),
         _choice("MODEL.TTD.LOSS.DISTANCE", ttd.LOSS.DISTANCE, DISTANCES),
         _number("MODEL.TTD.LOSS.DISTILL_WEIGHT", ttd.LOSS.DISTILL_WEIGHT, *non_negative),
         _number("MODEL.TTD.LOSS.TAG_WEIGHT", ttd.LOSS.TAG_WEIGHT, *non_negative),

@@ -17,6 +17,7 @@ from ttd_d2.engine.hooks import lora_checkpoint
 from ttd_d2.modeling.lora import LoRALinear, iter_lora_modules, lora_deltas, lora_disabled, lora_parameters, lora_state_dict
 from ttd_d2.modeling.meta_arch import ttd as ttd_module
 from ttd_d2.modeling.meta_arch.segmentation import max_over_synonyms, sliding_windows, slide_inference
+from ttd_d2.modeling.ttd.losses import minmax_normalize
 from ttd_d2.modeling.ttd.scoring import cosine_maps
 from ttd_d2.modeling.ttd.tags import caption_to_tags
 
@@ -427,6 +428,25 @@ def test_targets_are_detached_and_lora_gets_gradients(tiny_cfg, monkeypatch, tea
     assert not missing
     assert any(m.lora_B.grad.abs().sum() > 0 for _, m in iter_lora_modules(model.backbone.clip))
     assert model.masker.w.grad is not None and model.masker.b.grad is not None
+
+
+@pytest.mark.parametrize("norm", ["minmax", "none"])
+def test_target_norm_reaches_the_targets(tiny_cfg, monkeypatch, norm):
+    seen = {}
+    original = ttd_module.distillation_targets
+
+    def spy(tag_masks, selected, target_norm="minmax"):
+        targets, union = original(tag_masks, selected, target_norm)
+        seen.update(norm=target_norm, masks=tag_masks.detach(), selected=selected, targets=targets)
+        return targets, union
+
+    monkeypatch.setattr(ttd_module, "distillation_targets", spy)
+    model = build(tiny_cfg, train=True, **ttd_opts(**{"MODEL.TTD.TARGET_NORM": norm, "MODEL.TTD.TAG_THRESHOLD": 0.0}))
+    model(caption_batch(["a red circle and a blue square", "a green triangle on grass"]))
+    assert seen["norm"] == norm and seen["selected"].any()
+    expected = minmax_normalize(seen["masks"]) if norm == "minmax" else seen["masks"]
+    chosen = seen["selected"]
+    assert torch.allclose(seen["targets"][chosen], expected[chosen])
 
 
 @pytest.mark.parametrize("scoring", ["s_pixel", "image_text"])

@@ -59,6 +59,17 @@ def test_distillation_targets_selected_rejected_invalid_and_union():
     assert torch.equal(union[1], torch.zeros(2, 2))
 
 
+def test_distillation_targets_without_normalisation_keep_the_masks():
+    tag_masks = torch.tensor([[[[0.2, 0.6], [0.4, 1.0]], [[0.9, 0.1], [0.5, 0.3]], [[0.1, 0.3], [0.2, 0.5]]]])
+    selected = torch.tensor([[True, False, True]])
+    targets, union = distillation_targets(tag_masks, selected, norm="none")
+    assert torch.equal(targets[0, 0], tag_masks[0, 0]) and torch.equal(targets[0, 1], torch.zeros(2, 2))
+    assert torch.equal(targets[0, 2], tag_masks[0, 2])
+    assert torch.allclose(union[0], torch.tensor([[0.2, 0.6], [0.4, 1.0]]))  # max of masks 0 and 2
+    with pytest.raises(ValueError, match="target normalisation"):
+        distillation_targets(tag_masks, selected, norm="softmax")
+
+
 def test_distillation_targets_union_is_pixelwise_max():
     generator = torch.Generator().manual_seed(0)
     tag_masks = torch.rand(3, 4, 5, 6, generator=generator)

@@ -52,6 +52,7 @@ class TTD(TTDInference, nn.Module):
         teacher: str = "frozen",
         ema_decay: float = 0.999,
         loss_distance: str = "l1",
+        target_norm: str = "minmax",
         distill_weight: float = 1.0,
         tag_weight: float = 1.0,
         contrastive_weight: float = 0.0,
@@ -74,6 +75,7 @@ class TTD(TTDInference, nn.Module):
             teacher: self | frozen | ema: the model the targets come from.
             ema_decay: decay of the EMA teacher's adapted weights.
             loss_distance: l1 | mse | bce.
+            target_norm: minmax | none: how a selected tag's teacher mask becomes its target.
             distill_weight, tag_weight: weights of L_distill and L_tag.
             contrastive_weight: weight of CLIP's contrastive loss.
             lora: dict(rank, alpha, targets, towers, image_layers, weights, merge, arch) of
@@ -100,6 +102,7 @@ class TTD(TTDInference, nn.Module):
         self.teacher = teacher
         self.ema_decay = ema_decay
         self.loss_distance = loss_distance
+        self.target_norm = target_norm
         self.distill_weight = distill_weight
         self.tag_weight = tag_weight
         self.contrastive_weight = contrastive_weight
@@ -139,6 +142,7 @@ class TTD(TTDInference, nn.Module):
             "teacher": ttd.TEACHER,
             "ema_decay": ttd.EMA_DECAY,
             "loss_distance": ttd.LOSS.DISTANCE,
+            "target_norm": ttd.TARGET_NORM,
             "distill_weight": ttd.LOSS.DISTILL_WEIGHT,
             "tag_weight": ttd.LOSS.TAG_WEIGHT,
             "contrastive_weight": cfg.MODEL.CLIP.CONTRASTIVE_WEIGHT,
@@ -295,7 +299,7 @@ class TTD(TTDInference, nn.Module):
                     teacher["global"], teacher["caption"], teacher["tag_cos"],
                 )
                 selected = select_tags(scores, valid, self.tag_threshold)
-            targets, union = distillation_targets(self.masker(teacher["tag_cos"]), selected)
+            targets, union = distillation_targets(self.masker(teacher["tag_cos"]), selected, self.target_norm)
         losses = ttd_losses(caption_mask, tag_masks, targets, union, valid, self.loss_distance)
         self._record_statistics(valid, selected, scores, caption_mask.detach(), union)
         return {"loss_distill": self.distill_weight * losses["loss_distill"], "loss_tag": self.tag_weight * losses["loss_tag"]}

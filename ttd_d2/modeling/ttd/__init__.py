@@ -1,5 +1,5 @@
 """TTD (Text-Tag Self-Distillation): tags, tag scores, distillation targets and losses."""
-from .losses import DISTANCES, distillation_targets, mask_distance, masker, minmax_normalize, ttd_losses
+from .losses import DISTANCES, TARGET_NORMS, distillation_targets, mask_distance, masker, minmax_normalize, ttd_losses
 from .scoring import (
     SCORING_METHODS,
     combined_image_text_scores,
@@ -27,6 +27,7 @@ __all__ = [
     "caption_to_tags",
     "combined_image_text_scores",
     "cosine_maps",
+    "TARGET_NORMS",
     "distillation_targets",
     "image_tag_scores",
     "mask_distance",

@@ -16,6 +16,7 @@ import torch
 
 __all__ = [
     "DISTANCES",
+    "TARGET_NORMS",
     "masker",
     "minmax_normalize",
     "distillation_targets",
@@ -24,6 +25,9 @@ __all__ = [
 ]
 
 DISTANCES = ("l1", "mse", "bce")
+# How a selected tag's mask becomes its target: "minmax" (the paper's, spatial min-max
+# normalisation) | "none" (the teacher's masker probabilities as they are).
+TARGET_NORMS = ("minmax", "none")
 
 Scalar = Union[float, torch.Tensor]
 
@@ -46,7 +50,7 @@ def minmax_normalize(maps: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 @torch.no_grad()
 def distillation_targets(
-    tag_masks: torch.Tensor, selected: torch.Tensor
+    tag_masks: torch.Tensor, selected: torch.Tensor, norm: str = "minmax"
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Self-distillation targets (stop-gradient).
 
@@ -54,13 +58,18 @@ def distillation_targets(
         tag_masks: [B, K, h, w] tag masks M_k.
         selected: BoolTensor[B, K], selected tags (must be False for padding, as ``select_tags``
             gives).
+        norm: one of :data:`TARGET_NORMS`: ``minmax`` (the paper's T_k = minmax(M_k)) or
+            ``none`` (T_k = M_k).
     Returns:
-        targets: [B, K, h, w], minmax(M_k) for selected tags, 0 otherwise (T_k).
+        targets: [B, K, h, w], norm(M_k) for selected tags, 0 otherwise (T_k).
         union: [B, h, w], pixel-wise max_k T_k (0 where no tag is selected) (U).
     Both are detached.
     """
+    if norm not in TARGET_NORMS:
+        raise ValueError(f"unknown target normalisation {norm!r}; expected one of {TARGET_NORMS}")
     tag_masks = tag_masks.detach()
-    targets = minmax_normalize(tag_masks) * selected[:, :, None, None].to(tag_masks.dtype)
+    normalised = minmax_normalize(tag_masks) if norm == "minmax" else tag_masks
+    targets = normalised * selected[:, :, None, None].to(tag_masks.dtype)
     if targets.shape[1] == 0:
         union = targets.new_zeros(targets.shape[0], *targets.shape[2:])
     else:
