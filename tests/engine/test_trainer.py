@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import numpy as np
+import open_clip
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluators
@@ -15,6 +16,7 @@ from ttd_d2.data.datasets.synthetic import register_synthetic
 from ttd_d2.data import mappers
 from ttd_d2.data.synthetic.writer import generate
 from ttd_d2.engine import TTDTrainer
+from ttd_d2.modeling.backbone.clip_loading import resolve_arch
 from ttd_d2.evaluation import CaptionSegEvaluator
 from ttd_d2.modeling.lora import lora_state_dict
 
@@ -160,9 +162,13 @@ def test_train_loader_batches(synthetic, tmp_path):
     cfg = train_cfg(synthetic, tmp_path)
     batch = next(iter(TTDTrainer.build_train_loader(cfg)))
     assert len(batch) == 4
+    tokenizer = open_clip.get_tokenizer(resolve_arch(cfg.MODEL.CLIP.ARCH))
     for x in batch:
         assert x["image"].shape == (3, 32, 32) and x["image"].dtype == np.uint8
         assert isinstance(x["caption"], str) and x["caption"]
+        # tokenised in the loader workers, as the model's tokenizer does it
+        assert x["caption_tokens"].dtype == np.int64
+        assert np.array_equal(x["caption_tokens"], tokenizer([x["caption"]])[0].numpy())
 
 
 def test_caption_train_mapper_skips_unreadable_image(synthetic, tmp_path):

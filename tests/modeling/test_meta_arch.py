@@ -2,6 +2,7 @@
 inference (docs/INTERFACES.md), tag scoring, TTD / contrastive training, teachers, stop-gradient,
 LoRA-only checkpoints."""
 import copy
+from unittest import mock
 import uuid
 
 import cv2
@@ -722,3 +723,29 @@ def test_ema_teacher_survives_checkpoint(tiny_cfg):
     restored.load_state_dict(model.state_dict())
     assert set(restored.ema_state) == set(model.ema_state)
     assert all(torch.equal(restored.ema_state[k], v) for k, v in model.ema_state.items())
+
+
+@pytest.mark.parametrize("ttd", [False, True])
+def test_loader_tokens_give_the_same_losses_as_captions(tiny_cfg, ttd):
+    """The training loader tokenises captions in its workers ("caption_tokens"); the model's
+    losses from them equal its losses from the caption strings."""
+    opts = {"MODEL.CLIP.CONTRASTIVE_WEIGHT": 1.0, **(ttd_opts() if ttd else {})}
+    model = build(tiny_cfg, train=True, **opts)
+    batch = caption_batch(["a red circle and a blue square", "a green star", "two circles near a square"])
+    tokens = model.backbone.tokenizer([x["caption"] for x in batch]).numpy()
+    tokenised = [dict(x, caption_tokens=t) for x, t in zip(batch, tokens)]
+    with mock.patch.object(model.backbone, "encode_text", wraps=model.backbone.encode_text) as encode_text:
+        torch.manual_seed(1)
+        from_tokens = model(tokenised)
+        assert all(call.args[0] != [x["caption"] for x in batch] for call in encode_text.call_args_list)
+    torch.manual_seed(1)
+    from_text = model(batch)
+    assert from_tokens.keys() == from_text.keys()
+    for name in from_text:
+        assert torch.allclose(from_tokens[name], from_text[name], atol=1e-6), name
+
+
+def test_encode_token_ids_matches_encode_text(tiny_cfg):
+    backbone = build(tiny_cfg).backbone
+    texts = ["a red circle", "x", "a photo of a star near a moon and an arrow"]
+    assert torch.allclose(backbone.encode_token_ids(backbone.tokenizer(texts)), backbone.encode_text(texts), atol=1e-6)

@@ -185,22 +185,27 @@ class CLIPDense(Backbone):
 
     def encode_text(self, texts: List[str], use_templates: bool = False, chunk_size: int = 4096) -> torch.Tensor:
         """L2-normalised text embeddings [N, D]; with ``use_templates`` each text is put through
-        every prompt template and the normalised embeddings are averaged (then renormalised).
-
-        Token batches are padded to a multiple of 32 rows and 8 positions, so that batches of
-        varying tag counts reuse a few kernel shapes (attention backends plan per shape)."""
+        every prompt template and the normalised embeddings are averaged (then renormalised)."""
         templates = self.prompt_templates if use_templates else ["{}"]
         prompts = [t.format(text) for text in texts for t in templates]
         if not prompts:
             return torch.zeros(0, self.embed_dim, device=self.clip.logit_scale.device)
-        tokens = self.tokenizer(prompts)  # on CPU: the context length is read without a sync
-        n_ctx = min(round_up(shortest_context(tokens), 8), tokens.shape[1])
-        rows = min(round_up(len(prompts), 32), max(len(prompts), chunk_size))
-        tokens = F.pad(tokens[:, :n_ctx], (0, 0, 0, rows - len(prompts)))
-        tokens = tokens.to(self.clip.logit_scale.device, non_blocking=True)
-        with self.autocast(tokens.device):
-            chunks = [encode_tokens(self.clip, tokens[i : i + chunk_size], n_ctx) for i in range(0, len(tokens), chunk_size)]
-        emb = F.normalize(torch.cat(chunks)[: len(prompts)].float(), dim=-1)
+        emb = self.encode_token_ids(self.tokenizer(prompts), chunk_size)  # tokenised on CPU
         emb = emb.view(len(texts), len(templates), -1).mean(1)
         return F.normalize(emb, dim=-1)
 
+    def encode_token_ids(self, tokens: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+        """L2-normalised embeddings [N, D] of token ids [N, L] from ``self.tokenizer`` (on CPU:
+        the context length is read without a device sync; the training loader's workers
+        tokenise captions this way, off the main process).
+
+        Token batches are padded to a multiple of 32 rows and 8 positions, so that batches of
+        varying tag counts reuse a few kernel shapes (attention backends plan per shape)."""
+        num = tokens.shape[0]
+        n_ctx = min(round_up(shortest_context(tokens), 8), tokens.shape[1])
+        rows = min(round_up(num, 32), max(num, chunk_size))
+        tokens = F.pad(tokens[:, :n_ctx], (0, 0, 0, rows - num))
+        tokens = tokens.to(self.clip.logit_scale.device, non_blocking=True)
+        with self.autocast(tokens.device):
+            chunks = [encode_tokens(self.clip, tokens[i : i + chunk_size], n_ctx) for i in range(0, len(tokens), chunk_size)]
+        return F.normalize(torch.cat(chunks)[:num].float(), dim=-1)

@@ -3,6 +3,7 @@ import logging
 import math
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
@@ -204,8 +205,15 @@ class TTD(TTDInference, nn.Module):
             student = self.backbone.forward_head(
                 tokens, grid, shared, with_global=need_global, with_dense=self.ttd_enabled, global_grad=self._global_grad
             )
-            caption_emb = self.backbone.encode_text(captions)
+            caption_emb = self._encode_captions(batched_inputs)
             return self._losses(captions, tag_batch, student, caption_emb, teacher)
+
+    def _encode_captions(self, batched_inputs: Sequence[Dict]) -> torch.Tensor:
+        """Caption embeddings [B, D], from the loader's "caption_tokens" when every input has them."""
+        if all("caption_tokens" in x for x in batched_inputs):
+            tokens = torch.as_tensor(np.stack([x["caption_tokens"] for x in batched_inputs]))
+            return self.backbone.encode_token_ids(tokens)
+        return self.backbone.encode_text([x["caption"] for x in batched_inputs])
 
     def _losses(self, captions, tag_batch, student, caption_emb, teacher) -> Dict[str, torch.Tensor]:
         losses = {}
