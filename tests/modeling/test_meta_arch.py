@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.modeling import build_model
 from torch.nn.utils import parametrize
 
+from conftest import build
 from ttd_d2.engine.hooks import lora_checkpoint
 from ttd_d2.modeling.lora import LoRALinear, iter_lora_modules, lora_deltas, lora_disabled, lora_parameters, lora_state_dict
 from ttd_d2.modeling.meta_arch import ttd_distillation
@@ -26,14 +26,6 @@ INTERFACE_KEYS = {"caption_mask", "tags", "tag_scores", "tag_threshold", "tag_ca
 
 
 # ---------------------------------------------------------------------------------- helpers
-def build(cfg, seed=0, train=False, **opts):
-    """A TTD model from ``cfg`` (cloned, ``opts`` = dotted keys -> values), base weights from ``seed``."""
-    cfg = cfg.clone()
-    cfg.merge_from_list([x for k, v in opts.items() for x in (k, v)])
-    torch.manual_seed(seed)
-    return build_model(cfg).train(train)
-
-
 def ttd_opts(**extra):
     return {"MODEL.TTD.ENABLED": True, **extra}
 
