@@ -19,6 +19,7 @@ setup(
         "fvcore",
         "pycocotools",
         "nltk>=3.8",
+        "joblib",  # the evaluation cache (ttd_d2/evaluation/result_cache.py); nltk needs it too
         "opencv-python-headless",
         "tabulate",
         "tqdm",

@@ -2,7 +2,9 @@
 # TTD ablations on the synthetic benchmark (CPU, ~3 min per row): the paper's Table 5 rows
 # (losses, tag selection) and the teacher choice. Each row is one quickstart run with one
 # training override; results land in output/ablations/<row>/quickstart_results.json and
-# benchmarks/collect_ablations.py prints the table of docs/RESULTS.md.
+# benchmarks/collect_ablations.py prints the table of docs/RESULTS.md. The base model ("before")
+# is evaluated by the first row only: the others read it from output/ablations/base_cache
+# (quickstart --base-cache; re-evaluated whenever base model, config, splits or calibration change).
 #   bash benchmarks/ablations.sh [extra quickstart args, e.g. --test-splits test test101 test102]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +12,8 @@ PY=${PYTHON:-.venv/bin/python}
 run() {
   local name=$1; shift
   [ -f "output/ablations/$name/quickstart_results.json" ] && return 0
-  "$PY" tools/quickstart.py --output-dir "output/ablations/$name" "${EXTRA[@]}" -- "$@"
+  "$PY" tools/quickstart.py --output-dir "output/ablations/$name" --base-cache output/ablations/base_cache \
+    "${EXTRA[@]}" -- "$@"
 }
 EXTRA=("$@")
 run both

@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny random open_clip model built through the real config path, tiny
-training configs, and scripts of tools/ and benchmarks/ imported as modules."""
+"""Shared fixtures: a tiny random open_clip model built through the real config path (``build``),
+tiny training configs, and scripts of tools/ and benchmarks/ imported as modules."""
 import importlib.util
 import os
 from pathlib import Path
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.modeling import build_model
 
 from ttd_d2 import add_ttd_config
 
@@ -46,6 +47,16 @@ def make_tiny_train_cfg(train_dataset, output_dir, test_datasets=(), **opts):
     cfg.OUTPUT_DIR = str(output_dir)
     cfg.merge_from_list([x for k, v in opts.items() for x in (k, v)])
     return cfg
+
+
+def build(cfg, seed=0, train=False, **opts):
+    """A model from ``cfg`` (cloned; ``opts`` = dotted keys -> values, e.g.
+    ``**{"MODEL.TTD.ENABLED": True}``), its random base weights from ``seed``, in training mode
+    when ``train`` (else eval mode)."""
+    cfg = cfg.clone()
+    cfg.merge_from_list([x for k, v in opts.items() for x in (k, v)])
+    torch.manual_seed(seed)
+    return build_model(cfg).train(train)
 
 
 def load_script(relative_path: str):

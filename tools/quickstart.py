@@ -16,6 +16,8 @@ console shows one progress bar per stage and the table; detectron2's log (traini
 goes to ``<output-dir>/log.txt``. What it measures: docs/SYNTHETIC_BENCHMARK.md.
 ``--test-splits test test101 test102`` evaluates several held-out generator seeds (and their mean);
 training overrides follow a ``--``: ``--test-splits test test101 -- MODEL.TTD.TEACHER ema``.
+``--base-cache DIR`` evaluates the base model (step 3) once and reuses it while base model,
+config, splits and calibration stay the same (benchmarks/ablations.sh: one base, many rows).
 """
 import argparse
 import collections
@@ -37,10 +39,12 @@ with warnings.catch_warnings(record=True) as IMPORT_WARNINGS:
     from detectron2.utils.env import seed_all_rng
     from tqdm import tqdm
 
+    import ttd_d2
     from ttd_d2 import TTDTrainer, add_ttd_config  # importing ttd_d2 registers datasets and models
     from ttd_d2.data.datasets.builtin import synthetic_root
-    from ttd_d2.data.synthetic.writer import generate, is_complete, quickstart_splits
+    from ttd_d2.data.synthetic.writer import generate, is_complete, quickstart_splits, read_meta, split_dir
     from ttd_d2.evaluation.calibration import calibrate_background_threshold, calibrate_masker_bias, calibrate_tag_threshold
+    from ttd_d2.evaluation.result_cache import cached_call, evaluation_key
     from ttd_d2.evaluation.summary import before_after_table, mean_summary, summarize
     from ttd_d2.evaluation.tag_selection import BINARY_METHODS
 
@@ -135,6 +139,26 @@ def evaluate(model, cfg, test_splits, output_dir: Path, desc: str):
     return summaries
 
 
+def evaluate_before(model, cfg, test_splits, output_dir: Path, calibration, cache_dir: str = ""):
+    """``evaluate`` of the calibrated base model. With ``cache_dir`` (``--base-cache``), once per
+    key: the resolved config, the files it names, the splits' meta.json, ``calibration`` (what
+    was set on the model) and the code (``ttd_d2.evaluation.result_cache``); then read back."""
+    def run():
+        return evaluate(model, cfg, test_splits, output_dir / "before", "evaluation before TTD")
+
+    if not cache_dir:
+        return run()
+    root = synthetic_root()
+    splits = [("semseg", "val")] + [(layout, s) for s in test_splits for layout in ("semseg", "captions")]
+    datasets = {f"{layout}/{split}": read_meta(split_dir(root, layout, split)) for layout, split in splits}
+    key = evaluation_key(cfg, datasets, calibration, code=[Path(ttd_d2.__file__).parent, Path(__file__)])
+    before, hit = cached_call(cache_dir, key, run)
+    if hit:
+        logger.info("evaluation before TTD: same base model, config, splits and calibration; reused from %s", cache_dir)
+        print(f"evaluation before TTD: reused from {cache_dir} (same base model, config, splits and calibration)")
+    return before
+
+
 def train_ttd(config_file: str, output_dir: Path, opts, max_iter: int, log_path: Path) -> Path:
     """Run tools/train_net.py (the users' entry point, seeded by its ``default_setup``) with its
     output appended to ``log_path``; a progress bar follows its iteration lines. Returns the
@@ -173,6 +197,8 @@ def parse_args(argv=None):
     parser.add_argument("--train-images", type=int, default=20000, help="size of image_text/train when generated")
     parser.add_argument("--val-images", type=int, default=200, help="size of each val split when generated")
     parser.add_argument("--test-images", type=int, default=300, help="size of each test split when generated")
+    parser.add_argument("--base-cache", default="", help="folder caching the base model's evaluation "
+                        "(benchmarks/ablations.sh); reused while model, config, splits and calibration match")
     parser.add_argument("--skip-training", action="store_true", help="reuse <output-dir>/ttd/model_lora_final.pth")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...) for training")
     args = parser.parse_args(argv)
@@ -210,7 +236,7 @@ def main(argv=None):
     if tag is not None:
         threshold, sweep = tag
         calibration.update(tag_threshold_calibrated=threshold, tag_threshold_f1=sweep[threshold], tag_threshold_sweep=sweep)
-    before = evaluate(base_model, base_cfg, args.test_splits, output_dir / "before", "evaluation before TTD")
+    before = evaluate_before(base_model, base_cfg, args.test_splits, output_dir, {"masker_bias": bias}, args.base_cache)
     lora = output_dir / "ttd" / "model_lora_final.pth"
     if not args.skip_training:
         # DATASETS.TEST (): the quickstart evaluates the result itself, calibrated, below

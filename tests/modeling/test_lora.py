@@ -23,7 +23,6 @@ from ttd_d2.modeling.lora import (
     lora_ema_update,
     lora_parameters,
     lora_state_dict,
-    lora_swapped,
     merge_lora,
 )
 
@@ -314,28 +313,6 @@ def test_deltas_match_merge(pair, inputs):
     adapted = _outputs(model, inputs)
     with lora_delta_override(model, deltas):  # W + (s B A) given as tensors = the live model
         assert _close(_outputs(model, inputs), adapted)
-
-
-def test_swapped_restores(pair, inputs):
-    ref, model, _ = pair
-    _perturb(model, seed=1)
-    other_state = lora_state_dict(model)
-    _perturb(model, seed=2)
-    live_state = lora_state_dict(model)
-    live_out = _outputs(model, inputs)
-    check = copy.deepcopy(ref)
-    add_lora(check, rank=4, alpha=8.0)
-    load_lora_state_dict(check, other_state)
-    with lora_swapped(model, other_state):
-        assert _equal(_outputs(model, inputs), _outputs(check, inputs))
-    assert _equal(_outputs(model, inputs), live_out)
-    with pytest.raises(RuntimeError, match="boom"):
-        with lora_swapped(model, other_state):
-            raise RuntimeError("boom")
-    for k, v in lora_state_dict(model).items():
-        assert torch.equal(v, live_state[k])
-    params = list(lora_parameters(model))
-    assert all(p.requires_grad for p in params)  # still the same trainable leaves
 
 
 def test_subset_targets_and_towers(inputs):

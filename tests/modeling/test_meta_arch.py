@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.modeling import build_model
 from torch.nn.utils import parametrize
 
+from conftest import build
 from ttd_d2.engine.hooks import lora_checkpoint
 from ttd_d2.modeling.lora import LoRALinear, iter_lora_modules, lora_deltas, lora_disabled, lora_parameters, lora_state_dict
-from ttd_d2.modeling.meta_arch import ttd as ttd_module
+from ttd_d2.modeling.meta_arch import ttd_distillation
 from ttd_d2.modeling.meta_arch.segmentation import max_over_synonyms, sliding_windows, slide_inference
 from ttd_d2.modeling.ttd.losses import minmax_normalize
 from ttd_d2.modeling.ttd.scoring import cosine_maps
@@ -27,14 +27,6 @@ INTERFACE_KEYS = {"caption_mask", "tags", "tag_scores", "tag_threshold", "tag_ca
 
 
 # ---------------------------------------------------------------------------------- helpers
-def build(cfg, seed=0, train=False, **opts):
-    """A TTD model from ``cfg`` (cloned, ``opts`` = dotted keys -> values), base weights from ``seed``."""
-    cfg = cfg.clone()
-    cfg.merge_from_list([x for k, v in opts.items() for x in (k, v)])
-    torch.manual_seed(seed)
-    return build_model(cfg).train(train)
-
-
 def ttd_opts(**extra):
     return {"MODEL.TTD.ENABLED": True, **extra}
 
@@ -410,7 +402,7 @@ def test_training_with_other_tag_scorings(tiny_cfg, scoring):
 @pytest.mark.parametrize("teacher", ["self", "frozen", "ema"])
 def test_targets_are_detached_and_lora_gets_gradients(tiny_cfg, monkeypatch, teacher):
     seen = {}
-    original = ttd_module.ttd_losses
+    original = ttd_distillation.ttd_losses
 
     def spy(caption_mask, tag_masks, targets, union, valid, distance="l1"):
         seen.update(
@@ -420,7 +412,7 @@ def test_targets_are_detached_and_lora_gets_gradients(tiny_cfg, monkeypatch, tea
         )
         return original(caption_mask, tag_masks, targets, union, valid, distance)
 
-    monkeypatch.setattr(ttd_module, "ttd_losses", spy)
+    monkeypatch.setattr(ttd_distillation, "ttd_losses", spy)
     model = build(tiny_cfg, train=True, **ttd_opts(**{"MODEL.TTD.TEACHER": teacher}))
     losses = model(caption_batch(["a red circle and a blue square", "a green triangle on grass"]))
     assert seen == {"caption_mask": True, "tag_masks": True, "targets": False, "union": False}
@@ -434,14 +426,14 @@ def test_targets_are_detached_and_lora_gets_gradients(tiny_cfg, monkeypatch, tea
 @pytest.mark.parametrize("norm", ["minmax", "none"])
 def test_target_norm_reaches_the_targets(tiny_cfg, monkeypatch, norm):
     seen = {}
-    original = ttd_module.distillation_targets
+    original = ttd_distillation.distillation_targets
 
     def spy(tag_masks, selected, target_norm="minmax"):
         targets, union = original(tag_masks, selected, target_norm)
         seen.update(norm=target_norm, masks=tag_masks.detach(), selected=selected, targets=targets)
         return targets, union
 
-    monkeypatch.setattr(ttd_module, "distillation_targets", spy)
+    monkeypatch.setattr(ttd_distillation, "distillation_targets", spy)
     model = build(tiny_cfg, train=True, **ttd_opts(**{"MODEL.TTD.TARGET_NORM": norm, "MODEL.TTD.TAG_THRESHOLD": 0.0}))
     model(caption_batch(["a red circle and a blue square", "a green triangle on grass"]))
     assert seen["norm"] == norm and seen["selected"].any()

@@ -5,21 +5,14 @@ itself is tests/engine/test_distributed_training.py); LoRA files: applied whenev
 MODEL.TTD.LORA.WEIGHTS is set, settings checked, the EMA teacher's start."""
 import pytest
 import torch
-from detectron2.modeling import build_model
 
+from conftest import build
 from ttd_d2.engine.hooks import lora_checkpoint
 from ttd_d2.modeling.lora import iter_lora_modules, lora_deltas
 from ttd_d2.modeling.lora.file import save_lora_file
 from ttd_d2.modeling.meta_arch.ttd_lora import image_adapter_plan
 
 ALL = ["attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj"]
-
-
-def build(cfg, seed=0, train=False, **opts):
-    cfg = cfg.clone()
-    cfg.merge_from_list([x for k, v in opts.items() for x in (k, v)])
-    torch.manual_seed(seed)
-    return build_model(cfg).train(train)
 
 
 def batch(captions=("a red circle and a blue square", "a green triangle")):

@@ -6,9 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
 
-from conftest import load_script
+from conftest import build, load_script
 from ttd_d2.modeling.lora import iter_lora_modules, merge_lora
 
 def _load_tool():
@@ -17,13 +16,6 @@ def _load_tool():
 
 export_clip = _load_tool()
 
-
-
-def build(cfg, seed=0, **opts):
-    cfg = cfg.clone()
-    cfg.merge_from_list([x for k, v in opts.items() for x in (k, v)])
-    torch.manual_seed(seed)
-    return build_model(cfg)
 
 
 def images(n=2, h=32, w=48, seed=0):

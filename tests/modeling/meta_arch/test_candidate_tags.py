@@ -4,8 +4,8 @@ caption evaluators. The tiny test CLIP's context is 16 tokens (SOT + 14 + EOT)."
 import numpy as np
 import pytest
 import torch
-from detectron2.modeling import build_model
 
+from conftest import build
 from ttd_d2.evaluation import TagSelectionEvaluator, TextBiasEvaluator
 from ttd_d2.modeling.ttd.tags import caption_to_tags
 
@@ -13,13 +13,6 @@ from ttd_d2.modeling.ttd.tags import caption_to_tags
 FULL = "a red circle near a blue square and a green triangle on the grass"
 LONG = FULL + " dog on lawn"
 SEEN = ["red", "circle", "near", "blue", "square", "green", "triangle", "grass"]
-
-
-def build(cfg, train=False, **opts):
-    cfg = cfg.clone()
-    cfg.merge_from_list([x for k, v in opts.items() for x in (k, v)])
-    torch.manual_seed(0)
-    return build_model(cfg).train(train)
 
 
 def image(seed=0, h=32, w=32):

@@ -7,19 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.modeling import build_model
 
+from conftest import build
 from ttd_d2.modeling.meta_arch.segmentation import max_over_synonyms, slide_inference
 from ttd_d2.modeling.ttd.scoring import cosine_maps, pixel_tag_scores
 
 CLASSES = ["circle, round", "square", "triangle"]
-
-
-def build(cfg, **opts):
-    cfg = cfg.clone()
-    cfg.merge_from_list([x for k, v in opts.items() for x in (k, v)])
-    torch.manual_seed(0)
-    return build_model(cfg).eval()
 
 
 def image(h, w, seed=0):

@@ -46,7 +46,6 @@ from .state import (
     lora_disabled,
     lora_parameters,
     lora_state_dict,
-    lora_swapped,
 )
 
 __all__ = [
@@ -68,5 +67,4 @@ __all__ = [
     "lora_deltas",
     "lora_delta_override",
     "check_lora_deltas",
-    "lora_swapped",
 ]

@@ -98,15 +98,3 @@ def load_lora_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor],
                 p.copy_(state[k])
     return LoRALoadResult(missing, unexpected)
 
-
-@contextlib.contextmanager
-def lora_swapped(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True):
-    """Context manager: load another LoRA state and restore the live one on exit, also on
-    exceptions. Run the forward inside under ``torch.no_grad()``: the swap copies in place, so
-    a graph built inside cannot be back-propagated after the restore."""
-    saved = lora_state_dict(model)
-    load_lora_state_dict(model, state, strict=strict)
-    try:
-        yield model
-    finally:
-        load_lora_state_dict(model, saved, strict=True)
