@@ -32,8 +32,8 @@ distinct seeds give independent per-image streams (``SeedSequence(seed, spawn_ke
 so no image of one split reappears in another unless both use the same seed on purpose:
 
     layout      split     seed  images  used for
-    image_text  train        0   20000  pretraining the tiny CLIP (stage 1), TTD training
-    image_text  train_fresh  3  100000  pretraining stage 2 (not in the preset; see checkpoints/)
+    image_text  train        0   20000  TTD training
+    image_text  train_fresh600k  5  600000  pretraining the base model (not in the preset; see checkpoints/)
     semseg      val          1     200  calibrating the background threshold
     captions    val          2     200  calibrating the masker bias (quickstart)
     semseg      test       100     300  evaluation (same scenes as captions/test)
