@@ -12,7 +12,7 @@ from conftest import make_tiny_train_cfg
 from ttd_d2.data.datasets.synthetic import register_synthetic
 from ttd_d2.data.synthetic.writer import generate
 from ttd_d2.engine import TTDTrainer
-from ttd_d2.modeling.lora import iter_lora_modules
+from ttd_d2.modeling.lora import iter_lora_modules, lora_disabled
 
 HEAD = "backbone.clip.visual.tcl_head."
 
@@ -83,6 +83,12 @@ def test_ttd_adapts_the_copied_block_and_trains_only_lora_and_masker(dataset, tm
     assert any(".lora_B" in k and k.startswith(HEAD) for k in trained)
     assert all(".lora_" in k or k in ("masker.w", "masker.b") for k in trained), sorted(trained)
     assert_same_outputs(outputs(model), outputs(zero_shot_with(cfg, tmp_path / "model_lora_final.pth")))
+    # the frozen teacher (adapters off in backbone.clip) is the TCL trained from: the head is inside
+    with lora_disabled(model.backbone.clip):
+        teacher = outputs(model)
+    base = zero_shot_with(cfg, "")  # no LoRA file
+    assert torch.allclose(teacher["caption_cos"], outputs(base)["caption_cos"], atol=1e-5)
+    assert not torch.allclose(outputs(model)["caption_cos"], teacher["caption_cos"], atol=1e-5)
 
 
 def test_train_decoder_trains_it_and_the_lora_file_carries_it(dataset, tmp_path):
