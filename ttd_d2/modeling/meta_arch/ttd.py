@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..backbone.clip_loading import resolve_arch
-from ..masker import Masker
+from ..masker import Masker, build_masker
 from ..ttd.scoring import SCORING_METHODS
 from ..ttd.text_cache import TextEmbeddingCache
 from .inference import TTDInference
@@ -132,9 +132,10 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
 
         check_model_config(cfg)
         ttd, test = cfg.MODEL.TTD, cfg.MODEL.SEG_INFERENCE
+        backbone = build_backbone(cfg)
         return {
-            "backbone": build_backbone(cfg),
-            "masker": Masker(cfg.MODEL.MASKER.INIT_W, cfg.MODEL.MASKER.INIT_B),
+            "backbone": backbone,
+            "masker": build_masker(cfg, backbone),
             "ttd_enabled": ttd.ENABLED,
             "tag_scoring": ttd.TAG_SCORING,
             "tag_threshold": ttd.TAG_THRESHOLD,
