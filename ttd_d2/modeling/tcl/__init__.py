@@ -1,4 +1,5 @@
-"""TCL's own training objective (Cha et al., CVPR 2023): its losses as pure functions."""
+"""TCL's own training objective (Cha et al., CVPR 2023): pure losses and the module that the
+``TCL`` backbone trains with (``MODEL.TCL.LOSS``)."""
 from .losses import (
     area_prior_losses,
     extended_info_nce,
@@ -10,8 +11,11 @@ from .losses import (
     text_grounded_similarity,
     total_variation,
 )
+from .objective import TCLObjective, Temperature
 
 __all__ = [
+    "TCLObjective",
+    "Temperature",
     "area_prior_losses",
     "extended_info_nce",
     "gather_rows",
