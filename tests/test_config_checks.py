@@ -26,6 +26,13 @@ MODEL_CASES = [
     ("MODEL.CLIP.PROMPT_TEMPLATES", ["a photo"], "MODEL.CLIP.PROMPT_TEMPLATES = ['a photo']"),
     ("MODEL.CLIP.CONTRASTIVE_WEIGHT", -1.0, "MODEL.CLIP.CONTRASTIVE_WEIGHT = -1.0: must be >= 0"),
     ("MODEL.CLIP.BF16", 1, "MODEL.CLIP.BF16 = 1: must be True or False"),
+    ("MODEL.TCL.WEIGHTS", "tcl.pth", "MODEL.TCL.WEIGHTS = 'tcl.pth' is set but MODEL.BACKBONE.NAME is 'CLIPDense'"),
+    ("MODEL.TCL.WEIGHTS", None, "MODEL.TCL.WEIGHTS = None: must be a path to a TCL checkpoint or ''"),
+    ("MODEL.TCL.MASKER_FROM_WEIGHTS", 1, "MODEL.TCL.MASKER_FROM_WEIGHTS = 1: must be True or False"),
+    ("MODEL.TCL.PIXEL_MEAN", [0.5, 0.5], "MODEL.TCL.PIXEL_MEAN = [0.5, 0.5], MODEL.TCL.PIXEL_STD = [0.229, 0.224, 0.225]: must be 3 numbers each"),
+    ("MODEL.TCL.PIXEL_MEAN", [], "or [] for both to use the CLIP's own"),
+    ("MODEL.TCL.PIXEL_STD", [0.2, 0.0, 0.2], "MODEL.TCL.PIXEL_STD = [0.2, 0.0, 0.2]: must be 3 numbers each"),
+    ("MODEL.TCL.TRAIN_DECODER", "no", "MODEL.TCL.TRAIN_DECODER = 'no': must be True or False"),
     ("MODEL.MASKER.INIT_W", 0.0, "MODEL.MASKER.INIT_W = 0.0: must be > 0"),
     ("MODEL.MASKER.INIT_B", float("nan"), "MODEL.MASKER.INIT_B = nan: must be a number"),
     ("MODEL.TTD.TAG_SCORING", "s_caption", "MODEL.TTD.TAG_SCORING = 's_caption' is unknown: use one of s_image, s_text, s_pixel, image_text, nltk"),
@@ -67,6 +74,10 @@ TRAINING_CASES = [
     ({"INPUT.TRAIN_SIZE": 0}, "INPUT.TRAIN_SIZE = 0: must be > 0"),
     ({"INPUT.RANDOM_FLIP": "horizonal"}, "INPUT.RANDOM_FLIP = 'horizonal' is unknown: use one of none, horizontal, vertical"),
     ({"DATASETS.TRAIN": ()}, "DATASETS.TRAIN = ()"),
+    ({"MODEL.BACKBONE.NAME": "TCL", "MODEL.TTD.ENABLED": False, "MODEL.CLIP.CONTRASTIVE_WEIGHT": 1.0},
+     "MODEL.BACKBONE.NAME = 'TCL' with MODEL.TTD.ENABLED False and MODEL.CLIP.CONTRASTIVE_WEIGHT > 0"),
+    ({"MODEL.BACKBONE.NAME": "TCL", "MODEL.TTD.ENABLED": False, "MODEL.TCL.TRAIN_DECODER": True},
+     "MODEL.TCL.TRAIN_DECODER = True is read only with MODEL.TTD.ENABLED True"),
 ]
 
 
@@ -114,6 +125,12 @@ def test_build_model_refuses_bad_key_before_loading_clip(no_clip, key, value, fr
     with pytest.raises(ValueError) as info:
         build_model(cfg)
     assert fragment in str(info.value)
+
+
+def test_tcl_backbone_refuses_another_dense_mode(no_clip):
+    cfg = set_keys(make_tiny_cfg(), {"MODEL.BACKBONE.NAME": "TCL", "MODEL.CLIP.DENSE_MODE": "naclip"})
+    with pytest.raises(ValueError, match="MODEL.CLIP.DENSE_MODE = 'naclip': the TCL backbone runs its copied last block as MaskCLIP"):
+        build_model(cfg)
 
 
 def test_slide_stride_larger_than_crop_is_refused(no_clip):

@@ -2,4 +2,4 @@
 from . import data  # noqa: F401  (registers datasets)
 from .config import add_ttd_config
 from .engine import TTDHook, TTDTrainer
-from .modeling import TTD, CLIPDense, Masker
+from .modeling import TCL, TTD, CLIPDense, Masker

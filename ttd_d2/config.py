@@ -3,7 +3,8 @@ from detectron2.config import CfgNode as CN
 
 
 def add_ttd_config(cfg):
-    """Add the ttd_d2 nodes (``MODEL.CLIP``, ``MODEL.TTD``, ``MODEL.SEG_INFERENCE``) to ``cfg``."""
+    """Add the ttd_d2 nodes (``MODEL.CLIP``, ``MODEL.TCL``, ``MODEL.MASKER``, ``MODEL.TTD``,
+    ``MODEL.SEG_INFERENCE``) to ``cfg``."""
     # ---------------------------------------------------------------- CLIP backbone
     cfg.MODEL.CLIP = CN()
     # open_clip model name (e.g. "ViT-B-16") or a path to an open_clip-style JSON model config
@@ -27,6 +28,21 @@ def add_ttd_config(cfg):
     cfg.MODEL.CLIP.CONTRASTIVE_WEIGHT = 0.0
     # Run the towers under bf16 autocast on CUDA (CPU always runs fp32).
     cfg.MODEL.CLIP.BF16 = True
+
+    # ---------------------------------------------------------------- TCL backbone
+    # Read when MODEL.BACKBONE.NAME is "TCL" (docs/BACKBONES.md); MODEL.CLIP gives its frozen CLIP.
+    cfg.MODEL.TCL = CN()
+    # TCL checkpoint in the authors' format (tcl.pth: head + masker, no CLIP weights), or "" to
+    # start the head as copies of the CLIP's last block, ln_post and proj (gates 0: MaskCLIP).
+    cfg.MODEL.TCL.WEIGHTS = ""
+    # Start the masker at the checkpoint's trained w, b instead of MODEL.MASKER.INIT_W / INIT_B.
+    cfg.MODEL.TCL.MASKER_FROM_WEIGHTS = True
+    # Pixel mean and std in [0, 1] (TCL's ImageNet values); [] for both = the CLIP's own.
+    cfg.MODEL.TCL.PIXEL_MEAN = [0.485, 0.456, 0.406]
+    # Pixel standard deviation in [0, 1] (see PIXEL_MEAN).
+    cfg.MODEL.TCL.PIXEL_STD = [0.229, 0.224, 0.225]
+    # With MODEL.TTD.ENABLED, also train the decoder in full (False: frozen; LoRA adapters only).
+    cfg.MODEL.TCL.TRAIN_DECODER = False
 
     # ---------------------------------------------------------------- masker
     cfg.MODEL.MASKER = CN()

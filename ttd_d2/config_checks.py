@@ -24,6 +24,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from .modeling.backbone.clip_dense import CLIPDense
 from .modeling.backbone.clip_loading import vision_config
 from .modeling.backbone.dense_heads import DENSE_MODES
+from .modeling.backbone.tcl import TCL
 from .modeling.lora import VALID_TARGETS, VALID_TOWERS
 from .modeling.meta_arch.ttd import TEACHERS
 from .modeling.ttd.losses import DISTANCES, TARGET_NORMS
@@ -99,6 +100,57 @@ def _backbone(name: str) -> Problem:
     return f"MODEL.BACKBONE.NAME = {name!r}: the TTD meta-architecture needs 'CLIPDense' (or a registered subclass)"
 
 
+def _is_tcl(name: str) -> bool:
+    try:
+        entry = BACKBONE_REGISTRY.get(name)
+    except KeyError:
+        return False
+    return inspect.isclass(entry) and issubclass(entry, TCL)
+
+
+def _pixel_statistics(mean, std) -> Problem:
+    """MODEL.TCL.PIXEL_MEAN / PIXEL_STD: both [] (the CLIP's own) or both 3 fractions of 255."""
+    def ok(values, low):
+        return (isinstance(values, (list, tuple)) and len(values) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low(v) and v <= 1
+            for v in values))
+
+    if (isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple)) and not mean and not std) or (
+            ok(mean, lambda v: v >= 0) and ok(std, lambda v: v > 0)):
+        return None
+    return (f"MODEL.TCL.PIXEL_MEAN = {mean!r}, MODEL.TCL.PIXEL_STD = {std!r}: must be 3 numbers each (RGB, "
+            "fractions of 255: mean in [0, 1], std in (0, 1]), or [] for both to use the CLIP's own")
+
+
+def _tcl_problems(cfg) -> List[Problem]:
+    """MODEL.TCL, and the keys that mean something else under the TCL backbone."""
+    tcl, is_tcl = cfg.MODEL.TCL, _is_tcl(cfg.MODEL.BACKBONE.NAME)
+    weights_ok = isinstance(tcl.WEIGHTS, str)
+    return [
+        None if weights_ok else f"MODEL.TCL.WEIGHTS = {tcl.WEIGHTS!r}: must be a path to a TCL checkpoint or ''",
+        f"MODEL.TCL.WEIGHTS = {tcl.WEIGHTS!r} is set but MODEL.BACKBONE.NAME is {cfg.MODEL.BACKBONE.NAME!r}: only "
+        "the TCL backbone reads it (set MODEL.BACKBONE.NAME TCL, or MODEL.TCL.WEIGHTS '')"
+        if weights_ok and tcl.WEIGHTS and not is_tcl else None,
+        _flag("MODEL.TCL.MASKER_FROM_WEIGHTS", tcl.MASKER_FROM_WEIGHTS),
+        _flag("MODEL.TCL.TRAIN_DECODER", tcl.TRAIN_DECODER),
+        _pixel_statistics(tcl.PIXEL_MEAN, tcl.PIXEL_STD),
+        f"MODEL.CLIP.DENSE_MODE = {cfg.MODEL.CLIP.DENSE_MODE!r}: the TCL backbone runs its copied last block as "
+        "MaskCLIP; set it to maskclip" if is_tcl and cfg.MODEL.CLIP.DENSE_MODE != "maskclip" else None,
+    ]
+
+
+def _tcl_training(cfg) -> Problem:
+    if not _is_tcl(cfg.MODEL.BACKBONE.NAME) or cfg.MODEL.TTD.ENABLED:
+        return None
+    if cfg.MODEL.CLIP.CONTRASTIVE_WEIGHT > 0:
+        return ("MODEL.BACKBONE.NAME = 'TCL' with MODEL.TTD.ENABLED False and MODEL.CLIP.CONTRASTIVE_WEIGHT > 0: "
+                "CLIP's contrastive loss reads only TCL's frozen CLIP, so nothing it reaches would train. Set "
+                "MODEL.TTD.ENABLED True (TTD with LoRA on TCL), or train CLIP with MODEL.BACKBONE.NAME CLIPDense.")
+    if cfg.MODEL.TCL.TRAIN_DECODER:
+        return "MODEL.TCL.TRAIN_DECODER = True is read only with MODEL.TTD.ENABLED True: set it False"
+    return None
+
+
 def _patch_and_depth(cfg) -> Tuple[Optional[int], Optional[int]]:
     """(patch size, number of image blocks) of MODEL.CLIP.ARCH from open_clip's model config,
     or None for what cannot be read here (``load_clip`` then raises the real error)."""
@@ -137,6 +189,7 @@ def check_model_config(cfg) -> None:
         _templates("MODEL.CLIP.PROMPT_TEMPLATES", clip.PROMPT_TEMPLATES),
         _number("MODEL.CLIP.CONTRASTIVE_WEIGHT", clip.CONTRASTIVE_WEIGHT, *non_negative),
         _flag("MODEL.CLIP.BF16", clip.BF16),
+        *_tcl_problems(cfg),
         # MODEL.MASKER: sigmoid(w * cos + b) must grow with the similarity
         _number("MODEL.MASKER.INIT_W", cfg.MODEL.MASKER.INIT_W, *positive),
         _number("MODEL.MASKER.INIT_B", cfg.MODEL.MASKER.INIT_B, lambda v: True, "(any finite value)"),
@@ -206,6 +259,7 @@ def check_training_config(cfg) -> None:
         _choice("SOLVER.OPTIMIZER", str(cfg.SOLVER.OPTIMIZER).upper(), OPTIMIZERS, " (case-insensitive)"),
         _betas("SOLVER.BETAS", cfg.SOLVER.BETAS),
         _nothing_to_train(cfg),
+        _tcl_training(cfg),
         MERGE_REFUSED if cfg.MODEL.TTD.LORA.MERGE_FOR_INFERENCE else None,
         _number("INPUT.TRAIN_SIZE", cfg.INPUT.TRAIN_SIZE, lambda v: v > 0 and v % (patch or 1) == 0,
                 f"> 0 and a multiple of the patch size{patch_text}", integer=True,

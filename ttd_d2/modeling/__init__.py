@@ -1,3 +1,3 @@
-from .backbone import CLIPDense, DENSE_MODES
+from .backbone import TCL, CLIPDense, DENSE_MODES
 from .masker import Masker
 from .meta_arch import TTD

@@ -15,3 +15,12 @@ class Masker(nn.Module):
 
     def forward(self, cos: torch.Tensor) -> torch.Tensor:
         return masker(cos, self.w, self.b)
+
+
+def build_masker(cfg, backbone) -> Masker:
+    """The meta-architecture's masker: ``MODEL.MASKER.INIT_W`` / ``INIT_B``, or the trained w, b
+    that the backbone brings (``backbone.masker_state``, e.g. TCL's from ``MODEL.TCL.WEIGHTS``)."""
+    masker = Masker(cfg.MODEL.MASKER.INIT_W, cfg.MODEL.MASKER.INIT_B)
+    if backbone.masker_state is not None:
+        masker.load_state_dict(backbone.masker_state)
+    return masker

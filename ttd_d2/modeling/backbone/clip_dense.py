@@ -1,6 +1,6 @@
 """``CLIPDense``: an open_clip ViT as a Detectron2 backbone with training-free dense heads."""
 import contextlib
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import open_clip
 import torch
@@ -32,7 +32,13 @@ class CLIPDense(Backbone):
     ``{"dense": [B, D, H/p, W/p], "global": [B, D]}``: ``dense`` from the last block run as
     the chosen dense head, ``global`` the model's own pooled embedding (vanilla last block).
     ``encode_text`` embeds strings in the same space. The open_clip model is ``self.clip``.
+    docs/BACKBONES.md lists what the TTD meta-architecture uses (subclasses such as ``TCL``
+    override ``forward_head`` and the hooks below).
     """
+
+    # The masker's trained {"w", "b"} a backbone brings (TCL's checkpoint), or None:
+    # ``build_masker`` starts the meta-architecture's masker there instead of MODEL.MASKER.
+    masker_state: Optional[Dict[str, torch.Tensor]] = None
 
     @configurable
     def __init__(
@@ -98,6 +104,21 @@ class CLIPDense(Backbone):
     @property
     def size_divisibility(self) -> int:
         return self.patch_size[0]
+
+    @property
+    def dense_scale(self) -> int:
+        """Dense map cells per patch, per side: "dense" is [B, D, s * H/p, s * W/p] (1 here)."""
+        return 1
+
+    def lora_image_blocks(self) -> Tuple[List[torch.nn.Module], List[torch.nn.Module]]:
+        """Where TTD puts image adapters (``ttd_lora``): (the blocks the dense path runs, in
+        order, the last one as the dense head; the blocks only the global embedding runs).
+        Here the tower's blocks, the last one shared by both paths, and none of its own."""
+        return list(self.clip.visual.transformer.resblocks), []
+
+    def ttd_trained_modules(self) -> Sequence[torch.nn.Module]:
+        """Modules that TTD trains in full beside the adapters (none: only LoRA and the masker)."""
+        return []
 
     @property
     def logit_scale(self) -> torch.Tensor:

@@ -14,7 +14,7 @@ from torch.nn.utils import parametrize
 
 from ..backbone.clip_loading import resolve_arch
 from ..lora import lora_delta_override, lora_disabled, lora_ema_update
-from ..masker import Masker
+from ..masker import Masker, build_masker
 from ..ttd.losses import distillation_targets, ttd_losses
 from ..ttd.scoring import SCORING_METHODS, cosine_maps, score_tags, select_tags
 from ..ttd.tags import nltk_noun_adjective_mask, pad_tag_batch
@@ -131,9 +131,10 @@ class TTD(TTDInference, nn.Module):
 
         check_model_config(cfg)
         ttd, test = cfg.MODEL.TTD, cfg.MODEL.SEG_INFERENCE
+        backbone = build_backbone(cfg)
         return {
-            "backbone": build_backbone(cfg),
-            "masker": Masker(cfg.MODEL.MASKER.INIT_W, cfg.MODEL.MASKER.INIT_B),
+            "backbone": backbone,
+            "masker": build_masker(cfg, backbone),
             "ttd_enabled": ttd.ENABLED,
             "tag_scoring": ttd.TAG_SCORING,
             "tag_threshold": ttd.TAG_THRESHOLD,

@@ -17,6 +17,11 @@ reduction in the prior iteration") in several. So:
   - the global embedding that only tag scoring reads (teacher ``self`` with ``s_image`` /
     ``image_text``) is computed without a graph (``CLIPDense.forward_head(global_grad=False)``),
     so it does not count as a gradient path;
+  - the backbone says which blocks the two paths run (``lora_image_blocks``): for ``TCL`` the
+    dense path is the trunk plus the head's copied last block (adapted like a last block), and
+    the CLIP's own last block, run only by the global embedding, is adapted only with the
+    contrastive loss; modules the backbone trains in full (``ttd_trained_modules``: TCL's
+    decoder with ``MODEL.TCL.TRAIN_DECODER``) are unfrozen;
   - the masker's w, b train (both losses read the masks).
 * **TTD off** (contrastive pretraining): every CLIP weight trains (the global path and the
   text tower use all of them); the masker is frozen, since no loss reads it. A
@@ -40,7 +45,6 @@ from ..lora import (
     load_lora_state_dict,
     lora_deltas,
     merge_lora,
-    tower_blocks,
 )
 from ..lora.file import check_lora_settings, lora_settings, read_lora_file
 
@@ -70,40 +74,58 @@ def image_adapter_plan(num_blocks: int, targets: Sequence[str], image_layers: in
     return {i: t for i, t in plan.items() if t}
 
 
-def add_ttd_adapters(clip: nn.Module, rank: int, alpha: float, targets: Sequence[str], towers: Sequence[str],
-                     image_layers: int, dense_mode: str, global_grad: bool) -> int:
-    """Freeze ``clip`` and add the adapters of :func:`image_adapter_plan` (image tower) and on
-    every text block. Returns the number of leading image blocks without adapters (they run
-    once, without a graph, for student and teacher)."""
+def add_ttd_adapters(backbone: nn.Module, rank: int, alpha: float, targets: Sequence[str], towers: Sequence[str],
+                     image_layers: int, global_grad: bool) -> int:
+    """Freeze ``backbone.clip`` and add the adapters of :func:`image_adapter_plan` on the blocks
+    of the dense path, on the global-only blocks when ``global_grad``, and on every text block
+    (``backbone.lora_image_blocks()``). Returns the number of leading image blocks without
+    adapters (they run once, without a graph, for student and teacher)."""
+    clip = backbone.clip
     clip.requires_grad_(False)
     if "text" in towers:
         add_lora(clip, rank, alpha, targets=targets, towers=["text"])
-    blocks = clip.visual.transformer.resblocks
-    plan = image_adapter_plan(len(blocks), targets, image_layers, dense_mode, global_grad)
+    blocks, global_blocks = backbone.lora_image_blocks()
+    plan = image_adapter_plan(len(blocks), targets, image_layers, backbone.dense_mode, global_grad)
     if "image" not in towers:
         return len(blocks) - 1
     for i, block_targets in plan.items():
         add_lora_to_blocks([blocks[i]], rank, alpha, block_targets)
+    if global_grad and global_blocks:
+        add_lora_to_blocks(global_blocks, rank, alpha, targets)
     return len(blocks) - (image_layers or len(blocks))
 
 
-def load_lora_weights(clip: nn.Module, masker: nn.Module, content: Dict, path: str, rank: int, alpha: float) -> None:
+def optional_adapters(backbone: nn.Module) -> Dict[str, tuple]:
+    """{adapted weight name in ``backbone.clip``: (block, target)} of the adapters only the
+    global embedding's gradient reaches (placed only with the contrastive loss): the last dense
+    block's MLP (skipped by clearclip / naclip) and every target of the global-only blocks."""
+    names = {id(m): n for n, m in backbone.clip.named_modules()}
+    blocks, global_blocks = backbone.lora_image_blocks()
+    pairs = [(blocks[-1], t) for t in MLP_TARGETS] + [(b, t) for b in global_blocks for t in VALID_TARGETS]
+    weight = {"attn.in_proj": "attn.in_proj_weight", "attn.out_proj": "attn.out_proj.weight"}
+    return {f"{names[id(b)]}.{weight.get(t, t + '.weight')}": (b, t) for b, t in pairs}
+
+
+def load_lora_weights(backbone: nn.Module, masker: nn.Module, content: Dict, path: str, rank: int,
+                      alpha: float) -> None:
     """Copy a LoRA file's adapters (into the adapters :func:`add_ttd_adapters` placed) and masker.
 
-    The one place where file and config may differ is the last image block's MLP under
-    clearclip / naclip, adapted only when the contrastive loss trained the global embedding:
-    a file that has those adapters gets them applied (frozen: no loss of this config reaches
-    them), and a file without them leaves this config's at their no-op start.
+    The one place where file and config may differ is :func:`optional_adapters` (the last
+    image block's MLP under clearclip / naclip; TCL's CLIP's own last block), adapted only when
+    the contrastive loss trained the global embedding: a file that has those adapters gets them
+    applied (frozen: no loss of this config reaches them), and a file without them leaves this
+    config's at their no-op start.
     """
-    prefix, blocks = tower_blocks(clip, "image")
-    optional = {f"{prefix}.{len(blocks) - 1}.{t}.weight": t for t in MLP_TARGETS}  # weight name -> target
+    clip = backbone.clip
+    optional = optional_adapters(backbone)
     placed = {name for name, _ in iter_lora_modules(clip)}
     extra = [n for n in optional if n + ".lora_A" in content["lora"] and n not in placed]
-    if extra:
-        add_lora_to_blocks([blocks[-1]], rank, alpha, [optional[n] for n in extra])
-        for name, adapter in iter_lora_modules(clip):
-            if name in extra:
-                adapter.requires_grad_(False)
+    for name in extra:
+        block, target = optional[name]
+        add_lora_to_blocks([block], rank, alpha, [target])
+    for name, adapter in iter_lora_modules(clip):
+        if name in extra:
+            adapter.requires_grad_(False)
     result = load_lora_state_dict(clip, content["lora"], strict=False)
     missing = [k for k in result.missing_keys if k.rsplit(".", 1)[0] not in optional]
     if missing or result.unexpected_keys:
@@ -127,16 +149,18 @@ def setup_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, targets: Se
     unknown = set(towers) - set(VALID_TOWERS)
     if unknown or not towers:
         raise ValueError(f"MODEL.TTD.LORA.TOWERS {list(towers)}: choose from {VALID_TOWERS}")
-    model.shared_image_blocks = add_ttd_adapters(
-        clip, rank, alpha, targets, towers, image_layers, model.backbone.dense_mode, model._global_grad
-    )
+    model.shared_image_blocks = add_ttd_adapters(model.backbone, rank, alpha, targets, towers, image_layers,
+                                                 model._global_grad)
+    if model.ttd_enabled:
+        for module in model.backbone.ttd_trained_modules():
+            module.requires_grad_(True)  # a loss reaches it: the dense path runs through it
     adapted_image_blocks = len(clip.visual.transformer.resblocks) - model.shared_image_blocks if "image" in towers else 0
     model.lora_settings = lora_settings(rank, alpha, targets, towers, adapted_image_blocks, arch, model.backbone.dense_mode)
     content = None
     if weights:
         content = read_lora_file(weights)
         check_lora_settings(content["settings"], model.lora_settings, weights)
-        load_lora_weights(clip, model.masker, content, weights, rank, alpha)
+        load_lora_weights(model.backbone, model.masker, content, weights, rank, alpha)
         logger.info("Loaded LoRA weights from %s", weights)
     if model.ttd_enabled and model.teacher == "ema":
         ema = lora_deltas(clip)  # starts at the loaded adapters unless the file has its EMA
