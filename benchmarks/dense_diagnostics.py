@@ -98,9 +98,9 @@ def caption_statistics(record, out, image_size, patch, threshold):
     record's image resized to ``image_size`` (the mapper's) and padded to the ``patch`` grid."""
     gt = read_label_png(record["caption_mask_file"]) > 0
     instances = read_label_png(record["instance_mask_file"])
-    padded = tuple(n * patch for n in out["tag_masks"].shape[-2:])
+    padded = tuple(-(-n // patch) * patch for n in image_size)  # any map resolution (TCL's: 4x the grid)
 
-    def to_image(maps):  # patch grid of the padded image -> the record's pixels
+    def to_image(maps):  # dense maps of the padded image -> the record's pixels
         return maps_to_image(maps, padded, tuple(image_size), gt.shape)
 
     tags = out["tags"]

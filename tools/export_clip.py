@@ -25,6 +25,9 @@ def export(src: str, dst: str, fp16: bool = True) -> int:
     clip = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
     if not clip:
         raise ValueError(f"'{src}' holds no '{PREFIX}*' weights: is it a ttd_d2 checkpoint?")
+    if any(k.startswith("visual.tcl_head.") for k in clip):  # ttd_d2/modeling/backbone/tcl.py: HEAD_NAME
+        raise ValueError(f"'{src}' is a TCL model: its CLIP is the frozen MODEL.CLIP.PRETRAINED, and its head is "
+                         "no part of an open_clip model (write it in TCL's format with tcl_checkpoint.tcl_checkpoint)")
     if any(".parametrizations." in k or ".lora_" in k for k in clip):
         raise ValueError("the checkpoint has LoRA adapters: export the base model, or merge them first")
     if fp16:

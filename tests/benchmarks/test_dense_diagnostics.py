@@ -67,3 +67,24 @@ def test_tag_masks_are_mapped_from_the_padded_grid(tmp_path):
     assert stats["targets"]["gt_tags/none"] == (96, 0, 0, 48)  # exactly the 8 x 12 caption region
     assert stats["targets"]["s_pixel/minmax"] == (96, 0, 0, 48)
     assert stats["aucs"] == [(True, 1.0)] and not stats["names_background"]
+
+
+def test_tag_masks_finer_than_the_patch_grid_are_mapped_too(tmp_path):
+    """TCL's maps are at 4x the patch grid: the 12 x 12 image padded to 16 x 16 has 8 x 8 cells of
+    2 pixels, and a mask on the left 4 cell columns is the image's left 8 columns (reading the
+    padded size from the map as if it were the patch grid gave 64 x 64, and all 12 columns)."""
+    caption_gt = np.zeros((12, 12), np.uint8)
+    caption_gt[:, :8] = 1
+    Image.fromarray(caption_gt).save(tmp_path / "caption.png")
+    Image.fromarray(caption_gt).save(tmp_path / "instances.png")
+    record = {"caption_mask_file": str(tmp_path / "caption.png"), "instance_mask_file": str(tmp_path / "instances.png"),
+              "caption": "a photo of a circle", "tags": ["circle"],
+              "objects": [{"category": "circle", "category_id": 0, "dominant": True}]}
+    left = torch.full((8, 8), 0.1)
+    left[:, :4] = 0.9
+    out = {"tags": ["photo", "circle"], "tag_scores": {"s_pixel": torch.tensor([0.2, 0.9])}, "tag_threshold": 0.5,
+           "tag_masks": torch.stack([torch.full((8, 8), 0.1), left]),
+           "caption_mask": torch.from_numpy(caption_gt.astype(np.float32))}
+    stats = diagnostics.caption_statistics(record, out, (12, 12), patch=8, threshold=0.5)
+    assert stats["targets"]["gt_tags/none"] == (96, 0, 0, 48)
+    assert stats["targets"]["s_pixel/minmax"] == (96, 0, 0, 48)

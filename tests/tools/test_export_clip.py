@@ -134,6 +134,16 @@ def test_export_rejects_lora_checkpoint(tiny_cfg, tmp_path):
     assert not dst.exists()
 
 
+def test_export_rejects_tcl_checkpoint(tiny_cfg, tmp_path):
+    """TCL's head lives in the open_clip model (clip.visual.tcl_head) but open_clip cannot load it."""
+    model = build(tiny_cfg, **{"MODEL.BACKBONE.NAME": "TCL"})
+    src = tmp_path / "model_final.pth"
+    torch.save({"model": model.state_dict()}, src)
+    with pytest.raises(ValueError, match="is a TCL model"):
+        export_clip.export(str(src), str(tmp_path / "out.pt"))
+    assert not (tmp_path / "out.pt").exists()
+
+
 def test_export_rejects_non_ttd_checkpoint(tmp_path):
     src = tmp_path / "other.pth"
     torch.save({"model": {"head.weight": torch.zeros(2)}}, src)

@@ -6,6 +6,7 @@ from detectron2.utils import comm
 
 from ..modeling.lora import lora_state_dict
 from ..modeling.lora.file import make_lora_file, save_lora_file
+from ..modeling.meta_arch.ttd_lora import ttd_trained_parameters
 
 
 def unwrap(model):
@@ -15,12 +16,13 @@ def unwrap(model):
 
 def lora_checkpoint(model) -> dict:
     """The LoRA file content of a TTD model (docs/LORA_FILES.md): its settings, adapters,
-    masker and, with an EMA teacher, the EMA of the adapters' deltas (plain CPU tensors)."""
+    masker, with an EMA teacher the EMA of the adapters' deltas, and the weights the backbone
+    trains in full (TCL's decoder with MODEL.TCL.TRAIN_DECODER), as plain CPU tensors."""
     model = unwrap(model)
     if model.lora_settings is None:
         raise ValueError("the model has no LoRA adapters (MODEL.TTD.ENABLED False and no MODEL.TTD.LORA.WEIGHTS)")
     return make_lora_file(model.lora_settings, lora_state_dict(model.backbone.clip), model.masker.state_dict(),
-                          model.ema_state)
+                          model.ema_state, ttd_trained_parameters(model.backbone))
 
 
 class TTDHook(HookBase):

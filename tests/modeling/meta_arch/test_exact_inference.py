@@ -1,6 +1,7 @@
 """Inference at any image size: the normalised image is padded to the patch grid and the maps
 are cropped back (``pad_to_patch_grid``, ``maps_to_image``). Each check redoes the computation
-by hand on the explicitly padded image (tiny CLIP, patch 8)."""
+by hand on the explicitly padded image (tiny CLIP, patch 8), for CLIPDense and for TCL, whose
+dense maps are at 4x the patch grid."""
 import uuid
 
 import pytest
@@ -19,7 +20,21 @@ def build(cfg, **opts):
     cfg = cfg.clone()
     cfg.merge_from_list([x for k, v in opts.items() for x in (k, v)])
     torch.manual_seed(0)
-    return build_model(cfg).eval()
+    model = build_model(cfg).eval()
+    if cfg.MODEL.BACKBONE.NAME == "TCL":  # open the decoder's gates: not a nearest upsampling any more
+        with torch.no_grad():
+            for name, p in model.backbone.head.decoder.named_parameters():
+                if name.endswith("gate"):
+                    p.fill_(0.5)
+                else:
+                    p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+@pytest.fixture(params=["CLIPDense", "TCL"])
+def backbone_cfg(request, tiny_cfg):
+    tiny_cfg.MODEL.BACKBONE.NAME = request.param
+    return tiny_cfg
 
 
 def image(h, w, seed=0):
@@ -52,8 +67,8 @@ def class_scores_by_hand(model, dataset, normalised):
 
 
 @pytest.mark.parametrize("h, w", [(40, 53), (37, 50)])
-def test_sem_seg_equals_padded_and_cropped_by_hand(tiny_cfg, dataset, h, w):
-    model = build(tiny_cfg)
+def test_sem_seg_equals_padded_and_cropped_by_hand(backbone_cfg, dataset, h, w):
+    model = build(backbone_cfg)
     x = image(h, w)
     with torch.no_grad():
         out = model([{"image": x, "height": 2 * h, "width": 2 * w, "dataset_name": dataset}])[0]["sem_seg"]
@@ -62,18 +77,18 @@ def test_sem_seg_equals_padded_and_cropped_by_hand(tiny_cfg, dataset, h, w):
     assert torch.allclose(out, expected, atol=1e-6)
 
 
-def test_pad_value_is_the_pixel_mean_colour(tiny_cfg):
+def test_pad_value_is_the_pixel_mean_colour(backbone_cfg):
     """Zero padding after normalisation = padding the raw image with the mean colour."""
-    model = build(tiny_cfg)
+    model = build(backbone_cfg)
     x = image(40, 53).float()
     mean_padded = torch.cat([x, model.pixel_mean.expand(3, 40, 3)], dim=-1)
     assert torch.allclose(model.normalize(mean_padded), F.pad(model.normalize(x), (0, 3)), atol=1e-5)
 
 
-def test_sliding_windows_and_flip_pad_each_pass(tiny_cfg, dataset):
+def test_sliding_windows_and_flip_pad_each_pass(backbone_cfg, dataset):
     """20 x 20 windows (not multiples of 8) and the flipped pass, whose padding lies on the
     original's left: every pass is padded and cropped on its own."""
-    model = build(tiny_cfg, **{"MODEL.SEG_INFERENCE.SLIDE_CROP": 20, "MODEL.SEG_INFERENCE.SLIDE_STRIDE": 12,
+    model = build(backbone_cfg, **{"MODEL.SEG_INFERENCE.SLIDE_CROP": 20, "MODEL.SEG_INFERENCE.SLIDE_STRIDE": 12,
                                "MODEL.SEG_INFERENCE.FLIP": True})
     x = image(30, 45, seed=1)
     with torch.no_grad():
@@ -88,8 +103,8 @@ def test_sliding_windows_and_flip_pad_each_pass(tiny_cfg, dataset):
     assert torch.allclose(out, 0.5 * (plain + flipped), atol=1e-6)
 
 
-def test_caption_analysis_and_score_tags_at_any_size(tiny_cfg):
-    model = build(tiny_cfg)
+def test_caption_analysis_and_score_tags_at_any_size(backbone_cfg):
+    model = build(backbone_cfg)
     x, caption = image(40, 53, seed=2), "a red circle near a blue square"
     with torch.no_grad():
         out = model([{"image": x, "height": 60, "width": 80, "caption": caption}])[0]
@@ -102,7 +117,8 @@ def test_caption_analysis_and_score_tags_at_any_size(tiny_cfg):
         tag_cos = cosine_maps(feats["dense"], tag_emb)
     assert torch.allclose(out["caption_cos"], cos, atol=1e-6)
     assert torch.allclose(out["caption_mask"], model.masker(cos).clamp(0, 1), atol=1e-6)
-    assert out["tag_masks"].shape == (len(out["tags"]), 5, 7)  # the padded image's patch grid
+    scale = model.backbone.dense_scale  # the padded image's patch grid, 4x finer for TCL
+    assert out["tag_masks"].shape == (len(out["tags"]), 5 * scale, 7 * scale)
     assert torch.allclose(out["tag_masks"], model.masker(tag_cos[0]), atol=1e-6)
     valid = torch.ones(1, len(out["tags"]), dtype=torch.bool)
     s_pixel = pixel_tag_scores(tag_cos, valid, model.backbone.logit_scale)[0]
@@ -111,9 +127,9 @@ def test_caption_analysis_and_score_tags_at_any_size(tiny_cfg):
     assert [s for _, s in model.score_tags(rgb, caption)] == pytest.approx(s_pixel.tolist(), abs=1e-6)
 
 
-def test_images_on_the_patch_grid_are_unchanged_bit_for_bit(tiny_cfg, dataset):
+def test_images_on_the_patch_grid_are_unchanged_bit_for_bit(backbone_cfg, dataset):
     """32 x 48: no padding, one resize straight to the output size, as before."""
-    model = build(tiny_cfg)
+    model = build(backbone_cfg)
     x = image(32, 48, seed=3)
     with torch.no_grad():
         sem = model([{"image": x, "height": 64, "width": 80, "dataset_name": dataset}])[0]["sem_seg"]

@@ -15,7 +15,6 @@ them after the decoder). ``MODEL.TCL.WEIGHTS`` loads TCL's trained head and mask
 (``tcl_checkpoint.py``).
 """
 import copy
-import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -29,10 +28,6 @@ from .dense_heads import dense_last_block
 from .tcl_checkpoint import load_tcl_checkpoint
 from .tcl_decoder import GatedDecoder
 
-logger = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # TCL's pixel mean and std (timm's ImageNet constants)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 HEAD_NAME = "tcl_head"  # registered in the open_clip image tower: clip.visual.tcl_head
 
 

@@ -6,7 +6,8 @@ trained with, as an artifact of their own. The layout is documented in docs/LORA
                   "image_layers": int, "arch": str, "dense_mode": str},
      "lora": {"<adapted weight>.lora_A": Tensor[r, in], "<adapted weight>.lora_B": Tensor[out, r]},
      "masker": {"w": Tensor[], "b": Tensor[]},
-     "ema": {"<adapted weight>": Tensor[out, in]}}     # only with an EMA teacher
+     "ema": {"<adapted weight>": Tensor[out, in]},     # only with an EMA teacher
+     "trained": {"<weight>": Tensor}}                 # only for weights TTD trains in full (TCL's decoder)
 
 Only plain types: it loads with ``torch.load(weights_only=True)``.
 """
@@ -45,8 +46,10 @@ def _plain(tensors: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 
 def make_lora_file(settings: Mapping, lora: Mapping[str, torch.Tensor], masker: Mapping[str, torch.Tensor],
-                   ema: Optional[Mapping[str, torch.Tensor]] = None) -> Dict:
-    """The content of a LoRA file (CPU tensors); ``ema`` is left out when empty or None."""
+                   ema: Optional[Mapping[str, torch.Tensor]] = None,
+                   trained: Optional[Mapping[str, torch.Tensor]] = None) -> Dict:
+    """The content of a LoRA file (CPU tensors); ``ema`` and ``trained`` (weights of the open_clip
+    model that TTD trained in full, by name) are left out when empty or None."""
     missing = set(SETTING_KEYS) - set(settings)
     if missing:
         raise ValueError(f"LoRA file settings lack {sorted(missing)}")
@@ -54,6 +57,8 @@ def make_lora_file(settings: Mapping, lora: Mapping[str, torch.Tensor], masker: 
                "lora": _plain(lora), "masker": _plain(masker)}
     if ema:
         content["ema"] = _plain(ema)
+    if trained:
+        content["trained"] = _plain(trained)
     return content
 
 
@@ -92,6 +97,7 @@ def read_lora_file(path: str, key: str = WEIGHTS_KEY) -> Dict:
         raise ValueError(f"{key} '{path}' has LoRA file version {content.get('version')!r}; this ttd_d2 reads "
                          f"version {LORA_FILE_VERSION}")
     missing = [k for k in ("settings", "lora", "masker") if not isinstance(content.get(k), Mapping)]
+    missing += [k for k in ("ema", "trained") if k in content and not isinstance(content[k], Mapping)]
     missing += [f"settings.{k}" for k in SETTING_KEYS if k not in content.get("settings", {})]
     if missing:
         raise ValueError(f"{key} '{path}' is incomplete: no {missing}")

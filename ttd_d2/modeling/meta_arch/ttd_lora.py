@@ -33,6 +33,7 @@ reduction in the prior iteration") in several. So:
 import logging
 from typing import Dict, List, Sequence
 
+import torch
 from torch import nn
 
 from ..lora import (
@@ -106,6 +107,27 @@ def optional_adapters(backbone: nn.Module) -> Dict[str, tuple]:
     return {f"{names[id(b)]}.{weight.get(t, t + '.weight')}": (b, t) for b, t in pairs}
 
 
+def ttd_trained_parameters(backbone: nn.Module) -> Dict[str, nn.Parameter]:
+    """{name in ``backbone.clip``: parameter} of the modules TTD trains in full
+    (``backbone.ttd_trained_modules()``: TCL's decoder with ``MODEL.TCL.TRAIN_DECODER``)."""
+    names = {id(p): n for n, p in backbone.clip.named_parameters()}
+    return {names[id(p)]: p for module in backbone.ttd_trained_modules() for p in module.parameters()}
+
+
+def _load_trained(clip: nn.Module, trained: Dict, path: str) -> None:
+    """Copy a LoRA file's "trained" weights (by name in ``clip``) into ``clip``."""
+    params = dict(clip.named_parameters())
+    unknown = [n for n in trained if n not in params]
+    wrong = [f"{n}: file {tuple(t.shape)} vs model {tuple(params[n].shape)}" for n, t in trained.items()
+             if n in params and tuple(t.shape) != tuple(params[n].shape)]
+    if unknown or wrong:
+        raise ValueError(f"MODEL.TTD.LORA.WEIGHTS '{path}': its trained weights do not fit this model: unknown "
+                         f"{unknown[:5]}, shapes {wrong[:5]} (a file of another backbone, MODEL.BACKBONE.NAME?)")
+    with torch.no_grad():
+        for n, t in trained.items():
+            params[n].copy_(t)
+
+
 def load_lora_weights(backbone: nn.Module, masker: nn.Module, content: Dict, path: str, rank: int,
                       alpha: float) -> None:
     """Copy a LoRA file's adapters (into the adapters :func:`add_ttd_adapters` placed) and masker.
@@ -114,7 +136,8 @@ def load_lora_weights(backbone: nn.Module, masker: nn.Module, content: Dict, pat
     image block's MLP under clearclip / naclip; TCL's CLIP's own last block), adapted only when
     the contrastive loss trained the global embedding: a file that has those adapters gets them
     applied (frozen: no loss of this config reaches them), and a file without them leaves this
-    config's at their no-op start.
+    config's at their no-op start. The file's "trained" weights (TCL's decoder) are copied in;
+    they train on only where this config trains them too.
     """
     clip = backbone.clip
     optional = optional_adapters(backbone)
@@ -132,6 +155,7 @@ def load_lora_weights(backbone: nn.Module, masker: nn.Module, content: Dict, pat
         raise ValueError(f"MODEL.TTD.LORA.WEIGHTS '{path}' does not fit this model although its settings do: "
                          f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
     masker.load_state_dict(content["masker"])
+    _load_trained(clip, content.get("trained", {}), path)
 
 
 def setup_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, targets: Sequence[str] = VALID_TARGETS,
