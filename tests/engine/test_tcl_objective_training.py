@@ -1,7 +1,7 @@
 """TCL trained with its own objective through the real trainer on CPU (tiny CLIP, 32 px): the
 losses of every step, what trains, the decoder-only warm-up (the copied block still during it,
-trained after it; SGD and AdamW with weight decay), and configs/pretrain_tcl_synthetic.yaml
-through tools/train_net.py."""
+trained after it; SGD and AdamW with weight decay), the trained TCL in the authors' format,
+and configs/pretrain_tcl_synthetic.yaml through tools/train_net.py."""
 import json
 import uuid
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import HookBase, default_argument_parser
+from detectron2.modeling import build_model
 
 from conftest import REPO, load_script, make_tiny_train_cfg
 from ttd_d2.data.datasets.synthetic import register_synthetic
@@ -114,4 +115,23 @@ def test_pretrain_tcl_synthetic_config_runs_through_train_net(image_text, tmp_pa
     last = metrics[-1]
     assert last["iteration"] == 2
     assert all(key in last and torch.isfinite(torch.tensor(last[key])) for key in TCL_LOSSES), last
-    assert (tmp_path / "model_final.pth").is_file()
+    assert (tmp_path / "model_final.pth").is_file() and (tmp_path / "model_tcl_final.pth").is_file()
+
+
+def test_the_trained_tcl_is_written_in_the_authors_format_and_loads_as_tcl_weights(image_text, tmp_path):
+    trainer, _, _ = train(image_text["32"], tmp_path, **{"SOLVER.MAX_ITER": 2, "SOLVER.CHECKPOINT_PERIOD": 1})
+    assert (tmp_path / "model_tcl_0000000.pth").is_file() and not list(tmp_path.glob("*.tmp"))
+    path = tmp_path / "model_tcl_final.pth"
+    content = torch.load(path, map_location="cpu", weights_only=True)
+    assert content["step"] == 2
+    objective = trainer.model.backbone.objective
+    assert torch.equal(content["model"]["tcli_loss.logit_scale"], objective.image_temperature.logit_scale.detach())
+    assert torch.equal(content["model"]["tclf_loss.logit_scale"], objective.feature_temperature.logit_scale.detach())
+    cfg = make_tiny_train_cfg(image_text["32"], tmp_path, **{"MODEL.BACKBONE.NAME": "TCL", "MODEL.TCL.WEIGHTS": str(path)})
+    torch.manual_seed(0)  # the same frozen CLIP
+    zero_shot = build_model(cfg).eval()
+    trained = trainer.model.eval()
+    assert torch.equal(zero_shot.masker.w, trained.masker.w) and torch.equal(zero_shot.masker.b, trained.masker.b)
+    x = torch.randn(2, 3, 32, 24)
+    with torch.no_grad():
+        assert torch.allclose(zero_shot.backbone(x)["dense"], trained.backbone(x)["dense"], atol=1e-6)

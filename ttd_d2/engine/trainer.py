@@ -17,7 +17,8 @@ from ..evaluation import build_caption_evaluators
 from .checkpoint import TTDCheckpointer
 from .ddp import create_ddp_model
 from .delayed_start import DelayedStartLRMultiplier, delay_parameters
-from .hooks import TTDHook
+from .hooks import TTDHook, unwrap
+from .tcl_hook import TCLCheckpointHook
 
 # Scalars and embeddings that are not decayed (masker w, b; CLIP temperature; embeddings).
 NO_WEIGHT_DECAY = ("w", "b", "logit_scale", "class_embedding", "positional_embedding")
@@ -68,6 +69,8 @@ class TTDTrainer(DefaultTrainer):
             ttd_hook = TTDHook(self.cfg.OUTPUT_DIR, self.cfg.SOLVER.CHECKPOINT_PERIOD)
             writer_at = next((i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)), len(hook_list))
             hook_list.insert(writer_at, ttd_hook)
+        if unwrap(self.model).backbone.objective is not None:  # TCL's objective: the TCL in its own format
+            hook_list.append(TCLCheckpointHook(self.cfg.OUTPUT_DIR, self.cfg.SOLVER.CHECKPOINT_PERIOD))
         return hook_list
 
     @classmethod
