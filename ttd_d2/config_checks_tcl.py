@@ -18,10 +18,13 @@ def tcl_objective_problems(cfg) -> List[Problem]:
     """The objective's keys (read by the TCL backbone, so by ``build_model``) and where it can run."""
     loss, on = cfg.MODEL.TCL.LOSS, tcl_objective_on(cfg)
     unit = (lambda v: 0 <= v <= 1), "in [0, 1]"
+    lora_file = cfg.MODEL.TTD.LORA.WEIGHTS
     elsewhere = ("MODEL.TTD.ENABLED is True" if cfg.MODEL.TTD.ENABLED else
-                 f"MODEL.TTD.LORA.WEIGHTS = {cfg.MODEL.TTD.LORA.WEIGHTS!r} is set" if cfg.MODEL.TTD.LORA.WEIGHTS else "")
+                 f"MODEL.TTD.LORA.WEIGHTS = {lora_file!r} is set" if lora_file else "")
+    weights = (_number(f"MODEL.TCL.LOSS.{k}", loss[k], lambda v: v >= 0, ">= 0", fix=" (0 = off)")
+               for k in TCL_LOSS_WEIGHTS)
     return [
-        *(_number(f"MODEL.TCL.LOSS.{k}", loss[k], lambda v: v >= 0, ">= 0", fix=" (0 = off)") for k in TCL_LOSS_WEIGHTS),
+        *weights,
         _number("MODEL.TCL.LOSS.POSITIVE_AREA_PRIOR", loss.POSITIVE_AREA_PRIOR, *unit, fix=" (a mean mask area)"),
         _number("MODEL.TCL.LOSS.NEGATIVE_AREA_PRIOR", loss.NEGATIVE_AREA_PRIOR, *unit, fix=" (a mean mask area)"),
         _number("MODEL.TCL.LOSS.INIT_TEMPERATURE", loss.INIT_TEMPERATURE, lambda v: v >= 0.01, ">= 0.01",

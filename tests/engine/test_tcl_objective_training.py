@@ -127,7 +127,8 @@ def test_the_trained_tcl_is_written_in_the_authors_format_and_loads_as_tcl_weigh
     objective = trainer.model.backbone.objective
     assert torch.equal(content["model"]["tcli_loss.logit_scale"], objective.image_temperature.logit_scale.detach())
     assert torch.equal(content["model"]["tclf_loss.logit_scale"], objective.feature_temperature.logit_scale.detach())
-    cfg = make_tiny_train_cfg(image_text["32"], tmp_path, **{"MODEL.BACKBONE.NAME": "TCL", "MODEL.TCL.WEIGHTS": str(path)})
+    cfg = make_tiny_train_cfg(image_text["32"], tmp_path, **{"MODEL.BACKBONE.NAME": "TCL",
+                                                              "MODEL.TCL.WEIGHTS": str(path)})
     torch.manual_seed(0)  # the same frozen CLIP
     zero_shot = build_model(cfg).eval()
     trained = trainer.model.eval()

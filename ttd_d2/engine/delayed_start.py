@@ -39,7 +39,8 @@ def delay_parameters(optimizer: torch.optim.Optimizer, params: Iterable[torch.nn
             moved.append({**{k: v for k, v in group.items() if k != "params"}, "params": mine, START_ITER: start_iter})
     found = sum(len(g["params"]) for g in moved)
     if found != len(delayed):
-        raise ValueError(f"delay_parameters: {len(delayed) - found} of the {len(delayed)} parameters are not in the optimizer")
+        raise ValueError(f"delay_parameters: {len(delayed) - found} of the {len(delayed)} parameters are not in "
+                         "the optimizer")
     optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
     for group in moved:
         optimizer.add_param_group(group)

@@ -123,7 +123,8 @@ def test_extended_info_nce_hand_value():
     by_text = (cross_entropy([9.0, 3.0], 0) + cross_entropy([1.0, 5.0], 1)) / 2
     assert loss.item() == pytest.approx(0.5 * (by_image + by_text), rel=1e-6)
     loss.backward()
-    # d/dS[i, j] of 1/2 [mean_b CE(row b) + mean_b CE(column b)] = 1/4 [softmax(row i)_j + softmax(column j)_i - 2 [i = j]]
+    # d/dS[i, j] of 1/2 [mean_b CE(row b) + mean_b CE(column b)]
+    #   = 1/4 [softmax(row i)_j + softmax(column j)_i - 2 [i = j]]
     row_p = [[math.exp(v) / sum(math.exp(u) for u in row) for v in row] for row in rows]
     columns = [[rows[0][j], rows[1][j]] for j in range(2)]
     column_p = [[math.exp(v) / sum(math.exp(u) for u in col) for v in col] for col in columns]
