@@ -10,6 +10,7 @@ from detectron2.modeling import build_model
 from conftest import make_tiny_cfg
 from ttd_d2 import add_ttd_config
 from ttd_d2.config_checks import check_model_config, check_training_config
+from ttd_d2.config_checks_tcl import tcl_objective_on
 from ttd_d2.engine import TTDTrainer
 from ttd_d2.modeling.backbone import clip_dense
 
@@ -33,6 +34,14 @@ MODEL_CASES = [
     ("MODEL.TCL.PIXEL_MEAN", [], "or [] for both to use the CLIP's own"),
     ("MODEL.TCL.PIXEL_STD", [0.2, 0.0, 0.2], "MODEL.TCL.PIXEL_STD = [0.2, 0.0, 0.2]: must be 3 numbers each"),
     ("MODEL.TCL.TRAIN_DECODER", "no", "MODEL.TCL.TRAIN_DECODER = 'no': must be True or False"),
+    ("MODEL.TCL.GUMBEL_TAU", 0.0, "MODEL.TCL.GUMBEL_TAU = 0.0: must be > 0"),
+    ("MODEL.TCL.LOSS.CONTRASTIVE_WEIGHT", -0.1, "MODEL.TCL.LOSS.CONTRASTIVE_WEIGHT = -0.1: must be >= 0"),
+    ("MODEL.TCL.LOSS.AREA_WEIGHT", "0.4", "MODEL.TCL.LOSS.AREA_WEIGHT = '0.4': must be a number >= 0"),
+    ("MODEL.TCL.LOSS.TV_WEIGHT", float("inf"), "MODEL.TCL.LOSS.TV_WEIGHT = inf: must be a number >= 0"),
+    ("MODEL.TCL.LOSS.TV_WEIGHT", 1.0, "MODEL.TCL.LOSS weights > 0 but MODEL.BACKBONE.NAME is 'CLIPDense'"),
+    ("MODEL.TCL.LOSS.POSITIVE_AREA_PRIOR", 1.5, "MODEL.TCL.LOSS.POSITIVE_AREA_PRIOR = 1.5: must be in [0, 1]"),
+    ("MODEL.TCL.LOSS.NEGATIVE_AREA_PRIOR", -0.1, "MODEL.TCL.LOSS.NEGATIVE_AREA_PRIOR = -0.1: must be in [0, 1]"),
+    ("MODEL.TCL.LOSS.INIT_TEMPERATURE", 0.005, "MODEL.TCL.LOSS.INIT_TEMPERATURE = 0.005: must be >= 0.01 (the logit scale 1 / T is capped at 100)"),
     ("MODEL.MASKER.INIT_W", 0.0, "MODEL.MASKER.INIT_W = 0.0: must be > 0"),
     ("MODEL.MASKER.INIT_B", float("nan"), "MODEL.MASKER.INIT_B = nan: must be a number"),
     ("MODEL.TTD.TAG_SCORING", "s_caption", "MODEL.TTD.TAG_SCORING = 's_caption' is unknown: use one of s_image, s_text, s_pixel, image_text, nltk"),
@@ -67,7 +76,7 @@ TRAINING_CASES = [
     ({"SOLVER.AMP.ENABLED": True}, "SOLVER.AMP.ENABLED = True: not supported"),
     ({"SOLVER.OPTIMIZER": "LAMB"}, "SOLVER.OPTIMIZER = 'LAMB' is unknown: use one of ADAMW, SGD"),
     ({"SOLVER.BETAS": (0.9, 1.0)}, "SOLVER.BETAS = (0.9, 1.0): must be two numbers in [0, 1)"),
-    ({"MODEL.TTD.ENABLED": False}, "nothing to train: MODEL.TTD.ENABLED is False and MODEL.CLIP.CONTRASTIVE_WEIGHT is 0"),
+    ({"MODEL.TTD.ENABLED": False}, "nothing to train: MODEL.TTD.ENABLED is False, MODEL.CLIP.CONTRASTIVE_WEIGHT and the MODEL.TCL.LOSS weights are 0"),
     ({"MODEL.TTD.LOSS.DISTILL_WEIGHT": 0.0, "MODEL.TTD.LOSS.TAG_WEIGHT": 0.0}, "nothing to train: MODEL.TTD.LOSS.DISTILL_WEIGHT"),
     ({"MODEL.TTD.LORA.MERGE_FOR_INFERENCE": True}, "MODEL.TTD.LORA.MERGE_FOR_INFERENCE = True"),
     ({"INPUT.TRAIN_SIZE": 36}, "INPUT.TRAIN_SIZE = 36: must be > 0 and a multiple of the patch size (8)"),
@@ -78,7 +87,15 @@ TRAINING_CASES = [
      "MODEL.BACKBONE.NAME = 'TCL' with MODEL.TTD.ENABLED False and MODEL.CLIP.CONTRASTIVE_WEIGHT > 0"),
     ({"MODEL.BACKBONE.NAME": "TCL", "MODEL.TTD.ENABLED": False, "MODEL.TCL.TRAIN_DECODER": True},
      "MODEL.TCL.TRAIN_DECODER = True is read only with MODEL.TTD.ENABLED True"),
+    ({"MODEL.TCL.DECODER_ONLY_ITERS": 10}, "MODEL.TCL.DECODER_ONLY_ITERS = 10 is read only by TCL's objective"),
+    ({"MODEL.TCL.DECODER_ONLY_ITERS": -1}, "MODEL.TCL.DECODER_ONLY_ITERS = -1: must be in [0, SOLVER.MAX_ITER = 40000)"),
+    ({"MODEL.TCL.DECODER_ONLY_ITERS": 2.5}, "MODEL.TCL.DECODER_ONLY_ITERS = 2.5: must be an integer in [0, SOLVER.MAX_ITER"),
+    ({"SOLVER.MAX_ITER": 10, "MODEL.TCL.DECODER_ONLY_ITERS": 10}, "MODEL.TCL.DECODER_ONLY_ITERS = 10: must be in [0, SOLVER.MAX_ITER = 10)"),
 ]
+
+# TCL's objective on: the TCL backbone, TTD off, TCL's weights (configs/pretrain_tcl_synthetic.yaml)
+TCL_OBJECTIVE = {"MODEL.BACKBONE.NAME": "TCL", "MODEL.TTD.ENABLED": False, "MODEL.TCL.LOSS.CONTRASTIVE_WEIGHT": 0.1,
+                 "MODEL.TCL.LOSS.AREA_WEIGHT": 0.4, "MODEL.TCL.LOSS.TV_WEIGHT": 1.0}
 
 
 @pytest.fixture
@@ -131,6 +148,18 @@ def test_tcl_backbone_refuses_another_dense_mode(no_clip):
     cfg = set_keys(make_tiny_cfg(), {"MODEL.BACKBONE.NAME": "TCL", "MODEL.CLIP.DENSE_MODE": "naclip"})
     with pytest.raises(ValueError, match="MODEL.CLIP.DENSE_MODE = 'naclip': the TCL backbone runs its copied last block as MaskCLIP"):
         build_model(cfg)
+
+
+@pytest.mark.parametrize("keys", [{"MODEL.TTD.ENABLED": True}, {"MODEL.TTD.LORA.WEIGHTS": "model_lora_final.pth"}])
+def test_tcl_objective_is_refused_beside_ttd_and_lora_files(no_clip, keys):
+    cfg = set_keys(make_tiny_cfg(), {**TCL_OBJECTIVE, **keys})
+    with pytest.raises(ValueError, match="TCL's objective trains TCL's head from its frozen CLIP, TTD adapts a trained"):
+        build_model(cfg)
+
+
+def test_valid_tcl_objective_config_reaches_the_loader(tmp_path, no_loader):
+    with pytest.raises(AssertionError, match="data loader was built"):
+        TTDTrainer(train_cfg(tmp_path, **TCL_OBJECTIVE, **{"SOLVER.MAX_ITER": 10, "MODEL.TCL.DECODER_ONLY_ITERS": 6}))
 
 
 def test_slide_stride_larger_than_crop_is_refused(no_clip):
@@ -192,5 +221,5 @@ def test_shipped_configs_pass_the_checks(path):
     add_ttd_config(cfg)
     cfg.merge_from_file(str(path))
     check_model_config(cfg)
-    if cfg.MODEL.TTD.ENABLED or cfg.MODEL.CLIP.CONTRASTIVE_WEIGHT > 0:  # the training configs
+    if cfg.MODEL.TTD.ENABLED or cfg.MODEL.CLIP.CONTRASTIVE_WEIGHT > 0 or tcl_objective_on(cfg):  # training configs
         check_training_config(cfg)

@@ -43,6 +43,28 @@ def add_ttd_config(cfg):
     cfg.MODEL.TCL.PIXEL_STD = [0.229, 0.224, 0.225]
     # With MODEL.TTD.ENABLED, also train the decoder in full (False: frozen; LoRA adapters only).
     cfg.MODEL.TCL.TRAIN_DECODER = False
+    # Temperature of the Gumbel-sigmoid that samples the masks cutting captions' regions out of
+    # images in training (TCL's objective, loss_tcl_image).
+    cfg.MODEL.TCL.GUMBEL_TAU = 1.0
+    # Decoder-only warm-up of TCL's objective: for the first N iterations the head's copied last
+    # block keeps its weights (learning rate 0) while the decoder, ln_post/proj copies, masker
+    # and temperatures train (TCL: 30000 of 50000). 0 = none.
+    cfg.MODEL.TCL.DECODER_ONLY_ITERS = 0
+    # TCL's own training objective (docs/BACKBONES.md); every weight 0 = off (TTD's configs).
+    cfg.MODEL.TCL.LOSS = CN()
+    # Weight of both text-grounded contrastive losses, on the cut-out image and on the masked
+    # dense features (TCL's tcl_w: 0.1).
+    cfg.MODEL.TCL.LOSS.CONTRASTIVE_WEIGHT = 0.0
+    # Weight of both area priors, on the masks of positive and of negative pairs (area_w: 0.4).
+    cfg.MODEL.TCL.LOSS.AREA_WEIGHT = 0.0
+    # Weight of both total-variation terms, on the dense embeddings and on the masks (tv_w: 1.0).
+    cfg.MODEL.TCL.LOSS.TV_WEIGHT = 0.0
+    # Mean mask area the masks of an image and its own caption are pulled to (TCL: 0.4).
+    cfg.MODEL.TCL.LOSS.POSITIVE_AREA_PRIOR = 0.4
+    # Mean mask area the masks of an image and the other captions are pulled to (TCL: 0).
+    cfg.MODEL.TCL.LOSS.NEGATIVE_AREA_PRIOR = 0.0
+    # Initial temperature of both contrastive losses (learnable, logit scale 1 / T capped at 100).
+    cfg.MODEL.TCL.LOSS.INIT_TEMPERATURE = 0.07
 
     # ---------------------------------------------------------------- masker
     cfg.MODEL.MASKER = CN()

@@ -160,19 +160,24 @@ def _patch_and_depth(cfg) -> Tuple[Optional[int], Optional[int]]:
 
 
 def _nothing_to_train(cfg) -> Problem:
+    from .config_checks_tcl import tcl_objective_on
+
     clip, ttd = cfg.MODEL.CLIP, cfg.MODEL.TTD
-    if not ttd.ENABLED and clip.CONTRASTIVE_WEIGHT == 0:
-        why = "MODEL.TTD.ENABLED is False and MODEL.CLIP.CONTRASTIVE_WEIGHT is 0"
+    if not ttd.ENABLED and clip.CONTRASTIVE_WEIGHT == 0 and not tcl_objective_on(cfg):
+        why = "MODEL.TTD.ENABLED is False, MODEL.CLIP.CONTRASTIVE_WEIGHT and the MODEL.TCL.LOSS weights are 0"
     elif ttd.ENABLED and max(clip.CONTRASTIVE_WEIGHT, ttd.LOSS.DISTILL_WEIGHT, ttd.LOSS.TAG_WEIGHT) <= 0:
         why = "MODEL.TTD.LOSS.DISTILL_WEIGHT, MODEL.TTD.LOSS.TAG_WEIGHT and MODEL.CLIP.CONTRASTIVE_WEIGHT are all 0"
     else:
         return None
-    return (f"nothing to train: {why}. Set MODEL.TTD.ENABLED True (TTD with LoRA) or a positive "
-            "MODEL.CLIP.CONTRASTIVE_WEIGHT (CLIP training); to evaluate only, use --eval-only.")
+    return (f"nothing to train: {why}. Set MODEL.TTD.ENABLED True (TTD with LoRA), a positive "
+            "MODEL.CLIP.CONTRASTIVE_WEIGHT (CLIP training) or MODEL.TCL.LOSS weights (TCL's objective, backbone "
+            "TCL); to evaluate only, use --eval-only.")
 
 
 def check_model_config(cfg) -> None:
     """Check the keys the TTD model and its evaluation read; raise ``ValueError`` listing the problems."""
+    from .config_checks_tcl import tcl_objective_problems  # it imports this module's helpers
+
     clip, ttd, lora, test = cfg.MODEL.CLIP, cfg.MODEL.TTD, cfg.MODEL.TTD.LORA, cfg.MODEL.SEG_INFERENCE
     patch, depth = _patch_and_depth(cfg)
     non_negative, positive = ((lambda v: v >= 0), ">= 0"), ((lambda v: v > 0), "> 0")
@@ -190,6 +195,7 @@ def check_model_config(cfg) -> None:
         _number("MODEL.CLIP.CONTRASTIVE_WEIGHT", clip.CONTRASTIVE_WEIGHT, *non_negative),
         _flag("MODEL.CLIP.BF16", clip.BF16),
         *_tcl_problems(cfg),
+        *tcl_objective_problems(cfg),
         # MODEL.MASKER: sigmoid(w * cos + b) must grow with the similarity
         _number("MODEL.MASKER.INIT_W", cfg.MODEL.MASKER.INIT_W, *positive),
         _number("MODEL.MASKER.INIT_B", cfg.MODEL.MASKER.INIT_B, lambda v: True, "(any finite value)"),
@@ -252,6 +258,8 @@ def check_training_config(cfg) -> None:
     Not called by ``build_model``: ``--eval-only`` builds the same model and must not be refused
     for a training setting.
     """
+    from .config_checks_tcl import decoder_warmup_problem  # it imports this module's helpers
+
     patch, _ = _patch_and_depth(cfg)
     patch_text = f" ({patch})" if patch else ""
     problems = [
@@ -260,6 +268,7 @@ def check_training_config(cfg) -> None:
         _betas("SOLVER.BETAS", cfg.SOLVER.BETAS),
         _nothing_to_train(cfg),
         _tcl_training(cfg),
+        decoder_warmup_problem(cfg),
         MERGE_REFUSED if cfg.MODEL.TTD.LORA.MERGE_FOR_INFERENCE else None,
         _number("INPUT.TRAIN_SIZE", cfg.INPUT.TRAIN_SIZE, lambda v: v > 0 and v % (patch or 1) == 0,
                 f"> 0 and a multiple of the patch size{patch_text}", integer=True,

@@ -1,9 +1,9 @@
 """Multi-process training as detectron2 runs it: two CPU processes (gloo), the real
 ``TTDTrainer`` (its model, optimizer, train loader, hooks and detectron2's DDP wrapping with
 ``find_unused_parameters=False``), for every dense head and teacher with TTD, TTD plus the
-contrastive loss, contrastive pretraining, and TTD on the TCL backbone. After a few iterations
-the trainable parameters must be identical on both ranks (DDP averaged every gradient) and
-changed.
+contrastive loss, contrastive pretraining, TTD on the TCL backbone, and TCL's own objective
+(with and without its decoder-only warm-up). After a few iterations the trainable parameters
+must be identical on both ranks (DDP averaged every gradient) and changed.
 
 detectron2 v0.6's ``launch`` needs CUDA for several processes, so the workers set up what it
 sets up (the process group, ``comm``'s local group) themselves. All cases run in one spawn
@@ -27,6 +27,9 @@ from ttd_d2.data.synthetic.writer import generate
 
 WORLD_SIZE = 2
 ITERATIONS = 3
+# TCL trained with its own objective (modeling/tcl): negatives from both ranks' captions
+TCL_OBJECTIVE = {"MODEL.BACKBONE.NAME": "TCL", "MODEL.TTD.ENABLED": False, "MODEL.TCL.LOSS.CONTRASTIVE_WEIGHT": 0.1,
+                 "MODEL.TCL.LOSS.AREA_WEIGHT": 0.4, "MODEL.TCL.LOSS.TV_WEIGHT": 1.0}
 CASES = {
     "vanilla-self-s_image": {"MODEL.CLIP.DENSE_MODE": "vanilla", "MODEL.TTD.TEACHER": "self",
                              "MODEL.TTD.TAG_SCORING": "s_image"},
@@ -42,6 +45,9 @@ CASES = {
     "tcl-frozen": {"MODEL.BACKBONE.NAME": "TCL", "MODEL.TTD.TEACHER": "frozen", "MODEL.TTD.LORA.IMAGE_LAYERS": 1},
     "tcl-ema-decoder-contrastive": {"MODEL.BACKBONE.NAME": "TCL", "MODEL.TTD.TEACHER": "ema", "MODEL.TTD.EMA_DECAY": 0.5,
                                     "MODEL.TCL.TRAIN_DECODER": True, "MODEL.CLIP.CONTRASTIVE_WEIGHT": 1.0},
+    "tcl-objective": TCL_OBJECTIVE,
+    # the copied block starts at the last iteration: DDP keeps its gradient all along (delayed_start)
+    "tcl-objective-decoder-warmup": {**TCL_OBJECTIVE, "MODEL.TCL.DECODER_ONLY_ITERS": ITERATIONS - 1},
 }
 
 

@@ -8,6 +8,7 @@ from detectron2.data import MetadataCatalog, build_detection_test_loader, build_
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import DatasetEvaluators, SemSegEvaluator
+from detectron2.solver import build as solver_build
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from ..config_checks import check_trainable, check_training_config
@@ -15,7 +16,9 @@ from ..data.mappers import CaptionTrainMapper, TestMapper
 from ..evaluation import build_caption_evaluators
 from .checkpoint import TTDCheckpointer
 from .ddp import create_ddp_model
-from .hooks import TTDHook
+from .delayed_start import DelayedStartLRMultiplier, delay_parameters
+from .hooks import TTDHook, unwrap
+from .tcl_hook import TCLCheckpointHook
 
 # Scalars and embeddings that are not decayed (masker w, b; CLIP temperature; embeddings).
 NO_WEIGHT_DECAY = ("w", "b", "logit_scale", "class_embedding", "positional_embedding")
@@ -66,21 +69,35 @@ class TTDTrainer(DefaultTrainer):
             ttd_hook = TTDHook(self.cfg.OUTPUT_DIR, self.cfg.SOLVER.CHECKPOINT_PERIOD)
             writer_at = next((i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)), len(hook_list))
             hook_list.insert(writer_at, ttd_hook)
+        if unwrap(self.model).backbone.objective is not None:  # TCL's objective: the TCL in its own format
+            hook_list.append(TCLCheckpointHook(self.cfg.OUTPUT_DIR, self.cfg.SOLVER.CHECKPOINT_PERIOD))
         return hook_list
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """AdamW (``SOLVER.OPTIMIZER: ADAMW``) or detectron2's SGD over trainable parameters."""
+        """AdamW (``SOLVER.OPTIMIZER: ADAMW``) or detectron2's SGD over trainable parameters;
+        TCL's decoder-only warm-up puts its copied block in groups of their own (``delayed_start``)."""
         check_trainable(model)
         if cfg.SOLVER.OPTIMIZER.upper() == "SGD":
-            return super().build_optimizer(cfg, model)
-        if cfg.SOLVER.OPTIMIZER.upper() != "ADAMW":
+            optimizer = super().build_optimizer(cfg, model)
+        elif cfg.SOLVER.OPTIMIZER.upper() == "ADAMW":
+            params = get_default_optimizer_params(
+                model, base_lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+                weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+                overrides={name: {"weight_decay": 0.0} for name in NO_WEIGHT_DECAY},
+            )
+            optimizer = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
+                params, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS), weight_decay=cfg.SOLVER.WEIGHT_DECAY
+            )
+        else:
             raise ValueError(f"SOLVER.OPTIMIZER '{cfg.SOLVER.OPTIMIZER}' unknown; use ADAMW or SGD")
-        params = get_default_optimizer_params(
-            model, base_lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-            overrides={name: {"weight_decay": 0.0} for name in NO_WEIGHT_DECAY},
-        )
-        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
-            params, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS), weight_decay=cfg.SOLVER.WEIGHT_DECAY
-        )
+        if cfg.MODEL.TCL.DECODER_ONLY_ITERS > 0:
+            delay_parameters(optimizer, model.backbone.decoder_only_frozen_parameters(), cfg.MODEL.TCL.DECODER_ONLY_ITERS)
+        return optimizer
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        """detectron2's schedule, in a multiplier that holds delayed groups at 0 until they
+        start (``delayed_start``; the same as detectron2's when none is delayed)."""
+        with mock.patch.object(solver_build, "LRMultiplier", DelayedStartLRMultiplier):
+            return super().build_lr_scheduler(cfg, optimizer)

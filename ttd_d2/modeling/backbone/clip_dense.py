@@ -78,6 +78,10 @@ class CLIPDense(Backbone):
         self.naclip_sigma = naclip_sigma
         self.prompt_templates = list(prompt_templates)
         self.bf16 = bf16
+        # The backbone's own training objective (TCL's), or None: when set, the meta-architecture
+        # adds ``training_losses(images, dense, caption_emb, masker)`` to its training losses.
+        # (An instance attribute: a class attribute would hide a subclass's objective module.)
+        self.objective: Optional[torch.nn.Module] = None
         self.pixel_mean = [255.0 * m for m in pixel_mean]
         self.pixel_std = [255.0 * s for s in pixel_std]
         self.patch_size = tuple(self.clip.visual.patch_size)

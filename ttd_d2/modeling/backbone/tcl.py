@@ -22,6 +22,7 @@ from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY
 from torch import nn
 
+from ..tcl.objective import TCLObjective
 from .clip_dense import CLIPDense
 from .dense_heads import dense_last_block
 from .tcl_checkpoint import load_tcl_checkpoint
@@ -70,6 +71,7 @@ class TCL(CLIPDense):
         masker_from_weights: bool = True,
         train_decoder: bool = False,
         decoder_blocks: int = 2,
+        objective: Optional[TCLObjective] = None,
         **clip_args,
     ):
         """
@@ -80,6 +82,8 @@ class TCL(CLIPDense):
                 (the meta-architecture starts its masker there instead of ``MODEL.MASKER``).
             train_decoder: under TTD, train the decoder in full beside the adapters.
             decoder_blocks: upsampling blocks of the decoder (TCL: 2, i.e. 4x).
+            objective: TCL's own training objective (``MODEL.TCL.LOSS``), or None (every
+                weight 0, e.g. under TTD): the meta-architecture adds ``training_losses``.
             clip_args: the arguments of ``CLIPDense`` (``clip_model``, ``tokenizer``,
                 ``pixel_mean``, ``pixel_std``, ``prompt_templates``, ``bf16``); the dense mode
                 is MaskCLIP's.
@@ -95,6 +99,7 @@ class TCL(CLIPDense):
         self.clip.requires_grad_(False)  # TCL's CLIP is frozen; only its head trains
         visual.add_module(HEAD_NAME, head)
         self.train_decoder = train_decoder
+        self.objective = objective
         self.masker_state: Optional[Dict[str, torch.Tensor]] = None
         if weights:
             masker = load_tcl_checkpoint(head, weights)
@@ -109,6 +114,8 @@ class TCL(CLIPDense):
         if len(tcl.PIXEL_MEAN):  # [] = the CLIP's own (open_clip's preprocessing config)
             args["pixel_mean"], args["pixel_std"] = list(tcl.PIXEL_MEAN), list(tcl.PIXEL_STD)
         args.update(weights=tcl.WEIGHTS, masker_from_weights=tcl.MASKER_FROM_WEIGHTS, train_decoder=tcl.TRAIN_DECODER)
+        objective = TCLObjective(cfg)
+        args["objective"] = objective if objective.enabled else None
         return args
 
     @property
@@ -129,6 +136,27 @@ class TCL(CLIPDense):
     def ttd_trained_modules(self) -> Sequence[nn.Module]:
         """The decoder with ``MODEL.TCL.TRAIN_DECODER``, else nothing."""
         return [self.head.decoder] if self.train_decoder else []
+
+    def training_losses(self, images: torch.Tensor, dense: torch.Tensor, caption_emb: torch.Tensor,
+                        masker: nn.Module) -> Dict[str, torch.Tensor]:
+        """TCL's objective (``ttd_d2/modeling/tcl/objective.py``) for normalised ``images``
+        [B, 3, H, W], their ``dense`` embeddings [B, D, 4h, 4w] (with grad), caption embeddings
+        [B, D] and the meta-architecture's masker; {} without an objective."""
+        if self.objective is None:
+            return {}
+        return self.objective(dense, caption_emb, masker, images, self.encode_image)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen CLIP's own global embedding [B, D] of normalised images [B, 3, H, W],
+        differentiable in the images (TCL's objective sends gradients through it to its masks)."""
+        tokens, grid = self.forward_trunk(images, 0)
+        return self.forward_head(tokens, grid, 0, with_dense=False)["global"]
+
+    def decoder_only_frozen_parameters(self) -> List[nn.Parameter]:
+        """What TCL's decoder-only warm-up (``MODEL.TCL.DECODER_ONLY_ITERS``) holds still: the
+        trainable weights of the head's copied last block (the decoder, ``ln_post`` / ``proj``
+        copies, masker and temperatures train from the start)."""
+        return [p for p in self.head.block.parameters() if p.requires_grad]
 
     def forward_head(
         self, tokens: torch.Tensor, grid: Tuple[int, int], first_block: int, with_global: bool = True,

@@ -32,7 +32,8 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
 
     Training (``batched_inputs`` with "image" and "caption") returns a dict of losses:
     ``loss_distill`` and ``loss_tag`` when ``ttd_enabled``, ``loss_contrastive`` when
-    ``contrastive_weight > 0`` (plain CLIP training when TTD is off). Inference returns
+    ``contrastive_weight > 0`` (plain CLIP training when TTD is off), and the backbone's own
+    ``training_losses`` when it has an objective (TCL's, ``MODEL.TCL.LOSS``). Inference returns
     ``{"sem_seg": [C, H, W]}`` for images, or the caption analysis of ``docs/INTERFACES.md``
     for inputs that carry a "caption". The TTD training step's parts (tag batch, teacher
     views, distillation losses, statistics) are in ``TTDDistillation`` (``ttd_distillation.py``),
@@ -121,7 +122,7 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
         self.lora_settings: Optional[Dict] = None  # of the adapters, recorded in LoRA files
         if ttd_enabled or (lora or {}).get("weights"):
             self._setup_lora(**(lora or {}))
-        if not ttd_enabled:
+        if not ttd_enabled and backbone.objective is None:
             masker.requires_grad_(False)  # no loss reads it (see ttd_lora: what trains)
 
     @classmethod
@@ -203,11 +204,15 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
         need_global = self._global_grad or (self.teacher == "self" and self._scoring_needs_global)
         # Adapted weights (W + BA) are built once per step instead of at every access.
         with parametrize.cached():
+            with_dense = self.ttd_enabled or self.backbone.objective is not None
             student = self.backbone.forward_head(
-                tokens, grid, shared, with_global=need_global, with_dense=self.ttd_enabled, global_grad=self._global_grad
+                tokens, grid, shared, with_global=need_global, with_dense=with_dense, global_grad=self._global_grad
             )
             caption_emb = self._encode_captions(batched_inputs)
-            return self._losses(captions, tag_batch, student, caption_emb, teacher)
+            losses = self._losses(captions, tag_batch, student, caption_emb, teacher)
+            if self.backbone.objective is not None:  # the backbone's own (TCL's, modeling/tcl)
+                losses.update(self.backbone.training_losses(images, student["dense"], caption_emb, self.masker))
+            return losses
 
     def _encode_captions(self, batched_inputs: Sequence[Dict]) -> torch.Tensor:
         """Caption embeddings [B, D], from the loader's "caption_tokens" when every input has them."""

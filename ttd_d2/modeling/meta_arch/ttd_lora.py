@@ -27,6 +27,8 @@ reduction in the prior iteration") in several. So:
   text tower use all of them); the masker is frozen, since no loss reads it. A
   ``MODEL.TTD.LORA.WEIGHTS`` file is folded into the weights first (the start of training);
   without the contrastive loss (evaluation) its adapters are applied and frozen.
+* **A backbone's own objective** (TCL's, ``MODEL.TCL.LOSS``; TTD off, no adapters): what the
+  backbone leaves trainable (TCL's head) and the masker train, all reached by its losses.
 * Adapters a LoRA file has where this config's forward gives them no gradient (the MLP above,
   from a run with the contrastive loss) are applied and frozen (:func:`load_lora_weights`).
 """
