@@ -17,6 +17,7 @@ setup(
         "torch>=2.0",
         "open_clip_torch>=2.20",
         "fvcore",
+        "matplotlib>=3.5",  # the quickstart's pictures (ttd_d2/utils/visualize.py); detectron2 needs it too
         "pycocotools",
         "nltk>=3.8",
         "joblib",  # the evaluation cache (ttd_d2/evaluation/result_cache.py); nltk needs it too

@@ -10,7 +10,8 @@ For each dense head (MODEL.CLIP.DENSE_MODE), on validation splits only:
    class word's mask against its region; --calibrate captions fits the caption mask instead,
    none keeps the config's MODEL.MASKER.INIT_B);
 2. on the caption split, with that b: the target IoU of each tag selection (s_pixel, s_pixel
-   without background words, its object words only, the ground-truth tags), with and without
+   without background words (moot on splits of generator version >= 2, whose evaluation
+   captions never name the background), its object words only, the ground-truth tags), with and without
    min-max normalisation, against the caption mask's own IoU (2-class CaptionIoU, masks >=
    MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD), the caption mask's coverage of dominant and
    secondary objects, and the tag-map AUC of dominant and secondary objects (P(an object pixel
@@ -151,6 +152,9 @@ def print_report(report):
              for k in ("dominant", "secondary")]
     print(f"\n2-class IoU on {report['settings']['captions_dataset']} ({report['settings']['num_images']} images):")
     print(tabulate(rows, headers=["", *heads], tablefmt="pipe", floatfmt=".1f"))
+    if all(np.isnan(h["target_iou_s_pixel_minmax"]["names_background"]) for h in heads.values()):
+        print("(no caption names the background, as in every caption split of generator version >= 2: the "
+              "s_pixel_no_background rows equal the s_pixel ones)")
     zero_shot = report["train_zero_shot"]
     print(f"\nzero-shot accuracy on {zero_shot['num_images']} training images whose caption names one class: "
           f"{zero_shot['accuracy']:.1f}")

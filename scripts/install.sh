@@ -7,7 +7,7 @@
 # 2. detectron2: skipped if importable; else the official repository (when reachable);
 #    else the PyPI sdist pb1-detectron2==0.6 (same Python code as the v0.6 tag),
 #    installed pure-Python after scripts/patch_detectron2_v06.py applies its fixes;
-# 3. `pip install -e .` (open_clip_torch, fvcore, pycocotools, nltk, opencv-python-headless).
+# 3. `pip install -e .` (open_clip_torch, fvcore, matplotlib, pycocotools, nltk, opencv-python-headless).
 # Re-running it installs nothing that already works.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}

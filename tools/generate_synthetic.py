@@ -5,9 +5,13 @@
     python tools/generate_synthetic.py --preset quickstart
     # one split of one layout (or of all three: --layout all)
     python tools/generate_synthetic.py --layout captions --split test103 --seed 103 --num-images 300
+    # training scenes whose single objects keep the evaluation scenes' radius (generator version 1's)
+    python tools/generate_synthetic.py --layout image_text --split pretrain --seed 0 --num-images 20000 \
+        --single-object-radius 0.23 0.30
 
-A split already complete with the same parameters is skipped; splits are written to a hidden
-temporary folder and renamed into place, so an interrupted run leaves nothing half-written.
+A split already complete with the same parameters is skipped, one written by an older generator
+version is regenerated; splits are written to a hidden temporary folder and renamed into place,
+so an interrupted run leaves nothing half-written.
 """
 import argparse
 import logging
@@ -18,7 +22,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ttd_d2.data.synthetic.writer import LAYOUTS, SplitSpec, generate, is_complete, quickstart_splits
+from ttd_d2.data.synthetic.meta import resolve_single_object_radius
+from ttd_d2.data.synthetic.writer import (
+    LAYOUTS, TRAINING_SINGLE_OBJECT_RADIUS, SplitSpec, generate, is_complete, quickstart_splits,
+)
 
 logger = logging.getLogger("generate_synthetic")
 
@@ -37,12 +44,19 @@ def parse_args(argv=None):
     parser.add_argument("--val-images", type=int, default=200, help="quickstart: each val split's size")
     parser.add_argument("--test-images", type=int, default=300, help="quickstart: each test split's size")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
+    low, high = TRAINING_SINGLE_OBJECT_RADIUS
     parser.add_argument("--single-object-radius", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        help="image_text only: radius range (fraction of the width) of one-object scenes")
+                        help="image_text only: radius range (fraction of the width) of one-object scenes "
+                             f"(default {low:g} {high:g}; 0.23 0.30 = the evaluation scenes' range, generator version 1's)")
     parser.add_argument("--overwrite", action="store_true", help="replace splits generated with other parameters")
     args = parser.parse_args(argv)
     if args.preset is None and (args.split is None or args.seed is None):
         parser.error("give --preset, or --split and --seed")
+    if args.single_object_radius is not None:
+        try:
+            resolve_single_object_radius("image_text", tuple(args.single_object_radius))
+        except ValueError as e:
+            parser.error(f"--single-object-radius: {e}")
     return args
 
 

@@ -5,14 +5,20 @@
 
 1. generates the synthetic benchmark under $DETECTRON2_DATASETS/synthetic if missing;
 2. calibrates the shipped tiny CLIP (checkpoints/tiny_clip_synthetic.pt) on the validation
-   splits: masker bias, and (recorded, not applied) the tag-selection threshold;
-3. evaluates it zero-shot, with the background threshold calibrated on semseg/val;
-4. TTD-fine-tunes it through tools/train_net.py (LoRA, frozen teacher);
-5. evaluates the LoRA-only result the same way; prints a before/after table and writes
-   ``<output-dir>/quickstart_results.json`` = {"before": ..., "after": ..., "calibration": ...}.
+   splits: the masker bias on word-level segmentation of semseg/val, and (recorded, not
+   applied) the tag-selection threshold on captions/val;
+3. evaluates it zero-shot twice, with its masker as trained (the config's MODEL.MASKER, TCL's
+   w 10, b -2.5) and as calibrated, each with the background threshold calibrated on semseg/val;
+4. TTD-fine-tunes it through tools/train_net.py (LoRA, frozen teacher), from the calibrated masker;
+5. evaluates the LoRA-only result the same two ways (as trained: the masker it learnt;
+   calibrated: recalibrated exactly as in 2); prints the before/after tables, writes
+   ``<output-dir>/quickstart_results.json`` = {"before": ..., "after": ... (both calibrated),
+   "as_trained": {"before": ..., "after": ...}, "calibration": ...} and draws
+   ``<output-dir>/quickstart_grid.png`` (a few test images: masks before and after, the
+   teacher's selected tags and the TTD target).
 
 Every run is seeded (``SEED`` of the configs): the same machine gives the same numbers. The
-console shows one progress bar per stage and the table; detectron2's log (training included)
+console shows one progress bar per stage and the tables; detectron2's log (training included)
 goes to ``<output-dir>/log.txt``. What it measures: docs/SYNTHETIC_BENCHMARK.md.
 ``--test-splits test test101 test102`` evaluates several held-out generator seeds (and their mean);
 training overrides follow a ``--``: ``--test-splits test test101 -- MODEL.TTD.TEACHER ema``.
@@ -35,6 +41,7 @@ from pathlib import Path
 with warnings.catch_warnings(record=True) as IMPORT_WARNINGS:
     import torch
     from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
     from detectron2.evaluation import inference_on_dataset, print_csv_format
     from detectron2.utils.env import seed_all_rng
     from tqdm import tqdm
@@ -42,11 +49,15 @@ with warnings.catch_warnings(record=True) as IMPORT_WARNINGS:
     import ttd_d2
     from ttd_d2 import TTDTrainer, add_ttd_config  # importing ttd_d2 registers datasets and models
     from ttd_d2.data.datasets.builtin import synthetic_root
+    from ttd_d2.data.mappers import TestMapper
     from ttd_d2.data.synthetic.writer import generate, is_complete, quickstart_splits, read_meta, split_dir
-    from ttd_d2.evaluation.calibration import calibrate_background_threshold, calibrate_masker_bias, calibrate_tag_threshold
+    from ttd_d2.evaluation.calibration import (
+        calibrate_background_threshold, calibrate_tag_threshold, calibrate_word_masker_bias,
+    )
     from ttd_d2.evaluation.result_cache import cached_call, evaluation_key
-    from ttd_d2.evaluation.summary import before_after_table, mean_summary, summarize
+    from ttd_d2.evaluation.summary import before_after_table, quickstart_report, summarize
     from ttd_d2.evaluation.tag_selection import BINARY_METHODS
+    from ttd_d2.utils.visualize import caption_grid, pick_images
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_FORMAT = "[%(asctime)s] %(name)s %(levelname)s: %(message)s"
@@ -107,52 +118,64 @@ def build_eval_model(cfg):
     return model.eval()
 
 
-def calibrate(model, cfg, tag_scoring: str):
-    """Masker bias and (for a score method) the tag threshold on captions/val; sets the bias."""
-    loader = TTDTrainer.build_test_loader(cfg, "synth_captions_val")
-    with_tags = tag_scoring not in BINARY_METHODS
-    with tqdm(total=len(loader) * (1 + with_tags), desc="calibration", unit="img") as bar:
-        bias, _ = calibrate_masker_bias(model, Progress(loader, bar), "synth_captions_val")
-        tag = calibrate_tag_threshold(model, Progress(loader, bar), "synth_captions_val", tag_scoring) if with_tags else None
+# The masker settings every model is evaluated with: the masker it comes with ("as trained":
+# the config's w, b for the base model, the learnt ones for the TTD result) and the bias
+# calibrated on word-level segmentation of semseg/val, the same procedure for both models.
+SETTINGS = ("as_trained", "calibrated")
+MASKER_SPLIT = "synth_semseg_val"
+
+
+def calibrate_masker(model, loader, bar) -> dict:
+    """The word-level masker bias on semseg/val's ``loader`` (``calibrate_word_masker_bias``); the
+    model's masker is left as it was. Returns {"w", "b_as_trained", "b_calibrated", "word_iou"}."""
+    bias, sweep = calibrate_word_masker_bias(model, Progress(loader, bar), MASKER_SPLIT)
+    return {"w": float(model.masker.w), "b_as_trained": float(model.masker.b), "b_calibrated": bias,
+            "word_iou": max(sweep.values())}
+
+
+def set_masker_bias(model, bias: float) -> None:
     with torch.no_grad():
         model.masker.b.fill_(bias)
-    return bias, tag
 
 
-def evaluate(model, cfg, test_splits, output_dir: Path, desc: str):
-    """Calibrate the background on semseg/val, then evaluate every test split.
-    Returns {split: summary}."""
+def evaluate(model, cfg, test_splits, masker: dict, output_dir: Path, desc: str):
+    """For each masker setting (``SETTINGS``): calibrate the background on semseg/val, then
+    evaluate every test split. Leaves the calibrated bias set. Returns {setting: {split: summary}}."""
     names = ["synth_semseg_val"] + [f"synth_{layout}_{s}" for s in test_splits for layout in ("semseg", "captions")]
     loaders = {name: TTDTrainer.build_test_loader(cfg, name) for name in names}
-    summaries = {}
-    with tqdm(total=sum(len(loader) for loader in loaders.values()), desc=desc, unit="img") as bar:
-        threshold, _ = calibrate_background_threshold(model, Progress(loaders["synth_semseg_val"], bar), "synth_semseg_val")
-        model.background_threshold = threshold
-        for split in test_splits:
-            results = {}
-            for name in (f"synth_semseg_{split}", f"synth_captions_{split}"):
-                # DefaultTrainer.test's loop, with the stage's progress bar around the loader
-                evaluator = TTDTrainer.build_evaluator(cfg, name, str(output_dir / "inference" / name))
-                results[name] = inference_on_dataset(model, Progress(loaders[name], bar), evaluator)
-                print_csv_format(results[name])
-            summaries[split] = summarize(results, threshold)
+    summaries = {setting: {} for setting in SETTINGS}
+    with tqdm(total=len(SETTINGS) * sum(len(loader) for loader in loaders.values()), desc=desc, unit="img") as bar:
+        for setting in SETTINGS:
+            set_masker_bias(model, masker["b_as_trained" if setting == "as_trained" else "b_calibrated"])
+            threshold, _ = calibrate_background_threshold(model, Progress(loaders["synth_semseg_val"], bar), "synth_semseg_val")
+            model.background_threshold = threshold
+            for split in test_splits:
+                results = {}
+                for name in (f"synth_semseg_{split}", f"synth_captions_{split}"):
+                    # DefaultTrainer.test's loop, with the stage's progress bar around the loader
+                    evaluator = TTDTrainer.build_evaluator(cfg, name, str(output_dir / setting / "inference" / name))
+                    results[name] = inference_on_dataset(model, Progress(loaders[name], bar), evaluator)
+                    print_csv_format(results[name])
+                summaries[setting][split] = summarize(results, threshold)
     return summaries
 
 
-def evaluate_before(model, cfg, test_splits, output_dir: Path, calibration, cache_dir: str = ""):
-    """``evaluate`` of the calibrated base model. With ``cache_dir`` (``--base-cache``), once per
-    key: the resolved config, the files it names, the splits' meta.json, ``calibration`` (what
-    was set on the model) and the code (``ttd_d2.evaluation.result_cache``); then read back."""
+def evaluate_before(model, cfg, test_splits, output_dir: Path, masker: dict, cache_dir: str = ""):
+    """``evaluate`` of the base model with ``masker`` (its biases as trained and calibrated).
+    With ``cache_dir`` (``--base-cache``), once per key: the resolved config, the files it names,
+    the splits' meta.json, ``masker`` and the code (``ttd_d2.evaluation.result_cache``); then
+    read back. Either way the calibrated bias is left set, as ``evaluate`` leaves it."""
     def run():
-        return evaluate(model, cfg, test_splits, output_dir / "before", "evaluation before TTD")
+        return evaluate(model, cfg, test_splits, masker, output_dir / "before", "evaluation before TTD")
 
     if not cache_dir:
         return run()
     root = synthetic_root()
     splits = [("semseg", "val")] + [(layout, s) for s in test_splits for layout in ("semseg", "captions")]
     datasets = {f"{layout}/{split}": read_meta(split_dir(root, layout, split)) for layout, split in splits}
-    key = evaluation_key(cfg, datasets, calibration, code=[Path(ttd_d2.__file__).parent, Path(__file__)])
+    key = evaluation_key(cfg, datasets, {"masker": masker}, code=[Path(ttd_d2.__file__).parent, Path(__file__)])
     before, hit = cached_call(cache_dir, key, run)
+    set_masker_bias(model, masker["b_calibrated"])
     if hit:
         logger.info("evaluation before TTD: same base model, config, splits and calibration; reused from %s", cache_dir)
         print(f"evaluation before TTD: reused from {cache_dir} (same base model, config, splits and calibration)")
@@ -185,6 +208,33 @@ def train_ttd(config_file: str, output_dir: Path, opts, max_iter: int, log_path:
     if not lora.is_file():
         raise RuntimeError(f"training finished without writing {lora}; see {log_path}")
     return lora
+
+
+def draw_quickstart_grid(base_model, after_model, ttd_cfg, split: str, path: Path, count: int = 4) -> Path:
+    """The picture of a few fixed images of captions/<split> (``pick_images``), both models with
+    their calibrated maskers, the teacher's selection and target as ``ttd_cfg`` trains them."""
+    records = DatasetCatalog.get(f"synth_captions_{split}")
+    ttd = ttd_cfg.MODEL.TTD
+    caption_grid(base_model, after_model, [records[i] for i in pick_images(records, count)], TestMapper(ttd_cfg), path,
+                 ttd.TAG_SCORING, ttd.TAG_THRESHOLD, ttd.TARGET_NORM, ttd_cfg.MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD)
+    return path
+
+
+def print_summary(report: dict, test_splits, tag) -> None:
+    """The two before/after tables (calibrated masker, masker as trained) and the calibration."""
+    masker, splits = report["calibration"]["masker"], ", ".join(test_splits)
+    print(f"\nSingle tag bias on the synthetic benchmark (held-out split(s): {splits}).")
+    print(f"\nMasker calibrated on word-level segmentation of {masker['dataset']}, the same way for both models "
+          f"(b = {masker['before']['b_calibrated']:.2f} before, {masker['after']['b_calibrated']:.2f} after TTD):")
+    print(before_after_table(report["before"], report["after"]))
+    print(f"\nMasker as trained (before: the config's w {masker['before']['w']:.2f}, b {masker['before']['b_as_trained']:.2f};"
+          f" after: the learnt w {masker['after']['w']:.2f}, b {masker['after']['b_as_trained']:.2f}):")
+    print(before_after_table(report["as_trained"]["before"], report["as_trained"]["after"]))
+    calibration = report["calibration"]
+    if tag is not None:
+        print(f"\n{calibration['tag_scoring']} tag threshold calibrated on captions/val: "
+              f"{calibration['tag_threshold_calibrated']:.2f} (F1 {calibration['tag_threshold_f1']:.1f}); "
+              f"training used MODEL.TTD.TAG_THRESHOLD {calibration['tag_threshold_used']}")
 
 
 def parse_args(argv=None):
@@ -227,39 +277,44 @@ def main(argv=None):
     seed_all_rng(None if base_cfg.SEED < 0 else base_cfg.SEED)  # as train_net.py's default_setup
 
     base_model = build_eval_model(base_cfg)
-    # The masker's bias is calibrated for the base model on the caption validation split;
-    # TTD starts from it and trains w, b further. The tag threshold is recorded (training
-    # uses the config's: pass MODEL.TTD.TAG_THRESHOLD after -- to change it).
+    # Both models are evaluated with the masker they come with and with the bias calibrated on
+    # word-level segmentation of semseg/val (the masker TTD's targets are made of, the gate's);
+    # TTD starts from the calibrated one and trains w, b further. The tag threshold is recorded
+    # (training uses the config's: pass MODEL.TTD.TAG_THRESHOLD after -- to change it).
     tag_scoring = ttd_cfg.MODEL.TTD.TAG_SCORING
-    bias, tag = calibrate(base_model, base_cfg, tag_scoring)
-    calibration = {"masker_bias": bias, "tag_scoring": tag_scoring, "tag_threshold_used": ttd_cfg.MODEL.TTD.TAG_THRESHOLD}
+    masker_loader = TTDTrainer.build_test_loader(base_cfg, MASKER_SPLIT)
+    tag_loader = TTDTrainer.build_test_loader(base_cfg, "synth_captions_val")
+    with_tags = tag_scoring not in BINARY_METHODS
+    with tqdm(total=len(masker_loader) + with_tags * len(tag_loader), desc="calibration before TTD", unit="img") as bar:
+        masker_before = calibrate_masker(base_model, masker_loader, bar)
+        tag = calibrate_tag_threshold(base_model, Progress(tag_loader, bar), "synth_captions_val", tag_scoring) if with_tags else None
+    calibration = {"masker": {"calibration": "calibrate_word_masker_bias", "dataset": MASKER_SPLIT, "before": masker_before},
+                   "tag_scoring": tag_scoring, "tag_threshold_used": ttd_cfg.MODEL.TTD.TAG_THRESHOLD}
     if tag is not None:
         threshold, sweep = tag
         calibration.update(tag_threshold_calibrated=threshold, tag_threshold_f1=sweep[threshold], tag_threshold_sweep=sweep)
-    before = evaluate_before(base_model, base_cfg, args.test_splits, output_dir, {"masker_bias": bias}, args.base_cache)
+    before = evaluate_before(base_model, base_cfg, args.test_splits, output_dir, masker_before, args.base_cache)
     lora = output_dir / "ttd" / "model_lora_final.pth"
     if not args.skip_training:
         # DATASETS.TEST (): the quickstart evaluates the result itself, calibrated, below
-        opts = [*device, "MODEL.MASKER.INIT_B", str(bias), "DATASETS.TEST", "()", *args.opts]
+        opts = [*device, "MODEL.MASKER.INIT_B", str(masker_before["b_calibrated"]), "DATASETS.TEST", "()", *args.opts]
         lora = train_ttd(args.ttd_config, output_dir / "ttd", opts, ttd_cfg.SOLVER.MAX_ITER, log_path)
     after_cfg = load_cfg(args.ttd_config, [*device, "MODEL.TTD.LORA.WEIGHTS", str(lora),
                                            "MODEL.TTD.LORA.MERGE_FOR_INFERENCE", "True"])
-    after = evaluate(build_eval_model(after_cfg), after_cfg, args.test_splits, output_dir / "after", "evaluation after TTD")
+    after_model = build_eval_model(after_cfg)
+    masker_loader = TTDTrainer.build_test_loader(after_cfg, MASKER_SPLIT)
+    with tqdm(total=len(masker_loader), desc="calibration after TTD", unit="img") as bar:
+        calibration["masker"]["after"] = calibrate_masker(after_model, masker_loader, bar)
+    after = evaluate(after_model, after_cfg, args.test_splits, calibration["masker"]["after"], output_dir / "after",
+                     "evaluation after TTD")
 
-    report = {"before": before[args.test_splits[0]], "after": after[args.test_splits[0]]}
-    if len(args.test_splits) > 1:
-        report = {"before": mean_summary(list(before.values())), "after": mean_summary(list(after.values())),
-                  "per_split": {s: {"before": before[s], "after": after[s]} for s in args.test_splits}}
+    report = quickstart_report(before, after, args.test_splits)
     report["calibration"] = calibration
     with open(output_dir / "quickstart_results.json", "w") as f:
         json.dump(report, f, indent=2)
-    table = before_after_table(report["before"], report["after"])
-    print(f"\nSingle tag bias on the synthetic benchmark (held-out split(s): {', '.join(args.test_splits)}):\n{table}")
-    if tag is not None:
-        print(f"\n{tag_scoring} tag threshold calibrated on captions/val: {calibration['tag_threshold_calibrated']:.2f} "
-              f"(F1 {calibration['tag_threshold_f1']:.1f}); training used MODEL.TTD.TAG_THRESHOLD "
-              f"{calibration['tag_threshold_used']}")
-    print(f"wrote {output_dir / 'quickstart_results.json'}; detectron2's log: {log_path}")
+    grid = draw_quickstart_grid(base_model, after_model, ttd_cfg, args.test_splits[0], output_dir / "quickstart_grid.png")
+    print_summary(report, args.test_splits, tag)
+    print(f"wrote {output_dir / 'quickstart_results.json'} and {grid}; detectron2's log: {log_path}")
 
 
 if __name__ == "__main__":

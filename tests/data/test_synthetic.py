@@ -7,10 +7,16 @@ import cv2
 import numpy as np
 import pytest
 
+import hashlib
+
 from ttd_d2.data.synthetic import (
+    BACKGROUND_VOCABULARY,
     CLASSES,
+    EVALUATION_TEMPLATES,
     FILLER_WORDS,
+    GENERATOR_VERSION,
     TEMPLATES,
+    TRAINING_SINGLE_OBJECT_RADIUS,
     caption_words,
     evaluation_caption,
     generate,
@@ -129,9 +135,39 @@ def test_training_caption_noise_is_configurable(scenes):
 
 def test_evaluation_caption_names_every_object(scenes):
     for scene, _ in scenes[:300]:
-        caption = evaluation_caption(scene.objects, scene.background, np.random.default_rng(1))
+        caption = evaluation_caption(scene.objects, np.random.default_rng(1))
         named = [w for w in caption_words(caption.text) if w in CLASSES]
         assert named == [o.category for o in scene.objects] == list(caption.words)
+
+
+def test_evaluation_captions_never_name_the_background_training_captions_can(scenes):
+    """The caption region of an evaluation caption is the union of its objects: it must name
+    nothing else. Training captions stay web-like and still describe the background."""
+    assert EVALUATION_TEMPLATES and all("{background}" not in t for t in EVALUATION_TEMPLATES)
+    for seed in range(8):
+        for index in range(250):
+            scene = render_scene(image_rngs(seed, index)[0], 32)
+            text = evaluation_caption(scene.objects, image_rngs(seed, index)[1]).text
+            assert BACKGROUND_VOCABULARY.isdisjoint(caption_words(text)), text
+    naming = sum(not BACKGROUND_VOCABULARY.isdisjoint(caption_words(
+        training_caption(scene.objects, scene.background, caption_rng).text)) for scene, caption_rng in scenes)
+    assert naming > 0.15 * len(scenes)  # 3 of the 12 templates have the background slot
+
+
+def test_version_1_image_text_splits_are_reproduced_with_the_old_radius():
+    """checkpoints/README.md regenerates the shipped model's pretraining data with
+    --single-object-radius 0.23 0.30: the scenes of generator version 1 (its dominant range) and
+    its training captions. The digest is that of version 1's first 200 training captions of
+    seed 0 (commit 89fccc8)."""
+    texts = []
+    for index in range(200):
+        scene_rng, caption_rng = image_rngs(0, index)
+        old = render_scene(scene_rng, 64)
+        scene = render_scene(image_rngs(0, index)[0], 64, single_object_radius=(0.23, 0.30))
+        assert np.array_equal(old.image, scene.image) and old.objects == scene.objects
+        texts.append(training_caption(scene.objects, scene.background, caption_rng).text)
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+    assert digest == "08c96326d246aa00ffd52041305d8f37729e2be6db3a6fb7685b1d6a4a841644"
 
 
 # ----------------------------------------------------------------------------- on disk
@@ -179,12 +215,21 @@ def test_captions_layout(tmp_path):
 
 
 def test_image_text_layout_and_same_scenes_across_layouts(tmp_path):
-    folder = generate(tmp_path, "image_text", "train", 5, seed=9)
+    folder = generate(tmp_path, "image_text", "train", 12, seed=9)
     lines = [json.loads(line) for line in (folder / "captions.jsonl").read_text().splitlines()]
-    assert [set(line) for line in lines] == [{"image", "caption"}] * 5
+    assert [set(line) for line in lines] == [{"image", "caption"}] * 12
     assert all((folder / line["image"]).is_file() for line in lines)
-    semseg = generate(tmp_path, "semseg", "train", 5, seed=9)
-    assert (folder / "images" / "000003.png").read_bytes() == (semseg / "images" / "000003.png").read_bytes()
+    semseg = generate(tmp_path, "semseg", "train", 12, seed=9)
+    captions = generate(tmp_path, "captions", "train", 12, seed=9)
+    singles = 0
+    for i in range(12):
+        name = f"images/{i:06d}.png"
+        assert (semseg / name).read_bytes() == (captions / name).read_bytes()
+        if len(render_scene(image_rngs(9, i)[0]).objects) > 1:  # only one-object scenes change radius
+            assert (folder / name).read_bytes() == (semseg / name).read_bytes(), name
+        else:
+            singles += (folder / name).read_bytes() != (semseg / name).read_bytes()
+    assert singles > 0
 
 
 def test_single_object_radius_widens_only_one_object_scenes():
@@ -201,13 +246,59 @@ def test_single_object_radius_widens_only_one_object_scenes():
     assert singles > 30 and multis > 100  # the wider range is used; multi-object scenes exist
 
 
-def test_single_object_radius_is_recorded_and_image_text_only(tmp_path):
-    folder = generate(tmp_path, "image_text", "train", 3, seed=9, single_object_radius=(0.1, 0.3))
-    assert json.loads((folder / "meta.json").read_text())["single_object_radius"] == [0.1, 0.3]
+def test_single_object_radius_default_is_recorded_and_image_text_only(tmp_path):
+    assert TRAINING_SINGLE_OBJECT_RADIUS == (0.10, 0.30)
+    folder = generate(tmp_path, "image_text", "train", 3, seed=9)  # the default: single objects at every scale
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["single_object_radius"] == [0.1, 0.3] and meta["generator_version"] == GENERATOR_VERSION >= 2
+    assert is_complete(tmp_path, "image_text", "train", 3, 9)
     assert is_complete(tmp_path, "image_text", "train", 3, 9, single_object_radius=(0.1, 0.3))
-    assert not is_complete(tmp_path, "image_text", "train", 3, 9)
+    assert not is_complete(tmp_path, "image_text", "train", 3, 9, single_object_radius=(0.23, 0.3))
+    old = generate(tmp_path, "image_text", "old", 3, seed=9, single_object_radius=(0.23, 0.3))
+    assert json.loads((old / "meta.json").read_text())["single_object_radius"] == [0.23, 0.3]
     with pytest.raises(ValueError, match="image_text layout only"):
         generate(tmp_path, "captions", "val", 3, seed=9, single_object_radius=(0.1, 0.3))
+    with pytest.raises(ValueError, match="0 < low <= high <= 0.5"):
+        generate(tmp_path, "image_text", "bad", 3, seed=9, single_object_radius=(0.3, 0.1))
+    for layout in ("semseg", "captions"):  # evaluation layouts keep their distribution, unrecorded
+        meta = json.loads((generate(tmp_path, layout, "val", 2, seed=9) / "meta.json").read_text())
+        assert "single_object_radius" not in meta and meta["generator_version"] == GENERATOR_VERSION
+
+
+def _age(folder: Path, version: int) -> None:
+    """Rewrite a split's meta.json as if another generator version had written it."""
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["generator_version"] = version
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def test_a_split_of_an_older_generator_version_is_regenerated(tmp_path):
+    folder = generate(tmp_path, "captions", "val", 3, seed=2)
+    fresh = _files(folder)
+    _age(folder, GENERATOR_VERSION - 1)
+    records = json.loads((folder / "annotations.json").read_text())
+    records[0]["caption"] = "a photo of a circle on a striped background"  # as version 1 could write
+    (folder / "annotations.json").write_text(json.dumps(records))
+    assert not is_complete(tmp_path, "captions", "val", 3, 2)
+    assert generate(tmp_path, "captions", "val", 3, seed=2) == folder  # no overwrite needed
+    assert _files(folder) == fresh and is_complete(tmp_path, "captions", "val", 3, 2)
+    # a version-1 image_text split (no single_object_radius recorded) is regenerated at the default
+    train = generate(tmp_path, "image_text", "train", 2, seed=0, single_object_radius=(0.23, 0.3))
+    meta = json.loads((train / "meta.json").read_text())
+    del meta["single_object_radius"]
+    meta["generator_version"] = 1
+    (train / "meta.json").write_text(json.dumps(meta))
+    generate(tmp_path, "image_text", "train", 2, seed=0)
+    assert json.loads((train / "meta.json").read_text())["single_object_radius"] == [0.1, 0.3]
+
+
+def test_a_split_of_a_newer_generator_version_is_refused(tmp_path):
+    folder = generate(tmp_path, "semseg", "val", 2, seed=1)
+    _age(folder, GENERATOR_VERSION + 1)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        generate(tmp_path, "semseg", "val", 2, seed=1)
+    generate(tmp_path, "semseg", "val", 2, seed=1, overwrite=True)
+    assert is_complete(tmp_path, "semseg", "val", 2, 1)
 
 
 def test_complete_split_is_skipped_and_mismatch_refused(tmp_path):
@@ -260,3 +351,8 @@ def test_cli_quickstart_preset(tmp_path):
     assert all((tmp_path / layout / "x" / "meta.json").is_file() for layout in writer.LAYOUTS)
     with pytest.raises(SystemExit):
         cli.main(["--root", str(tmp_path), "--split", "y"])  # no seed
+    with pytest.raises(SystemExit):
+        cli.main(["--root", str(tmp_path), "--split", "y", "--seed", "1", "--single-object-radius", "0.3", "0.1"])
+    assert cli.main(["--root", str(tmp_path), "--layout", "image_text", "--split", "r", "--seed", "5", "--num-images", "2",
+                     "--workers", "0", "--single-object-radius", "0.23", "0.30"]) == 0
+    assert json.loads((tmp_path / "image_text" / "r" / "meta.json").read_text())["single_object_radius"] == [0.23, 0.3]

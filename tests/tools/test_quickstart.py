@@ -1,6 +1,7 @@
 """tools/quickstart.py end to end on a tiny generated benchmark (the shipped tiny CLIP, two TTD
 steps through tools/train_net.py): two runs give identical results, numbers and LoRA tensors;
-the console shows the stages' progress bars and the table, detectron2's log goes to log.txt;
+both models are calibrated the same way and also reported as trained; the picture is drawn;
+the console shows the stages' progress bars and the tables, detectron2's log goes to log.txt;
 ``--base-cache`` evaluates the base model once per key (a fake evaluation)."""
 import json
 import os
@@ -18,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SIZES = ["--train-images", "8", "--val-images", "2", "--test-images", "2", "--workers", "1"]
 TRAINING = ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1"]
 LOG_LINE = re.compile(r"^\[\d\d/\d\d \d\d:\d\d:\d\d")  # detectron2's and the quickstart's log records
-STAGES = ("data generation", "calibration", "evaluation before TTD", "training (TTD)", "evaluation after TTD")
+STAGES = ("data generation", "calibration before TTD", "evaluation before TTD", "training (TTD)", "calibration after TTD",
+          "evaluation after TTD")
 
 
 def run_quickstart(tmp_path: Path, name: str):
@@ -42,7 +44,7 @@ def two_runs(tmp_path_factory):
 def test_two_runs_give_identical_numbers_and_lora_tensors(two_runs):
     (first, _), (second, _) = two_runs
     results = [json.loads((d / "quickstart_results.json").read_text()) for d in (first, second)]
-    assert set(results[0]) == {"before", "after", "calibration"}
+    assert set(results[0]) == {"before", "after", "as_trained", "calibration"}
     assert results[0] == results[1]
     loras = [torch.load(d / "ttd" / "model_lora_final.pth", map_location="cpu", weights_only=True) for d in (first, second)]
     assert loras[0]["lora"] and loras[0].keys() == loras[1].keys()
@@ -53,6 +55,24 @@ def test_two_runs_give_identical_numbers_and_lora_tensors(two_runs):
         assert loras[0][part].keys() == loras[1][part].keys()
         for key, tensor in loras[0][part].items():
             assert torch.equal(tensor, loras[1][part][key]), f"{part}/{key} differs between two runs"
+
+
+def test_both_models_get_the_same_calibration_and_are_also_reported_as_trained(two_runs):
+    (output_dir, proc), _ = two_runs
+    results = json.loads((output_dir / "quickstart_results.json").read_text())
+    masker = results["calibration"]["masker"]
+    assert (masker["calibration"], masker["dataset"]) == ("calibrate_word_masker_bias", "synth_semseg_val")
+    lora = torch.load(output_dir / "ttd" / "model_lora_final.pth", map_location="cpu", weights_only=True)
+    learnt = {k.split(".")[-1]: float(v) for k, v in lora["masker"].items()}
+    assert masker["before"]["b_as_trained"] == -2.5 and masker["before"]["w"] == 10.0  # the config's masker
+    assert masker["after"]["b_as_trained"] == pytest.approx(learnt["b"]) and masker["after"]["w"] == pytest.approx(learnt["w"])
+    for model in ("before", "after"):
+        assert set(masker[model]) == {"w", "b_as_trained", "b_calibrated", "word_iou"}
+        assert set(results["as_trained"][model]) == set(results[model])  # the same summary, other masker
+    # training started from the base model's calibrated masker
+    assert f"INIT_B: {masker['before']['b_calibrated']}" in (output_dir / "ttd" / "config.yaml").read_text()
+    assert "Masker calibrated on word-level segmentation" in proc.stdout and "Masker as trained" in proc.stdout
+    assert (output_dir / "quickstart_grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_console_shows_bars_and_table_and_the_log_goes_to_the_file(two_runs):

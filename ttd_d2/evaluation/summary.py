@@ -71,3 +71,23 @@ def before_after_table(before: Dict, after: Dict) -> str:
         b, a = get_path(before, path), get_path(after, path)
         rows.append([label, b, a, a - b])
     return tabulate(rows, headers=("", "before", "after TTD", "change"), tablefmt="pipe", floatfmt=".3f")
+
+
+def _one_or_mean(per_split: Mapping[str, Dict], test_splits: Sequence[str]) -> Dict:
+    """The summary of one test split, or the mean over several."""
+    return per_split[test_splits[0]] if len(test_splits) == 1 else mean_summary([per_split[s] for s in test_splits])
+
+
+def quickstart_report(before: Mapping, after: Mapping, test_splits: Sequence[str]) -> Dict:
+    """tools/quickstart.py's results from each model's {setting: {split: summary}}, settings
+    "calibrated" and "as_trained" (the masker): "before"/"after" with the calibrated masker
+    (the mean over ``test_splits`` when several), "as_trained" {"before", "after"}, and with
+    several test splits "per_split" {split: the same three}."""
+    report = {"before": _one_or_mean(before["calibrated"], test_splits), "after": _one_or_mean(after["calibrated"], test_splits),
+              "as_trained": {"before": _one_or_mean(before["as_trained"], test_splits),
+                             "after": _one_or_mean(after["as_trained"], test_splits)}}
+    if len(test_splits) > 1:
+        report["per_split"] = {s: {"before": before["calibrated"][s], "after": after["calibrated"][s],
+                                   "as_trained": {"before": before["as_trained"][s], "after": after["as_trained"][s]}}
+                               for s in test_splits}
+    return report

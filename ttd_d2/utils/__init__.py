@@ -1,1 +1,2 @@
-"""Utilities outside the model: FLOP analysis."""
+"""Utilities outside the model: FLOP analysis (``analysis``), pictures of TTD on caption images
+(``visualize``)."""

@@ -1,7 +1,9 @@
 """Synthetic shapes benchmark: scene rendering, captions, on-disk layouts."""
 from .captions import (
+    BACKGROUND_VOCABULARY,
     BACKGROUND_WORDS,
     CONNECTORS,
+    EVALUATION_TEMPLATES,
     FILLER_WORDS,
     TEMPLATES,
     Caption,
@@ -15,6 +17,7 @@ from .writer import (
     GENERATOR_VERSION,
     IGNORE_LABEL,
     LAYOUTS,
+    TRAINING_SINGLE_OBJECT_RADIUS,
     SplitSpec,
     generate,
     is_complete,

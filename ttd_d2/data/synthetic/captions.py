@@ -1,25 +1,30 @@
 """Web-like captions for synthetic scenes.
 
-A caption is a template (drawn at random from :data:`TEMPLATES`) whose ``{objects}`` slot is
-a list of class words with articles and connectors ("a circle near a star and a moon"), and
-whose optional ``{background}`` slot describes the actual background texture. Filler words
+A caption is a template whose ``{objects}`` slot is a list of class words with articles and
+connectors ("a circle near a star and a moon"), and whose optional ``{background}`` slot
+describes the actual background texture ("on a striped background"). Filler words
 (:data:`FILLER_WORDS`, the templates' words, connectors, background words) never contain a
-class word; background words describe the image but are not tags.
+class word.
 
-- Training captions (:func:`training_caption`, for the image-text layout): the dominant object
-  is named first, always correctly; each secondary object is omitted with probability
-  ``omit_prob`` (0.3), replaced by a class word absent from the image with probability
-  ``replace_prob`` (0.3), otherwise named correctly. Secondary words follow the dominant one
-  in object order. A single-object scene's caption names just that object.
-- Evaluation captions (:func:`evaluation_caption`, for the captions layout): every object is
-  named correctly, dominant first then the secondaries in object order; the tags are those
-  words in the same order.
+- Training captions (:func:`training_caption`, for the image-text layout), from any of
+  :data:`TEMPLATES`, background slot included (web-like): the dominant object is named first,
+  always correctly; each secondary object is omitted with probability ``omit_prob`` (0.3),
+  replaced by a class word absent from the image with probability ``replace_prob`` (0.3),
+  otherwise named correctly. Secondary words follow the dominant one in object order. A
+  single-object scene's caption names just that object.
+- Evaluation captions (:func:`evaluation_caption`, for the captions layout), from
+  :data:`EVALUATION_TEMPLATES` only: every object is named correctly, dominant first then the
+  secondaries in object order; the tags are those words in the same order. They **never name
+  the background** (no word of :data:`BACKGROUND_VOCABULARY`), so the caption's ground-truth
+  region, the union of its objects, is everything the caption names. (A caption that says
+  "on a striped background" names the background too: a model that rightly finds those
+  words in the image would be penalised against a region that excludes it.)
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -27,8 +32,10 @@ from .render import CLASSES, ObjectSpec
 
 __all__ = [
     "TEMPLATES",
+    "EVALUATION_TEMPLATES",
     "CONNECTORS",
     "BACKGROUND_WORDS",
+    "BACKGROUND_VOCABULARY",
     "FILLER_WORDS",
     "Caption",
     "objects_phrase",
@@ -52,12 +59,17 @@ TEMPLATES: Tuple[str, ...] = (
     "look at {objects} on this {background} background",
     "stock image of {objects} for your design",
 )
+# The templates of evaluation captions: those without the background slot.
+EVALUATION_TEMPLATES: Tuple[str, ...] = tuple(t for t in TEMPLATES if "{background}" not in t)
 CONNECTORS: Tuple[str, ...] = ("and", "with", "near", "next to", "beside")
 BACKGROUND_WORDS = {
     "noisy": ("noisy", "blurry"),
     "striped": ("striped",),
     "gradient": ("gradient", "smooth"),
 }
+# Every word that describes the background: the texture words and "background" itself (the
+# word of the templates' background slot). Evaluation captions contain none of them.
+BACKGROUND_VOCABULARY = frozenset({"background", *(w for words in BACKGROUND_WORDS.values() for w in words)})
 
 OMITTED, REPLACED, NAMED = "omitted", "replaced", "named"
 
@@ -110,11 +122,18 @@ def objects_phrase(words: Sequence[str], rng: np.random.Generator) -> str:
     return " and ".join([head] + phrases[2:])
 
 
-def fill_template(words: Sequence[str], background: str, rng: np.random.Generator) -> str:
-    """A random template filled with ``words`` (in order) and a word for ``background``
-    (one of the render module's background kinds)."""
-    template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
+def fill_template(
+    words: Sequence[str], background: Optional[str], rng: np.random.Generator, templates: Sequence[str] = TEMPLATES
+) -> str:
+    """A random template of ``templates`` filled with ``words`` (in order) and, when it has a
+    background slot, a word for ``background`` (one of the render module's background kinds).
+    ``background`` None: ``templates`` must have no background slot."""
+    template = templates[int(rng.integers(len(templates)))]
     phrase = objects_phrase(words, rng)
+    if background is None:
+        if "{background}" in template:
+            raise ValueError(f"template {template!r} names the background, but no background was given")
+        return template.format(objects=phrase)
     background_choices = BACKGROUND_WORDS[background]
     background_word = background_choices[int(rng.integers(len(background_choices)))]
     return template.format(objects=phrase, background=background_word)
@@ -149,7 +168,9 @@ def training_caption(
     return Caption(fill_template(words, background, rng), tuple(words), tuple(outcomes))
 
 
-def evaluation_caption(objects: Sequence[ObjectSpec], background: str, rng: np.random.Generator) -> Caption:
-    """A caption naming every object correctly, dominant first; ``words`` are the tags."""
+def evaluation_caption(objects: Sequence[ObjectSpec], rng: np.random.Generator) -> Caption:
+    """A caption naming every object correctly, dominant first, and nothing of the background
+    (a template of :data:`EVALUATION_TEMPLATES`); ``words`` are the tags."""
     words = tuple(o.category for o in objects)
-    return Caption(fill_template(words, background, rng), words, tuple(NAMED for _ in objects[1:]))
+    text = fill_template(words, None, rng, EVALUATION_TEMPLATES)
+    return Caption(text, words, tuple(NAMED for _ in objects[1:]))

@@ -20,22 +20,31 @@ On-disk layouts under ``root`` (every PNG is named ``%06d.png`` after the image 
     - ``captions.jsonl``: one ``{"image": relative path, "caption": str}`` per line.
 
 Each split also has ``meta.json`` (generator version, layout, split, seed, num_images,
-image_size, classes, and layout-specific fields), written last. A split is generated in a
-hidden temporary folder next to its destination and renamed into place when complete, so a
-crash never leaves a half-written split; a complete split with the same parameters is skipped.
+image_size, classes, and layout-specific fields: :mod:`.meta`, which also lists the generator
+versions), written last. A split is generated in a hidden temporary folder next to its
+destination and renamed into place when complete, so a crash never leaves a half-written split;
+a complete split with the same parameters is skipped, one written by an older generator version
+is regenerated.
 
-Image ``i`` of a split depends only on ``(seed, i)``: layouts generated with the same seed show
-the same scenes (e.g. ``semseg/test`` and ``captions/test`` are one set of images).
+Image ``i`` of a split depends only on ``(seed, i)``: the evaluation layouts generated with the
+same seed show the same scenes (e.g. ``semseg/test`` and ``captions/test`` are one set of
+images); an image_text split with that seed shows them too, except its one-object scenes, whose
+radius comes from ``single_object_radius`` (default
+:data:`~.meta.TRAINING_SINGLE_OBJECT_RADIUS`, 0.10-0.30 of the width, against the evaluation
+scenes' 0.23-0.30).
 
-Seed map of the ``quickstart`` preset (:func:`quickstart_splits`). No seed serves two roles;
-distinct seeds give independent per-image streams (``SeedSequence(seed, spawn_key=(i, k))``),
-so no image of one split reappears in another unless both use the same seed on purpose:
+Seed map of the ``quickstart`` preset (:func:`quickstart_splits`) and of the shipped tiny CLIP's
+pretraining data (checkpoints/README.md). No seed serves two roles, except that image_text
+``train`` and ``pretrain`` share seed 0 (the same scenes of several objects, as when they were
+one split); distinct seeds give independent per-image streams (``SeedSequence(seed,
+spawn_key=(i, k))``), so no image of one split reappears in another unless both use the same
+seed on purpose:
 
     layout      split     seed  images  used for
-    image_text  train        0   20000  TTD training
+    image_text  train        0   20000  TTD training (one-object scenes at radius 0.10-0.30)
     image_text  train_fresh600k  5  600000  pretraining the base model (not in the preset; see checkpoints/)
-    semseg      val          1     200  calibrating the background threshold
-    captions    val          2     200  calibrating the masker bias (quickstart)
+    semseg      val          1     200  calibrating the background threshold and the word-level masker bias
+    captions    val          2     200  calibrating the tag threshold (recorded by the quickstart)
     semseg      test       100     300  evaluation (same scenes as captions/test)
     captions    test       100     300  evaluation
     semseg      test101    101     300  held-out repeat (same scenes as captions/test101)
@@ -61,11 +70,16 @@ import cv2
 import numpy as np
 
 from .captions import evaluation_caption, training_caption
-from .render import CLASSES, caption_mask, image_rngs, render_scene, semantic_label
+from .meta import (
+    DEFAULT_BACKGROUND_THRESHOLD, GENERATOR_VERSION, IGNORE_LABEL, LAYOUTS, META_FILE, TRAINING_SINGLE_OBJECT_RADIUS,
+    is_complete, is_outdated, read_meta, resolve_single_object_radius, same_split, split_dir, split_meta,
+)
+from .render import caption_mask, image_rngs, render_scene, semantic_label
 
 __all__ = [
     "GENERATOR_VERSION",
     "LAYOUTS",
+    "TRAINING_SINGLE_OBJECT_RADIUS",
     "DEFAULT_BACKGROUND_THRESHOLD",
     "IGNORE_LABEL",
     "META_FILE",
@@ -79,17 +93,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
-LAYOUTS: Tuple[str, ...] = ("semseg", "captions", "image_text")
-DEFAULT_BACKGROUND_THRESHOLD = 0.4  # placeholder, calibrated on semseg/val later
-IGNORE_LABEL = 255
-META_FILE = "meta.json"
 MIN_IMAGES_FOR_POOL = 2000  # below this, starting worker processes costs more than it saves
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-# meta.json fields that must match for an existing split to count as complete
-_IDENTITY_KEYS = ("generator_version", "layout", "split", "seed", "num_images", "image_size", "caption_noise",
-                  "single_object_radius")
 
 
 @dataclass(frozen=True)
@@ -117,56 +123,6 @@ def quickstart_splits(
     return tuple(specs)
 
 
-def split_dir(root: Union[str, Path], layout: str, split: str) -> Path:
-    """``root/<layout>/<split>``."""
-    return Path(root) / layout / split
-
-
-def read_meta(directory: Union[str, Path]) -> Optional[dict]:
-    """The split's ``meta.json`` as a dict, or None if absent or unreadable."""
-    path = Path(directory) / META_FILE
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def _meta(layout, split, seed, num_images, image_size, omit_prob, replace_prob, single_object_radius=None) -> dict:
-    meta = {
-        "generator_version": GENERATOR_VERSION,
-        "layout": layout,
-        "split": split,
-        "seed": int(seed),
-        "num_images": int(num_images),
-        "image_size": int(image_size),
-        "classes": list(CLASSES),
-    }
-    if layout == "semseg":
-        meta.update(background_threshold=DEFAULT_BACKGROUND_THRESHOLD, ignore_label=IGNORE_LABEL)
-    elif layout == "captions":
-        meta.update(caption_order="dominant_first")
-    else:
-        meta.update(caption_noise={"omit_prob": omit_prob, "replace_prob": replace_prob})
-        if single_object_radius:  # absent = DOMINANT_RADIUS, as in splits written before the option
-            meta.update(single_object_radius=[float(r) for r in single_object_radius])
-    return meta
-
-
-def _same_split(existing: Optional[dict], expected: dict) -> bool:
-    return existing is not None and all(existing.get(k) == expected.get(k) for k in _IDENTITY_KEYS)
-
-
-def is_complete(
-    root: Union[str, Path], layout: str, split: str, num_images: int, seed: int,
-    image_size: int = 64, omit_prob: float = 0.3, replace_prob: float = 0.3,
-    single_object_radius: Optional[Tuple[float, float]] = None,
-) -> bool:
-    """True when ``root/<layout>/<split>`` holds a finished split with these parameters."""
-    expected = _meta(layout, split, seed, num_images, image_size, omit_prob, replace_prob, single_object_radius)
-    return _same_split(read_meta(split_dir(root, layout, split)), expected)
-
-
 def _write_png(path: str, array: np.ndarray) -> None:
     if not cv2.imwrite(path, array, _PNG_PARAMS):
         raise OSError(f"could not write {path}")
@@ -186,7 +142,7 @@ def _render_chunk(task: tuple) -> List[dict]:
             _write_png(os.path.join(folder, "labels", name), semantic_label(scene))
             records.append({})
         elif layout == "captions":
-            caption = evaluation_caption(scene.objects, scene.background, caption_rng)
+            caption = evaluation_caption(scene.objects, caption_rng)
             _write_png(os.path.join(folder, "caption_masks", name), caption_mask(scene))
             _write_png(os.path.join(folder, "instance_masks", name), scene.instance_mask)
             records.append({
@@ -292,15 +248,16 @@ def generate(
         overwrite: replace an existing split whose parameters differ (otherwise an error).
         omit_prob, replace_prob: noise of the training captions (image_text layout only).
         single_object_radius: (low, high) radius range, in fractions of the width, of scenes
-            with one object (image_text layout only; None = the dominant range 0.23-0.30).
-            (0.10, 0.30) names every class word for small objects too, which made word maps
-            localise secondary objects (docs/RESULTS.md, "Lever experiments"). Recorded in
-            ``meta.json``.
+            with one object (image_text layout only; None = :data:`TRAINING_SINGLE_OBJECT_RADIUS`,
+            0.10-0.30: every class word is then named for small objects too). Recorded in
+            ``meta.json``. (0.23, 0.30), the dominant range, reproduces the image_text splits of
+            generator version 1 (the shipped tiny CLIP's pretraining data, checkpoints/README.md).
         chunk_size: images per rendering task.
         progress: called with the number of images finished, after every chunk.
 
     Returns:
-        the split folder. A complete split with the same parameters is left as it is.
+        the split folder. A complete split with the same parameters is left as it is; a split
+        written by an older generator version (:mod:`.meta`) is regenerated.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
@@ -309,16 +266,17 @@ def generate(
     if num_images <= 0 or image_size <= 0:
         raise ValueError(f"num_images and image_size must be positive, got {num_images}, {image_size}")
     target = split_dir(root, layout, split)
-    if single_object_radius is not None and layout != "image_text":
-        raise ValueError("single_object_radius applies to the image_text layout only (evaluation splits keep their distribution)")
-    if single_object_radius is not None and not 0 < single_object_radius[0] <= single_object_radius[1] <= 0.5:
-        raise ValueError(f"single_object_radius must be 0 < low <= high <= 0.5, got {single_object_radius}")
-    expected = _meta(layout, split, seed, num_images, image_size, omit_prob, replace_prob, single_object_radius)
+    single_object_radius = resolve_single_object_radius(layout, single_object_radius)
+    expected = split_meta(layout, split, seed, num_images, image_size, omit_prob, replace_prob, single_object_radius)
     if target.exists():
-        if _same_split(read_meta(target), expected):
+        existing = read_meta(target)
+        if same_split(existing, expected):
             logger.info("%s is complete, skipping", target)
             return target
-        if not overwrite:
+        if is_outdated(existing):
+            logger.warning("%s was written by generator version %s; regenerating it with version %d (what changed: "
+                           "ttd_d2/data/synthetic/meta.py)", target, existing["generator_version"], GENERATOR_VERSION)
+        elif not overwrite:
             raise FileExistsError(
                 f"{target} exists with other parameters (see its {META_FILE}); "
                 "pass overwrite=True (--overwrite) to replace it"
