@@ -108,18 +108,22 @@ def test_base_cache_evaluates_the_base_model_once_per_key(quickstart, tmp_path, 
         write_meta(layout, split)
     calls = []
 
-    def fake_evaluate(model, cfg, test_splits, output_dir, desc):
+    def fake_evaluate(model, cfg, test_splits, masker, output_dir, desc):
         calls.append(list(test_splits))
         return {s: {"caption_seg": {"CaptionIoU": float(len(calls))}} for s in test_splits}
 
+    biases_set = []
     monkeypatch.setattr(quickstart, "evaluate", fake_evaluate)
+    monkeypatch.setattr(quickstart, "set_masker_bias", lambda model, bias: biases_set.append(bias))
     cfg = make_tiny_cfg()
 
     def before(cfg=cfg, bias=-2.2, splits=("test",), cache=str(tmp_path / "cache")):
-        return quickstart.evaluate_before(None, cfg, list(splits), tmp_path / "out", {"masker_bias": bias}, cache)
+        masker = {"w": 10.0, "b_as_trained": -2.5, "b_calibrated": bias, "word_iou": 50.0}
+        return quickstart.evaluate_before(None, cfg, list(splits), tmp_path / "out", masker, cache)
 
     first = before()
     assert before() == first and len(calls) == 1  # unchanged: reused
+    assert biases_set == [-2.2, -2.2]  # a cache hit leaves the calibrated bias set, as evaluate does
     write_meta("captions", "test", num_images=3)  # regenerated test split
     assert before() != first and len(calls) == 2
     assert before(bias=-2.3)["test"]["caption_seg"]["CaptionIoU"] == 3.0  # another calibration
