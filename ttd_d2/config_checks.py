@@ -27,6 +27,7 @@ from .modeling.backbone.dense_heads import DENSE_MODES
 from .modeling.backbone.tcl import TCL
 from .modeling.lora import VALID_TARGETS, VALID_TOWERS
 from .modeling.meta_arch.ttd import TEACHERS
+from .modeling.test_time_augmentation import CLASS_SCORES
 from .modeling.ttd.losses import DISTANCES, TARGET_NORMS
 from .modeling.ttd.scoring import SCORING_METHODS
 
@@ -78,6 +79,15 @@ def _templates(key: str, templates) -> Problem:
     if isinstance(templates, (list, tuple)) and templates and all(isinstance(t, str) and "{}" in t for t in templates):
         return None
     return f"{key} = {templates!r}: must be a non-empty list of strings, each with '{{}}' for the word"
+
+
+def _positive_list(key: str, values, integer: bool, fix: str = "") -> Problem:
+    """A non-empty list of positive numbers (integers when ``integer``)."""
+    kind = int if integer else (int, float)
+    if isinstance(values, (list, tuple)) and values and all(
+            isinstance(v, kind) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in values):
+        return None
+    return f"{key} = {values!r}: must be a non-empty list of positive {'integers' if integer else 'numbers'}{fix}"
 
 
 def _betas(key: str, betas) -> Problem:
@@ -230,6 +240,15 @@ def check_model_config(cfg) -> None:
         _number("MODEL.SEG_INFERENCE.BACKGROUND_THRESHOLD", test.BACKGROUND_THRESHOLD, lambda v: v <= 1, "<= 1",
                 fix=" (a masker probability; < 0 uses the dataset's background_threshold metadata)"),
         _flag("MODEL.SEG_INFERENCE.FLIP", test.FLIP),
+        _positive_list("MODEL.SEG_INFERENCE.SCALES", test.SCALES, integer=False,
+                       fix=" (resize factors, e.g. [1.0, 0.5, 1.5, 2.0]; [1.0] = single scale)"),
+        _choice("MODEL.SEG_INFERENCE.CLASS_SCORES", test.CLASS_SCORES, CLASS_SCORES),
+        _number("MODEL.SEG_INFERENCE.LOGIT_SCALE", test.LOGIT_SCALE, *positive),
+        _number("MODEL.SEG_INFERENCE.PROB_THRESHOLD", test.PROB_THRESHOLD, *unit,
+                fix=" (a class probability of CLASS_SCORES 'softmax')"),
+        _number("MODEL.SEG_INFERENCE.PAMR.NUM_ITER", test.PAMR.NUM_ITER, *non_negative, integer=True, fix=" (0 = off)"),
+        _positive_list("MODEL.SEG_INFERENCE.PAMR.DILATIONS", test.PAMR.DILATIONS, integer=True,
+                       fix=" (e.g. [1, 2, 4, 8, 12, 24])"),
         _number("MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD", test.CAPTION_MASK_THRESHOLD, *unit),
     ]
     _raise(problems, "model")
