@@ -23,6 +23,9 @@ def add_ttd_config(cfg):
     cfg.MODEL.CLIP.NACLIP_SIGMA = 5.0
     # Prompt templates for tags and class names ("{}" = the word); embeddings are averaged.
     cfg.MODEL.CLIP.PROMPT_TEMPLATES = ["a photo of a {}."]
+    # A named template set used instead of PROMPT_TEMPLATES: "imagenet80" (CLIP's 80 ImageNet
+    # templates, the training-free literature's) | "" (use PROMPT_TEMPLATES).
+    cfg.MODEL.CLIP.PROMPT_TEMPLATE_SET = ""
     # Weight of CLIP's own contrastive loss in training (0 = off). With MODEL.TTD.ENABLED False
     # and a positive weight, training is plain CLIP (pre)training of all weights.
     cfg.MODEL.CLIP.CONTRASTIVE_WEIGHT = 0.0

@@ -24,6 +24,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from .modeling.backbone.clip_dense import CLIPDense
 from .modeling.backbone.clip_loading import vision_config
 from .modeling.backbone.dense_heads import DENSE_MODES
+from .modeling.backbone.prompt_templates import TEMPLATE_SETS
 from .modeling.backbone.tcl import TCL
 from .modeling.lora import VALID_TARGETS, VALID_TOWERS
 from .modeling.meta_arch.ttd import TEACHERS
@@ -202,6 +203,9 @@ def check_model_config(cfg) -> None:
         _number("MODEL.CLIP.ATTN_SCALE", clip.ATTN_SCALE, *non_negative, fix=" (0 = 1/sqrt(head_dim))"),
         _number("MODEL.CLIP.NACLIP_SIGMA", clip.NACLIP_SIGMA, *positive, fix=" (patches)"),
         _templates("MODEL.CLIP.PROMPT_TEMPLATES", clip.PROMPT_TEMPLATES),
+        None if clip.PROMPT_TEMPLATE_SET == "" else _choice(
+            "MODEL.CLIP.PROMPT_TEMPLATE_SET", clip.PROMPT_TEMPLATE_SET, tuple(TEMPLATE_SETS),
+            " or '' (MODEL.CLIP.PROMPT_TEMPLATES)"),
         _number("MODEL.CLIP.CONTRASTIVE_WEIGHT", clip.CONTRASTIVE_WEIGHT, *non_negative),
         _flag("MODEL.CLIP.BF16", clip.BF16),
         *_tcl_problems(cfg),
