@@ -24,11 +24,9 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from .modeling.backbone.clip_dense import CLIPDense
 from .modeling.backbone.clip_loading import vision_config
 from .modeling.backbone.dense_heads import DENSE_MODES
-from .modeling.backbone.prompt_templates import TEMPLATE_SETS
 from .modeling.backbone.tcl import TCL
 from .modeling.lora import VALID_TARGETS, VALID_TOWERS
 from .modeling.meta_arch.ttd import TEACHERS
-from .modeling.test_time_augmentation import CLASS_SCORES
 from .modeling.ttd.losses import DISTANCES, TARGET_NORMS
 from .modeling.ttd.scoring import SCORING_METHODS
 
@@ -80,15 +78,6 @@ def _templates(key: str, templates) -> Problem:
     if isinstance(templates, (list, tuple)) and templates and all(isinstance(t, str) and "{}" in t for t in templates):
         return None
     return f"{key} = {templates!r}: must be a non-empty list of strings, each with '{{}}' for the word"
-
-
-def _positive_list(key: str, values, integer: bool, fix: str = "") -> Problem:
-    """A non-empty list of positive numbers (integers when ``integer``)."""
-    kind = int if integer else (int, float)
-    if isinstance(values, (list, tuple)) and values and all(
-            isinstance(v, kind) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in values):
-        return None
-    return f"{key} = {values!r}: must be a non-empty list of positive {'integers' if integer else 'numbers'}{fix}"
 
 
 def _betas(key: str, betas) -> Problem:
@@ -188,6 +177,7 @@ def _nothing_to_train(cfg) -> Problem:
 def check_model_config(cfg) -> None:
     """Check the keys the TTD model and its evaluation read; raise ``ValueError`` listing the problems."""
     from .config_checks_tcl import tcl_objective_problems  # it imports this module's helpers
+    from .config_checks_protocol import protocol_problems  # likewise
 
     clip, ttd, lora, test = cfg.MODEL.CLIP, cfg.MODEL.TTD, cfg.MODEL.TTD.LORA, cfg.MODEL.SEG_INFERENCE
     patch, depth = _patch_and_depth(cfg)
@@ -203,9 +193,6 @@ def check_model_config(cfg) -> None:
         _number("MODEL.CLIP.ATTN_SCALE", clip.ATTN_SCALE, *non_negative, fix=" (0 = 1/sqrt(head_dim))"),
         _number("MODEL.CLIP.NACLIP_SIGMA", clip.NACLIP_SIGMA, *positive, fix=" (patches)"),
         _templates("MODEL.CLIP.PROMPT_TEMPLATES", clip.PROMPT_TEMPLATES),
-        None if clip.PROMPT_TEMPLATE_SET == "" else _choice(
-            "MODEL.CLIP.PROMPT_TEMPLATE_SET", clip.PROMPT_TEMPLATE_SET, tuple(TEMPLATE_SETS),
-            " or '' (MODEL.CLIP.PROMPT_TEMPLATES)"),
         _number("MODEL.CLIP.CONTRASTIVE_WEIGHT", clip.CONTRASTIVE_WEIGHT, *non_negative),
         _flag("MODEL.CLIP.BF16", clip.BF16),
         *_tcl_problems(cfg),
@@ -244,15 +231,7 @@ def check_model_config(cfg) -> None:
         _number("MODEL.SEG_INFERENCE.BACKGROUND_THRESHOLD", test.BACKGROUND_THRESHOLD, lambda v: v <= 1, "<= 1",
                 fix=" (a masker probability; < 0 uses the dataset's background_threshold metadata)"),
         _flag("MODEL.SEG_INFERENCE.FLIP", test.FLIP),
-        _positive_list("MODEL.SEG_INFERENCE.SCALES", test.SCALES, integer=False,
-                       fix=" (resize factors, e.g. [1.0, 0.5, 1.5, 2.0]; [1.0] = single scale)"),
-        _choice("MODEL.SEG_INFERENCE.CLASS_SCORES", test.CLASS_SCORES, CLASS_SCORES),
-        _number("MODEL.SEG_INFERENCE.LOGIT_SCALE", test.LOGIT_SCALE, *positive),
-        _number("MODEL.SEG_INFERENCE.PROB_THRESHOLD", test.PROB_THRESHOLD, *unit,
-                fix=" (a class probability of CLASS_SCORES 'softmax')"),
-        _number("MODEL.SEG_INFERENCE.PAMR.NUM_ITER", test.PAMR.NUM_ITER, *non_negative, integer=True, fix=" (0 = off)"),
-        _positive_list("MODEL.SEG_INFERENCE.PAMR.DILATIONS", test.PAMR.DILATIONS, integer=True,
-                       fix=" (e.g. [1, 2, 4, 8, 12, 24])"),
+        *protocol_problems(cfg),
         _number("MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD", test.CAPTION_MASK_THRESHOLD, *unit),
     ]
     _raise(problems, "model")

@@ -54,3 +54,69 @@ def test_evaluator_rates_sum_to_one_and_match_counts(dataset):
         iou = 0.0 if math.isnan(res[f"IoU-{name}"]) else res[f"IoU-{name}"]  # triangle: predicted, not in GT
         assert iou + res[f"FPR-{name}"] + res[f"FNR-{name}"] == pytest.approx(100)
     assert res["mIoU"] / 100 + res["mFPR"] + res["mFNR"] == pytest.approx(1)
+
+
+def _register(name, gt_files):
+    DatasetCatalog.register(name, lambda: [{"file_name": f"img{i}.png", "sem_seg_file_name": f}
+                                           for i, f in enumerate(gt_files)])
+    MetadataCatalog.get(name).set(stuff_classes=CLASSES, ignore_label=255, evaluator_type="sem_seg")
+
+
+def _predictions(n):
+    rng = np.random.default_rng(3)
+    return [torch.as_tensor(rng.random((len(CLASSES), 4, 4)), dtype=torch.float32) for _ in range(n)]
+
+
+def _worker(rank, world_size, port, name, gt_files, result_file):
+    import os
+    import pickle
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    _register(name, gt_files)
+    evaluator = SemSegRatesEvaluator(name, distributed=True)
+    evaluator.reset()
+    preds = _predictions(len(gt_files))
+    for i in range(rank, len(gt_files), world_size):
+        evaluator.process([{"file_name": f"img{i}.png"}], [{"sem_seg": preds[i]}])
+    with open(f"{result_file}.{rank}", "wb") as f:
+        pickle.dump(evaluator.evaluate(), f)
+    dist.barrier()
+    os._exit(0)  # gloo's teardown at exit sometimes aborts (tests/evaluation/test_evaluation_distributed.py)
+
+
+def test_two_process_rates_equal_single_process(tmp_path):
+    import pickle
+    import socket
+
+    import torch.multiprocessing as mp
+
+    rng = np.random.default_rng(4)
+    gt_files = []
+    for i in range(4):
+        gt = rng.integers(0, len(CLASSES), (4, 4)).astype(np.uint8)
+        Image.fromarray(gt).save(tmp_path / f"gt{i}.png")
+        gt_files.append(str(tmp_path / f"gt{i}.png"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    name = f"test_rates_dist_{uuid.uuid4().hex[:8]}"
+    mp.spawn(_worker, args=(2, port, name, gt_files, str(tmp_path / "res")), nprocs=2, join=True)
+    with open(tmp_path / "res.0", "rb") as f:
+        gathered = pickle.load(f)["sem_seg"]
+    with open(tmp_path / "res.1", "rb") as f:
+        assert pickle.load(f) is None
+    _register(name, gt_files)
+    try:
+        single = SemSegRatesEvaluator(name, distributed=False)
+        single.reset()
+        for i, pred in enumerate(_predictions(4)):
+            single.process([{"file_name": f"img{i}.png"}], [{"sem_seg": pred}])
+        expected = single.evaluate()["sem_seg"]
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert gathered.keys() == expected.keys() and "mFPR" in gathered
+    for key, value in expected.items():
+        assert gathered[key] == pytest.approx(value, nan_ok=True)
