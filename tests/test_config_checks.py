@@ -69,6 +69,14 @@ MODEL_CASES = [
     ("MODEL.SEG_INFERENCE.BACKGROUND_THRESHOLD", 1.5, "MODEL.SEG_INFERENCE.BACKGROUND_THRESHOLD = 1.5: must be <= 1"),
     ("MODEL.SEG_INFERENCE.FLIP", "yes", "MODEL.SEG_INFERENCE.FLIP = 'yes': must be True or False"),
     ("MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD", 1.2, "MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD = 1.2: must be in [0, 1]"),
+    ("MODEL.CLIP.PROMPT_TEMPLATE_SET", "imagenet", "MODEL.CLIP.PROMPT_TEMPLATE_SET = 'imagenet' is unknown: use one of imagenet80 or ''"),
+    ("MODEL.SEG_INFERENCE.SCALES", [], "MODEL.SEG_INFERENCE.SCALES = []: must be a non-empty list of positive numbers"),
+    ("MODEL.SEG_INFERENCE.SCALES", [1.0, -0.5], "MODEL.SEG_INFERENCE.SCALES = [1.0, -0.5]: must be a non-empty list"),
+    ("MODEL.SEG_INFERENCE.CLASS_SCORES", "sigmoid", "MODEL.SEG_INFERENCE.CLASS_SCORES = 'sigmoid' is unknown: use one of ttd, softmax"),
+    ("MODEL.SEG_INFERENCE.LOGIT_SCALE", 0.0, "MODEL.SEG_INFERENCE.LOGIT_SCALE = 0.0: must be > 0"),
+    ("MODEL.SEG_INFERENCE.PROB_THRESHOLD", 1.5, "MODEL.SEG_INFERENCE.PROB_THRESHOLD = 1.5: must be in [0, 1]"),
+    ("MODEL.SEG_INFERENCE.PAMR.NUM_ITER", -1, "MODEL.SEG_INFERENCE.PAMR.NUM_ITER = -1: must be >= 0 (0 = off)"),
+    ("MODEL.SEG_INFERENCE.PAMR.DILATIONS", [1, 0], "MODEL.SEG_INFERENCE.PAMR.DILATIONS = [1, 0]: must be a non-empty list of positive integers"),
 ]
 
 # Keys only training reads: refused by TTDTrainer(cfg), not by build_model (--eval-only).

@@ -23,6 +23,9 @@ def add_ttd_config(cfg):
     cfg.MODEL.CLIP.NACLIP_SIGMA = 5.0
     # Prompt templates for tags and class names ("{}" = the word); embeddings are averaged.
     cfg.MODEL.CLIP.PROMPT_TEMPLATES = ["a photo of a {}."]
+    # A named template set used instead of PROMPT_TEMPLATES: "imagenet80" (CLIP's 80 ImageNet
+    # templates, the training-free literature's) | "" (use PROMPT_TEMPLATES).
+    cfg.MODEL.CLIP.PROMPT_TEMPLATE_SET = ""
     # Weight of CLIP's own contrastive loss in training (0 = off). With MODEL.TTD.ENABLED False
     # and a positive weight, training is plain CLIP (pre)training of all weights.
     cfg.MODEL.CLIP.CONTRASTIVE_WEIGHT = 0.0
@@ -129,8 +132,26 @@ def add_ttd_config(cfg):
     # Constant background score for datasets whose class 0 is "background"; a negative value
     # uses the dataset's `background_threshold` metadata.
     cfg.MODEL.SEG_INFERENCE.BACKGROUND_THRESHOLD = -1.0
-    # Average predictions with the horizontally flipped image.
+    # Average predictions with the horizontally flipped image (of every scale in SCALES).
     cfg.MODEL.SEG_INFERENCE.FLIP = False
+    # Multi-scale inference: resize factors of the (INPUT.MIN_SIZE_TEST-resized) input whose
+    # predictions are averaged (paper: 1.0 0.5 1.5 2.0); [1.0] = single scale.
+    cfg.MODEL.SEG_INFERENCE.SCALES = [1.0]
+    # How class scores are formed: ttd (masker probabilities, constant background score) |
+    # softmax (the training-free literature's: softmax over the class names of LOGIT_SCALE x
+    # cosine, background = PROB_THRESHOLD); docs/EVALUATION.md.
+    cfg.MODEL.SEG_INFERENCE.CLASS_SCORES = "ttd"
+    # Logit scale of CLASS_SCORES "softmax" (SCLIP / NACLIP / ClearCLIP: 40).
+    cfg.MODEL.SEG_INFERENCE.LOGIT_SCALE = 40.0
+    # Background score of CLASS_SCORES "softmax": a pixel whose largest class probability is
+    # below it is background (the literature's prob_thd), for datasets with a background class.
+    cfg.MODEL.SEG_INFERENCE.PROB_THRESHOLD = 0.0
+    # PAMR refinement of the class scores by the image's colour affinities (ttd_d2.modeling.pamr).
+    cfg.MODEL.SEG_INFERENCE.PAMR = CN()
+    # PAMR iterations (0 = off; the paper's protocol: 10).
+    cfg.MODEL.SEG_INFERENCE.PAMR.NUM_ITER = 0
+    # Dilations of PAMR's 3x3 neighbourhoods.
+    cfg.MODEL.SEG_INFERENCE.PAMR.DILATIONS = [1, 2, 4, 8, 12, 24]
     # Masker threshold that turns a caption's mask into its region (caption evaluation).
     cfg.MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD = 0.5
 

@@ -177,6 +177,7 @@ def _nothing_to_train(cfg) -> Problem:
 def check_model_config(cfg) -> None:
     """Check the keys the TTD model and its evaluation read; raise ``ValueError`` listing the problems."""
     from .config_checks_tcl import tcl_objective_problems  # it imports this module's helpers
+    from .config_checks_protocol import protocol_problems  # likewise
 
     clip, ttd, lora, test = cfg.MODEL.CLIP, cfg.MODEL.TTD, cfg.MODEL.TTD.LORA, cfg.MODEL.SEG_INFERENCE
     patch, depth = _patch_and_depth(cfg)
@@ -230,6 +231,7 @@ def check_model_config(cfg) -> None:
         _number("MODEL.SEG_INFERENCE.BACKGROUND_THRESHOLD", test.BACKGROUND_THRESHOLD, lambda v: v <= 1, "<= 1",
                 fix=" (a masker probability; < 0 uses the dataset's background_threshold metadata)"),
         _flag("MODEL.SEG_INFERENCE.FLIP", test.FLIP),
+        *protocol_problems(cfg),
         _number("MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD", test.CAPTION_MASK_THRESHOLD, *unit),
     ]
     _raise(problems, "model")

@@ -188,3 +188,13 @@ def test_unknown_arch_error(tiny_cfg):
 def test_unknown_dense_mode_error(tiny_cfg):
     with pytest.raises(ValueError, match="DENSE_MODE"):
         build(tiny_cfg, "maskclip++")
+
+
+def test_prompt_template_set_imagenet80_replaces_the_templates(tiny_cfg):
+    from conftest import build
+
+    model = build(tiny_cfg, **{"MODEL.CLIP.PROMPT_TEMPLATE_SET": "imagenet80"})
+    templates = model.backbone.prompt_templates
+    assert len(templates) == 80 and len(set(templates)) == 80 and all("{}" in t for t in templates)
+    assert "a photo of a {}." in templates and "itap of a {}." in templates
+    assert build(tiny_cfg).backbone.prompt_templates == ["a photo of a {}."]

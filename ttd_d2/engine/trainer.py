@@ -7,13 +7,13 @@ import torch
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine import defaults as d2_defaults
-from detectron2.evaluation import DatasetEvaluators, SemSegEvaluator
+from detectron2.evaluation import DatasetEvaluators
 from detectron2.solver import build as solver_build
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from ..config_checks import check_trainable, check_training_config
 from ..data.mappers import CaptionTrainMapper, TestMapper
-from ..evaluation import build_caption_evaluators
+from ..evaluation import SemSegRatesEvaluator, build_caption_evaluators
 from .checkpoint import TTDCheckpointer
 from .ddp import create_ddp_model
 from .delayed_start import DelayedStartLRMultiplier, delay_parameters
@@ -53,7 +53,7 @@ class TTDTrainer(DefaultTrainer):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if evaluator_type == "sem_seg":
-            return DatasetEvaluators([SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)])
+            return DatasetEvaluators([SemSegRatesEvaluator(dataset_name, distributed=True, output_dir=output_folder)])
         if evaluator_type == "caption":
             return build_caption_evaluators(
                 dataset_name, output_dir=output_folder, mask_threshold=cfg.MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD

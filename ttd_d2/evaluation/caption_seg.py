@@ -4,6 +4,7 @@ from collections import OrderedDict
 from typing import List
 
 import numpy as np
+from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.utils.file_io import PathManager
 from PIL import Image
@@ -111,12 +112,14 @@ class CaptionSegEvaluator(DatasetEvaluator):
         for record, output in zip(inputs, outputs):
             pred = to_numpy(output["caption_mask"]).astype(np.float32) >= self._mask_threshold
             gt_caption = read_label_png(record["caption_mask_file"]) > 0
-            instance_mask = read_label_png(record["instance_mask_file"])
+            # datasets without objects (CC3M-TagMask): no instance masks, coverage is nan
+            instance_mask = (read_label_png(record["instance_mask_file"]) if "instance_mask_file" in record
+                             else np.zeros(gt_caption.shape, dtype=np.int64))
             check_same_shape(
                 record, caption_mask=pred, gt_caption_mask=gt_caption, instance_mask=instance_mask
             )
             self._per_image.append(
-                caption_image_statistics(pred, gt_caption, instance_mask, record["objects"])
+                caption_image_statistics(pred, gt_caption, instance_mask, record.get("objects", []))
             )
 
     def evaluate(self):
@@ -138,13 +141,14 @@ class CaptionSegEvaluator(DatasetEvaluator):
 
 def build_caption_evaluators(dataset_name: str, output_dir=None, *, distributed=True, mask_threshold: float = 0.5):
     """All four caption-dataset evaluators (tag selection, caption segmentation, text bias,
-    zero-shot) combined. ``output_dir`` is accepted for the ``build_evaluator(cfg,
+    zero-shot) combined; the last two only when the dataset has objects (metadata
+    ``has_objects``, default True; CC3M-TagMask has none). ``output_dir`` is accepted for the ``build_evaluator(cfg,
     dataset_name, output_folder)`` convention and is not used (results are returned)."""
-    return DatasetEvaluators(
-        [
-            TagSelectionEvaluator(dataset_name, distributed=distributed),
-            CaptionSegEvaluator(dataset_name, mask_threshold=mask_threshold, distributed=distributed),
-            TextBiasEvaluator(dataset_name, distributed=distributed),
-            ZeroShotEvaluator(dataset_name, distributed=distributed),
-        ]
-    )
+    evaluators = [
+        TagSelectionEvaluator(dataset_name, distributed=distributed),
+        CaptionSegEvaluator(dataset_name, mask_threshold=mask_threshold, distributed=distributed),
+    ]
+    if MetadataCatalog.get(dataset_name).get("has_objects", True):
+        evaluators += [TextBiasEvaluator(dataset_name, distributed=distributed),
+                       ZeroShotEvaluator(dataset_name, distributed=distributed)]
+    return DatasetEvaluators(evaluators)

@@ -112,24 +112,40 @@ def two_class_segmentation_rates(tp: int, fp: int, fn: int, tn: int) -> Dict[str
     left-out class; index 0 = background, 1 = caption) and "CaptionIoU" (percent),
     "mFPR", "mFNR" (fractions); the means are nan only when both classes are left out.
     """
-    per_class = np.array([[tn, fn, fp], [tp, fp, fn]], dtype=np.float64)  # rows: [TP, FP, FN]
-    union = per_class.sum(axis=1)
-    valid = union > 0
-    rates = np.full((2, 3), np.nan)
-    rates[valid] = per_class[valid] / union[valid, None]
-    iou, fpr, fnr = rates[:, 0], rates[:, 1], rates[:, 2]
-
-    def class_mean(values):
-        return float(values[valid].mean()) if valid.any() else NAN
-
+    rates = confusion_rates([[tn, fn], [fp, tp]])  # rows: predicted background / caption
     return {
-        "IoU": iou,
-        "FPR": fpr,
-        "FNR": fnr,
-        "CaptionIoU": 100.0 * class_mean(iou),
-        "mFPR": class_mean(fpr),
-        "mFNR": class_mean(fnr),
+        "IoU": rates["IoU"],
+        "FPR": rates["FPR"],
+        "FNR": rates["FNR"],
+        "CaptionIoU": 100.0 * rates["mIoU"],
+        "mFPR": rates["mFPR"],
+        "mFNR": rates["mFNR"],
     }
+
+
+def confusion_rates(conf_matrix) -> Dict[str, np.ndarray]:
+    """Per-class IoU / FPR / FNR (fractions) of a K-class confusion matrix [K, K] (rows =
+    prediction, columns = ground truth: detectron2 SemSegEvaluator's layout, its ignore row and
+    column removed).
+
+    Per class c: IoU_c = TP/(TP+FP+FN), FPR_c = FP/(TP+FP+FN), FNR_c = FN/(TP+FP+FN), so they sum
+    to 1; nan for a class neither predicted nor in the ground truth. Means over the other
+    classes, as SemSegEvaluator's mIoU (a class predicted but absent from the ground truth
+    counts, with IoU 0 and FPR 1): returns {"IoU", "FPR", "FNR": Float[K], "mIoU", "mFPR",
+    "mFNR": float}.
+    """
+    conf = np.asarray(conf_matrix, dtype=np.float64)
+    tp = conf.diagonal()
+    fp, fn = conf.sum(axis=1) - tp, conf.sum(axis=0) - tp
+    union = tp + fp + fn
+    valid = union > 0
+    out = {}
+    for name, count in (("IoU", tp), ("FPR", fp), ("FNR", fn)):
+        rate = np.full(len(tp), np.nan)
+        rate[valid] = count[valid] / union[valid]
+        out[name] = rate
+        out["m" + name] = float(rate[valid].mean()) if valid.any() else NAN
+    return out
 
 
 def foreground_iou(tp: int, fp: int, fn: int) -> float:

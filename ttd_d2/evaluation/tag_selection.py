@@ -86,6 +86,8 @@ class TagSelectionEvaluator(DatasetEvaluator):
             entry["_gt_not_candidate"] = sum(
                 t.strip().lower() not in candidates for t in record["tags"]
             )
+            # GT tags the loader matched to no caption word (CC3M-TagMask's match_tags)
+            entry["_gt_unmatched"] = len(record.get("tags_unmatched", ()))
             self._per_caption.append(entry)
 
     def evaluate(self):
@@ -97,15 +99,17 @@ class TagSelectionEvaluator(DatasetEvaluator):
         results = OrderedDict(
             (m, summarize_tag_statistics([c[m] for c in per_caption])) for m in self._methods
         )
-        self._log_table(results, len(per_caption), sum(c["_gt_not_candidate"] for c in per_caption))
+        self._log_table(results, len(per_caption), sum(c["_gt_not_candidate"] for c in per_caption),
+                        sum(c.get("_gt_unmatched", 0) for c in per_caption))
         # one task per method: detectron2's print_csv_format needs flat {metric: number} dicts
         return OrderedDict((f"tag_selection/{m}", r) for m, r in results.items())
 
-    def _log_table(self, results, num_captions, gt_not_candidate):
+    def _log_table(self, results, num_captions, gt_not_candidate, gt_unmatched=0):
         keys = ("P", "R", "F1", "Acc", "mAP")
         rows = [[m] + [results[m][k] for k in keys] for m in results]
         table = tabulate(rows, headers=("method",) + keys, tablefmt="pipe", floatfmt=".1f")
         self._logger.info(
             f"Multi-tag selection on {self._dataset_name} ({num_captions} captions; "
-            f"{gt_not_candidate} GT tags are not candidates and are not counted):\n{table}"
+            f"{gt_not_candidate} GT tags are not candidates and are not counted; {gt_unmatched} GT tags "
+            f"match no caption word):\n{table}"
         )

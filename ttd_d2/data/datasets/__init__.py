@@ -1,5 +1,6 @@
-"""Dataset registration (importing this package registers the synthetic benchmark)."""
+"""Dataset registration (importing this package registers the synthetic benchmark and CC3M-TagMask)."""
 from . import builtin  # noqa: F401  (registration side effect)
+from .cc3m_tagmask import load_cc3m_tagmask, match_tags, register_cc3m_tagmask
 from .builtin import register_builtin_synthetic, require_synthetic_dataset, synthetic_root
 from .synthetic import (
     CorruptFileError,

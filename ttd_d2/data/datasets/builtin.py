@@ -5,6 +5,7 @@ Importing this module registers, without reading any records:
 - the quickstart splits (``tools/generate_synthetic.py --preset quickstart``) in any case, so
   that ``DatasetCatalog.get("synth_semseg_test")`` on a machine without the data raises a
   ``FileNotFoundError`` naming the command that generates it, rather than a KeyError.
+- ``cc3m_tagmask`` (``$DETECTRON2_DATASETS/cc3m_tagmask``, docs/CC3M_TAGMASK.md), read on use.
 Import never fails: an unexpected error is logged.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import List, Optional, Union
 
 from ..synthetic.writer import quickstart_splits
+from .cc3m_tagmask import register_cc3m_tagmask
 from .synthetic import register_synthetic, register_synthetic_split, require_split_dir
 
 __all__ = ["synthetic_root", "register_builtin_synthetic", "require_synthetic_dataset"]
@@ -55,3 +57,7 @@ try:
     register_builtin_synthetic()
 except Exception:  # registration must never break `import ttd_d2`
     logger.warning("could not register the synthetic datasets", exc_info=True)
+try:
+    register_cc3m_tagmask()  # reads nothing until used: $DETECTRON2_DATASETS/cc3m_tagmask
+except Exception:  # registration must never break `import ttd_d2`
+    logger.warning("could not register cc3m_tagmask", exc_info=True)

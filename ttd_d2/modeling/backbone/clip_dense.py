@@ -10,6 +10,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from .clip_loading import load_clip, resolve_arch
 from .dense_heads import DENSE_MODES, dense_last_block
+from .prompt_templates import resolve_prompt_templates
 from .text_encoding import encode_tokens, round_up, shortest_context
 
 
@@ -101,7 +102,7 @@ class CLIPDense(Backbone):
             "dense_mode": cfg.MODEL.CLIP.DENSE_MODE,
             "attn_scale": cfg.MODEL.CLIP.ATTN_SCALE,
             "naclip_sigma": cfg.MODEL.CLIP.NACLIP_SIGMA,
-            "prompt_templates": cfg.MODEL.CLIP.PROMPT_TEMPLATES,
+            "prompt_templates": resolve_prompt_templates(cfg.MODEL.CLIP.PROMPT_TEMPLATE_SET, cfg.MODEL.CLIP.PROMPT_TEMPLATES),
             "bf16": cfg.MODEL.CLIP.BF16,
         }
 

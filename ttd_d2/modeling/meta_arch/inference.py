@@ -8,6 +8,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 
 from ..ttd.scoring import SCORING_METHODS, cosine_maps, score_tags
+from ..test_time_augmentation import multi_scale_flip
 from ..ttd.tags import candidate_tags, nltk_noun_adjective_mask, token_window
 from .segmentation import max_over_synonyms, maps_to_image, pad_to_patch_grid, slide_inference, split_synonyms
 
@@ -64,18 +65,33 @@ class TTDInference:
         return max_over_synonyms(self.masker(cos), owner, num_classes)
 
     def semantic_segmentation(self, x: Dict, dataset_name: str) -> torch.Tensor:
-        """Scores [C (+1 background), H, W] at the input's original size."""
+        """Scores [C (+1 background), H, W] at the input's original size (docs/EVALUATION.md,
+        "Test-time protocol"): sliding windows inside each scale / flip pass
+        (``multi_scale_flip``), class scores by ``class_scores`` ("ttd": masker probabilities,
+        max over synonyms, per window; "softmax": softmax over all names of ``logit_scale`` x the
+        averaged cosines, then max over synonyms), PAMR on them if set, then the constant
+        background channel (``background_score``, or ``prob_threshold`` under "softmax")."""
         text_emb, owner, num_classes, has_background = self.class_embeddings(dataset_name)
         image = self.normalize(x["image"])[None]
+        softmax = self.class_scores == "softmax"
 
-        def predict(img):
+        def window(img):
+            if softmax:
+                feats, padded_size = self._image_features(img, with_global=False)
+                return maps_to_image(cosine_maps(feats["dense"], text_emb[None])[0], padded_size, img.shape[-2:])
             return self._class_scores(img, text_emb, owner, num_classes)
 
-        scores = slide_inference(predict, image, self.slide_crop, self.slide_stride)
-        if self.flip:
-            scores = 0.5 * (scores + slide_inference(predict, image.flip(-1), self.slide_crop, self.slide_stride).flip(-1))
+        def predict(img):
+            return slide_inference(window, img, self.slide_crop, self.slide_stride)
+
+        scores = multi_scale_flip(predict, image, self.scales, self.flip)
+        if softmax:
+            scores = max_over_synonyms((self.logit_scale * scores).softmax(dim=0), owner, num_classes)
+        if self.pamr is not None:
+            scores = self.pamr(image, scores[None])[0]
         if has_background:
-            scores = torch.cat([scores.new_full((1, *scores.shape[1:]), self.background_score(dataset_name)), scores])
+            fill = self.prob_threshold if softmax else self.background_score(dataset_name)
+            scores = torch.cat([scores.new_full((1, *scores.shape[1:]), fill), scores])
         height, width = x.get("height", scores.shape[-2]), x.get("width", scores.shape[-1])
         return sem_seg_postprocess(scores, scores.shape[-2:], height, width)
 

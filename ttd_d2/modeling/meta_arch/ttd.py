@@ -15,6 +15,8 @@ from torch.nn.utils import parametrize
 
 from ..backbone.clip_loading import resolve_arch
 from ..masker import Masker, build_masker
+from ..pamr import PAMR
+from ..test_time_augmentation import CLASS_SCORES
 from ..ttd.scoring import SCORING_METHODS
 from ..ttd.text_cache import TextEmbeddingCache
 from .inference import TTDInference
@@ -63,6 +65,11 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
         slide_crop: int = 0,
         slide_stride: int = 0,
         flip: bool = False,
+        scales: Sequence[float] = (1.0,),
+        pamr: Optional[nn.Module] = None,
+        class_scores: str = "ttd",
+        logit_scale: float = 40.0,
+        prob_threshold: float = 0.0,
         default_dataset: str = "",
     ):
         """
@@ -84,7 +91,11 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
                 ``_setup_lora``; used when ``ttd_enabled`` or a LoRA file ``weights`` is given.
             background_threshold: constant background score (< 0: the dataset's metadata).
             slide_crop, slide_stride: sliding-window inference (crop 0 = whole image).
-            flip: add a horizontally flipped pass at inference.
+            flip: add a horizontally flipped pass at inference (of every scale).
+            scales: resize factors of the multi-scale inference (``multi_scale_flip``).
+            pamr: a ``PAMR`` refining the class scores at inference, or None.
+            class_scores: ttd (masker probabilities) | softmax (softmax over the names of
+                ``logit_scale`` x cosine, background = ``prob_threshold``): docs/EVALUATION.md.
             default_dataset: metadata used when an input carries no "dataset_name".
         """
         super().__init__()
@@ -110,6 +121,10 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
         self.contrastive_weight = contrastive_weight
         self.background_threshold = background_threshold
         self.slide_crop, self.slide_stride, self.flip = slide_crop, slide_stride, flip
+        if class_scores not in CLASS_SCORES:
+            raise ValueError(f"MODEL.SEG_INFERENCE.CLASS_SCORES '{class_scores}' unknown; use one of {CLASS_SCORES}")
+        self.scales, self.pamr, self.class_scores = tuple(scales), pamr, class_scores
+        self.logit_scale, self.prob_threshold = logit_scale, prob_threshold
         self.default_dataset = default_dataset
         self.register_buffer("pixel_mean", torch.tensor(backbone.pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(backbone.pixel_std).view(-1, 1, 1), False)
@@ -163,6 +178,11 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
             "slide_crop": test.SLIDE_CROP,
             "slide_stride": test.SLIDE_STRIDE,
             "flip": test.FLIP,
+            "scales": tuple(test.SCALES),
+            "pamr": PAMR(test.PAMR.NUM_ITER, test.PAMR.DILATIONS) if test.PAMR.NUM_ITER > 0 else None,
+            "class_scores": test.CLASS_SCORES,
+            "logit_scale": test.LOGIT_SCALE,
+            "prob_threshold": test.PROB_THRESHOLD,
             "default_dataset": cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "",
         }
 

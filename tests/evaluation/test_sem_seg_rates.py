@@ -1,0 +1,122 @@
+"""SemSegRatesEvaluator: mFPR, mFNR beside detectron2's mIoU; IoU + FPR + FNR = 1 per class."""
+import math
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
+
+from ttd_d2.evaluation import SemSegRatesEvaluator
+from ttd_d2.evaluation.metrics import confusion_rates
+
+CLASSES = ["background", "circle", "square", "triangle"]
+GT = np.array([[0, 0, 1, 1], [0, 1, 1, 255], [2, 2, 2, 0], [2, 2, 0, 0]], dtype=np.uint8)
+PRED = np.array([[0, 1, 1, 1], [0, 1, 0, 3], [2, 2, 3, 0], [2, 0, 0, 0]], dtype=np.int64)
+
+
+def test_confusion_rates_by_hand():
+    conf = np.array([[5, 1, 0], [2, 3, 0], [0, 0, 0]])  # rows: prediction, columns: ground truth
+    rates = confusion_rates(conf)
+    # class 0: TP 5, FP 1, FN 2; class 1: TP 3, FP 2, FN 1; class 2 absent: nan, left out
+    np.testing.assert_allclose(rates["IoU"][:2], [5 / 8, 3 / 6])
+    np.testing.assert_allclose(rates["FPR"][:2], [1 / 8, 2 / 6])
+    np.testing.assert_allclose(rates["FNR"][:2], [2 / 8, 1 / 6])
+    assert all(math.isnan(rates[k][2]) for k in ("IoU", "FPR", "FNR"))
+    assert rates["mFPR"] == pytest.approx((1 / 8 + 2 / 6) / 2)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    name = f"test_rates_{uuid.uuid4().hex[:8]}"
+    Image.fromarray(GT).save(tmp_path / "gt.png")
+    DatasetCatalog.register(name, lambda: [{"file_name": "img.png", "sem_seg_file_name": str(tmp_path / "gt.png")}])
+    MetadataCatalog.get(name).set(stuff_classes=CLASSES, ignore_label=255, evaluator_type="sem_seg")
+    yield name
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+def test_evaluator_rates_sum_to_one_and_match_counts(dataset):
+    evaluator = SemSegRatesEvaluator(dataset, distributed=False)
+    evaluator.reset()
+    scores = torch.nn.functional.one_hot(torch.as_tensor(PRED), len(CLASSES)).permute(2, 0, 1).float()
+    evaluator.process([{"file_name": "img.png"}], [{"sem_seg": scores}])
+    res = evaluator.evaluate()["sem_seg"]
+    valid = GT != 255
+    for c, name in enumerate(CLASSES):
+        tp = np.sum((PRED == c) & (GT == c) & valid)
+        fp = np.sum((PRED == c) & (GT != c) & valid)
+        fn = np.sum((PRED != c) & (GT == c) & valid)
+        assert res[f"FPR-{name}"] == pytest.approx(100 * fp / (tp + fp + fn))
+        assert res[f"FNR-{name}"] == pytest.approx(100 * fn / (tp + fp + fn))
+        iou = 0.0 if math.isnan(res[f"IoU-{name}"]) else res[f"IoU-{name}"]  # triangle: predicted, not in GT
+        assert iou + res[f"FPR-{name}"] + res[f"FNR-{name}"] == pytest.approx(100)
+    assert res["mIoU"] / 100 + res["mFPR"] + res["mFNR"] == pytest.approx(1)
+
+
+def _register(name, gt_files):
+    DatasetCatalog.register(name, lambda: [{"file_name": f"img{i}.png", "sem_seg_file_name": f}
+                                           for i, f in enumerate(gt_files)])
+    MetadataCatalog.get(name).set(stuff_classes=CLASSES, ignore_label=255, evaluator_type="sem_seg")
+
+
+def _predictions(n):
+    rng = np.random.default_rng(3)
+    return [torch.as_tensor(rng.random((len(CLASSES), 4, 4)), dtype=torch.float32) for _ in range(n)]
+
+
+def _worker(rank, world_size, port, name, gt_files, result_file):
+    import os
+    import pickle
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    _register(name, gt_files)
+    evaluator = SemSegRatesEvaluator(name, distributed=True)
+    evaluator.reset()
+    preds = _predictions(len(gt_files))
+    for i in range(rank, len(gt_files), world_size):
+        evaluator.process([{"file_name": f"img{i}.png"}], [{"sem_seg": preds[i]}])
+    with open(f"{result_file}.{rank}", "wb") as f:
+        pickle.dump(evaluator.evaluate(), f)
+    dist.barrier()
+    os._exit(0)  # gloo's teardown at exit sometimes aborts (tests/evaluation/test_evaluation_distributed.py)
+
+
+def test_two_process_rates_equal_single_process(tmp_path):
+    import pickle
+    import socket
+
+    import torch.multiprocessing as mp
+
+    rng = np.random.default_rng(4)
+    gt_files = []
+    for i in range(4):
+        gt = rng.integers(0, len(CLASSES), (4, 4)).astype(np.uint8)
+        Image.fromarray(gt).save(tmp_path / f"gt{i}.png")
+        gt_files.append(str(tmp_path / f"gt{i}.png"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    name = f"test_rates_dist_{uuid.uuid4().hex[:8]}"
+    mp.spawn(_worker, args=(2, port, name, gt_files, str(tmp_path / "res")), nprocs=2, join=True)
+    with open(tmp_path / "res.0", "rb") as f:
+        gathered = pickle.load(f)["sem_seg"]
+    with open(tmp_path / "res.1", "rb") as f:
+        assert pickle.load(f) is None
+    _register(name, gt_files)
+    try:
+        single = SemSegRatesEvaluator(name, distributed=False)
+        single.reset()
+        for i, pred in enumerate(_predictions(4)):
+            single.process([{"file_name": f"img{i}.png"}], [{"sem_seg": pred}])
+        expected = single.evaluate()["sem_seg"]
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert gathered.keys() == expected.keys() and "mFPR" in gathered
+    for key, value in expected.items():
+        assert gathered[key] == pytest.approx(value, nan_ok=True)

@@ -1,0 +1,91 @@
+"""Multi-scale + flip averaging (pure function and in the sem-seg path), the softmax preset,
+PAMR in the sem-seg path: each against a computation written here."""
+import uuid
+
+import pytest
+import torch
+import torch.nn.functional as F
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from conftest import build
+from ttd_d2.modeling.pamr import PAMR
+from ttd_d2.modeling.test_time_augmentation import multi_scale_flip
+
+SLIDE = {"MODEL.SEG_INFERENCE.SLIDE_CROP": 32, "MODEL.SEG_INFERENCE.SLIDE_STRIDE": 16}
+
+
+@pytest.fixture
+def dataset():
+    name = f"test_tta_{uuid.uuid4().hex[:10]}"
+    DatasetCatalog.register(name, lambda: [])
+    MetadataCatalog.get(name).set(stuff_classes=["background", "circle", "square"], background_threshold=0.4)
+    yield name
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+def image(seed=0, h=64, w=48):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8).float()
+
+
+def test_multi_scale_flip_hand_values():
+    img = torch.zeros(1, 3, 8, 6)
+    height = lambda x: torch.full((1, *x.shape[-2:]), float(x.shape[-2]))  # noqa: E731
+    # scale 1 sees 8 rows, scale 0.5 sees 4: mean (8 + 4) / 2; with flip (8 + 8 + 4 + 4) / 4
+    torch.testing.assert_close(multi_scale_flip(height, img, (1.0, 0.5)), torch.full((1, 8, 6), 6.0))
+    torch.testing.assert_close(multi_scale_flip(height, img, (1.0, 0.5), flip=True), torch.full((1, 8, 6), 6.0))
+    ramp = lambda x: torch.arange(x.shape[-1], dtype=torch.float).expand(1, *x.shape[-2:])  # noqa: E731
+    # a ramp 0..5 and its mirror 5..0 average to 2.5 everywhere
+    torch.testing.assert_close(multi_scale_flip(ramp, img, (1.0,), flip=True), torch.full((1, 8, 6), 2.5))
+    assert torch.equal(multi_scale_flip(ramp, img), ramp(img))
+    with pytest.raises(ValueError, match="SCALES"):
+        multi_scale_flip(ramp, img, (1.0, 0.0))
+
+
+def test_sem_seg_sliding_multi_scale_flip_is_the_mean_of_the_passes(tiny_cfg, dataset):
+    single = build(tiny_cfg, **SLIDE)
+    tta = build(tiny_cfg, **SLIDE, **{"MODEL.SEG_INFERENCE.SCALES": [1.0, 0.5], "MODEL.SEG_INFERENCE.FLIP": True})
+    x = image()
+    half = F.interpolate(x[None], size=(32, 24), mode="bilinear", align_corners=False)[0]
+
+    def run(model, img):
+        with torch.no_grad():
+            return model([{"image": img, "dataset_name": dataset}])[0]["sem_seg"]
+
+    up = lambda s: F.interpolate(s[None], size=(64, 48), mode="bilinear", align_corners=False)[0]  # noqa: E731
+    passes = [run(single, x), run(single, x.flip(-1)).flip(-1), up(run(single, half)), up(run(single, half.flip(-1)).flip(-1))]
+    expected = sum(passes) / 4
+    got = run(tta, x)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(got[0], torch.full_like(got[0], 0.4))  # background channel stays the constant
+    assert not torch.allclose(got, passes[0], atol=1e-4)
+
+
+def test_softmax_preset_probabilities_and_threshold_background(tiny_cfg, dataset):
+    model = build(tiny_cfg, **{"MODEL.SEG_INFERENCE.CLASS_SCORES": "softmax", "MODEL.SEG_INFERENCE.LOGIT_SCALE": 40.0,
+                               "MODEL.SEG_INFERENCE.PROB_THRESHOLD": 0.7})
+    x = image(1, 32, 32)
+    with torch.no_grad():
+        got = model([{"image": x, "dataset_name": dataset}])[0]["sem_seg"]
+        dense = model.backbone(model.normalize(x)[None], with_global=False)["dense"]  # [1, D, h, w]
+        text = model.backbone.encode_text(["circle", "square"], use_templates=True)  # [2, D]
+    cos = torch.einsum("dhw,kd->khw", F.normalize(dense[0], dim=0), F.normalize(text, dim=-1))
+    cos = F.interpolate(cos[None], size=(32, 32), mode="bilinear", align_corners=False)[0]
+    probs = (40.0 * cos).softmax(dim=0)
+    torch.testing.assert_close(got[1:], probs, atol=1e-5, rtol=1e-4)
+    assert torch.equal(got[0], torch.full_like(got[0], 0.7))
+    # background exactly where the largest class probability is below the threshold
+    assert torch.equal(got.argmax(0) == 0, probs.max(0).values < 0.7)
+
+
+def test_pamr_refines_the_class_scores_not_the_background(tiny_cfg, dataset):
+    plain = build(tiny_cfg)
+    refined = build(tiny_cfg, **{"MODEL.SEG_INFERENCE.PAMR.NUM_ITER": 2, "MODEL.SEG_INFERENCE.PAMR.DILATIONS": [1, 2]})
+    x = image(2, 32, 32)
+    with torch.no_grad():
+        base = plain([{"image": x, "dataset_name": dataset}])[0]["sem_seg"]
+        got = refined([{"image": x, "dataset_name": dataset}])[0]["sem_seg"]
+    expected = PAMR(2, (1, 2))(plain.normalize(x)[None], base[None, 1:])[0]
+    torch.testing.assert_close(got[1:], expected, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(got[0], torch.full_like(got[0], 0.4))

@@ -1,0 +1,37 @@
+"""Config checks of the test-time protocol (``MODEL.SEG_INFERENCE`` multi-scale, class scores,
+PAMR; ``MODEL.CLIP.PROMPT_TEMPLATE_SET``: docs/EVALUATION.md), split from ``config_checks.py``,
+which calls them and whose helpers they use (so it imports this module where it calls it)."""
+import math
+from typing import List
+
+from .config_checks import Problem, _choice, _number
+from .modeling.backbone.prompt_templates import TEMPLATE_SETS
+from .modeling.test_time_augmentation import CLASS_SCORES
+
+
+def _positive_list(key: str, values, integer: bool, fix: str = "") -> Problem:
+    """A non-empty list of positive numbers (integers when ``integer``)."""
+    kind = int if integer else (int, float)
+    if isinstance(values, (list, tuple)) and values and all(
+            isinstance(v, kind) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in values):
+        return None
+    return f"{key} = {values!r}: must be a non-empty list of positive {'integers' if integer else 'numbers'}{fix}"
+
+
+def protocol_problems(cfg) -> List[Problem]:
+    """The keys of the test-time protocol (read by the model's inference, so by ``build_model``)."""
+    test, template_set = cfg.MODEL.SEG_INFERENCE, cfg.MODEL.CLIP.PROMPT_TEMPLATE_SET
+    return [
+        None if template_set == "" else _choice(
+            "MODEL.CLIP.PROMPT_TEMPLATE_SET", template_set, tuple(TEMPLATE_SETS), " or '' (MODEL.CLIP.PROMPT_TEMPLATES)"),
+        _positive_list("MODEL.SEG_INFERENCE.SCALES", test.SCALES, integer=False,
+                       fix=" (resize factors, e.g. [1.0, 0.5, 1.5, 2.0]; [1.0] = single scale)"),
+        _choice("MODEL.SEG_INFERENCE.CLASS_SCORES", test.CLASS_SCORES, CLASS_SCORES),
+        _number("MODEL.SEG_INFERENCE.LOGIT_SCALE", test.LOGIT_SCALE, lambda v: v > 0, "> 0"),
+        _number("MODEL.SEG_INFERENCE.PROB_THRESHOLD", test.PROB_THRESHOLD, lambda v: 0 <= v <= 1, "in [0, 1]",
+                fix=" (a class probability of CLASS_SCORES 'softmax')"),
+        _number("MODEL.SEG_INFERENCE.PAMR.NUM_ITER", test.PAMR.NUM_ITER, lambda v: v >= 0, ">= 0", integer=True,
+                fix=" (0 = off)"),
+        _positive_list("MODEL.SEG_INFERENCE.PAMR.DILATIONS", test.PAMR.DILATIONS, integer=True,
+                       fix=" (e.g. [1, 2, 4, 8, 12, 24])"),
+    ]

@@ -1,0 +1,56 @@
+"""Test-time augmentation of semantic segmentation: multi-scale and horizontal-flip averaging.
+
+Kept apart from the model (as Mask2Former keeps its ``SemanticSegmentorWithTTA``): it only needs
+a function that predicts score maps for an image of any size, e.g. the sliding-window inference
+of ``TTDInference.semantic_segmentation``.
+"""
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .meta_arch.segmentation import upsample
+
+__all__ = ["CLASS_SCORES", "multi_scale_flip", "scaled_size"]
+
+# MODEL.SEG_INFERENCE.CLASS_SCORES: how class scores are formed (docs/EVALUATION.md).
+CLASS_SCORES = ("ttd", "softmax")
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple:
+    """(round(H * scale), round(W * scale)), at least 1 pixel each."""
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+def multi_scale_flip(
+    predict: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> torch.Tensor:
+    """The mean of ``predict`` over scales (and horizontal flips) of an image.
+
+    Args:
+        predict: [1, 3, h, w] -> [C, h, w] score maps of an image of any size.
+        image: [1, 3, H, W] the (normalised) image.
+        scales: resize factors of the image (bilinear, sizes rounded); 1.0 = the image as it is.
+        flip: also predict each scaled image flipped left-right (its maps flipped back).
+    Returns:
+        [C, H, W]: sum over the len(scales) x (2 if flip else 1) passes of each pass's maps,
+        bilinearly resized back to (H, W), divided by the number of passes. One scale 1.0
+        without flip is ``predict(image)`` itself.
+    """
+    if not scales or any(not s > 0 for s in scales):
+        raise ValueError(f"MODEL.SEG_INFERENCE.SCALES must be positive numbers, got {list(scales)}")
+    height, width = image.shape[-2:]
+    total, passes = None, 0
+    for scale in scales:
+        size = scaled_size(height, width, scale)
+        scaled = image if size == (height, width) else F.interpolate(
+            image, size=size, mode="bilinear", align_corners=False)
+        outs = [predict(scaled)]
+        if flip:
+            outs.append(predict(scaled.flip(-1)).flip(-1))
+        for out in outs:
+            out = out if tuple(out.shape[-2:]) == (height, width) else upsample(out, (height, width))
+            total = out if total is None else total + out
+            passes += 1
+    return total / passes
