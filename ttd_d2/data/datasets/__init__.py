@@ -1,6 +1,9 @@
-"""Dataset registration (importing this package registers the synthetic benchmark)."""
-from . import builtin  # noqa: F401  (registration side effect)
+"""Dataset registration (importing this package registers the synthetic benchmark and the real
+benchmarks of ``docs/DATASETS.md``)."""
+from . import builtin, real  # noqa: F401  (registration side effect)
+from .benchmark import Benchmark, load_benchmark, read_class_names, register_benchmark
 from .builtin import register_builtin_synthetic, require_synthetic_dataset, synthetic_root
+from .real import REAL_BENCHMARKS, register_real_benchmarks
 from .synthetic import (
     CorruptFileError,
     dataset_name,
