@@ -23,6 +23,7 @@ setup(
         "opencv-python-headless",
         "tabulate",
         "tqdm",
+        "scipy",  # reads PASCAL Context's .mat labels (tools/prepare_pascal_context.py)
     ],
     extras_require={"test": ["pytest"]},
 )

@@ -47,7 +47,8 @@ def write_png(path, array, palette=None):
 
 
 def eval_only(datasets, output_dir):
-    """Results of ``tools/train_net.py --eval-only`` (MaskCLIP config, tiny CLIP, 32 px)."""
+    """Results ``{dataset: {"sem_seg": ...}}`` of ``tools/train_net.py --eval-only`` (MaskCLIP
+    config, tiny CLIP, 32 px); detectron2 unwraps a single dataset's results: wrapped again."""
     train_net = load_script("tools/train_net.py")
     args = default_argument_parser().parse_args([
         "--config-file", str(REPO / "configs" / "maskclip.yaml"), "--eval-only",
@@ -55,4 +56,5 @@ def eval_only(datasets, output_dir):
         "DATASETS.TEST", str(tuple(datasets)), "INPUT.MIN_SIZE_TEST", "32", "DATALOADER.NUM_WORKERS", "0",
         "OUTPUT_DIR", str(output_dir)])
     torch.manual_seed(0)
-    return train_net.main(args)
+    results = train_net.main(args)
+    return {datasets[0]: results} if len(datasets) == 1 else results
