@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, Optional, Union
 
 import numpy as np
+from PIL import Image
 
 from .benchmark import Benchmark, datasets_root
 from .label_conversion import apply_table, convert_files, lookup_table, read_label, require_input, voc_palette
@@ -40,22 +41,19 @@ def voc_indices(path: Union[str, Path]) -> np.ndarray:
 
 
 def _is_indexed(path) -> bool:
-    from PIL import Image
-
     with Image.open(path) as image:
         return image.mode in ("P", "L")
 
 
 def _rgb_to_index(path) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(path) as image:
         rgb = np.array(image.convert("RGB")).astype(np.int64)
     codes = (voc_palette().astype(np.int64) * [65536, 256, 1]).sum(1)
     table = {int(code): index for index, code in enumerate(codes[:21])}
     table[int(codes[255])] = 255
-    keys = (rgb * [65536, 256, 1]).sum(2)
-    return np.vectorize(lambda code: table.get(int(code), 255), otypes=[np.uint8])(keys)
+    colours, inverse = np.unique((rgb * [65536, 256, 1]).sum(2), return_inverse=True)
+    indices = np.array([table.get(int(code), 255) for code in colours], dtype=np.uint8)
+    return indices[inverse].reshape(rgb.shape[:2])
 
 
 def prepare_voc(root: Optional[Union[str, Path]] = None) -> Dict[str, Dict[str, int]]:
