@@ -12,7 +12,7 @@ setup(
     description="Text-Tag Self-Distillation for CLIP-based dense models, as a Detectron2 plugin",
     python_requires=">=3.9",
     packages=find_packages(include=["ttd_d2", "ttd_d2.*"]),
-    package_data={"ttd_d2": ["model_configs/*.json"]},
+    package_data={"ttd_d2": ["model_configs/*.json", "data/datasets/class_names/*.txt"]},
     install_requires=[
         "torch>=2.0",
         "open_clip_torch>=2.20",
@@ -24,6 +24,7 @@ setup(
         "opencv-python-headless",
         "tabulate",
         "tqdm",
+        "scipy",  # reads PASCAL Context's .mat labels (tools/prepare_pascal_context.py)
     ],
     extras_require={"test": ["pytest"]},
 )

@@ -1,7 +1,10 @@
-"""Dataset registration (importing this package registers the synthetic benchmark and CC3M-TagMask)."""
-from . import builtin  # noqa: F401  (registration side effect)
+"""Dataset registration (importing this package registers the synthetic benchmark, the real
+benchmarks of ``docs/DATASETS.md`` and CC3M-TagMask)."""
+from . import builtin, real  # noqa: F401  (registration side effect)
+from .benchmark import Benchmark, load_benchmark, read_class_names, register_benchmark
 from .cc3m_tagmask import load_cc3m_tagmask, match_tags, register_cc3m_tagmask
 from .builtin import register_builtin_synthetic, require_synthetic_dataset, synthetic_root
+from .real import REAL_BENCHMARKS, register_real_benchmarks
 from .synthetic import (
     CorruptFileError,
     dataset_name,

@@ -1,0 +1,20 @@
+#!/usr/bin/env python
+"""Convert the official PASCAL VOC 2012 val (21 and 20 classes) release into the layout ttd_d2 reads.
+
+Usage: `python tools/prepare_voc.py [--root DIR]` (DIR defaults to $DETECTRON2_DATASETS, else
+`datasets`). Idempotent: finished files are skipped. Layouts: datasets/README.md and
+`ttd_d2/data/datasets/voc.py`.
+"""
+import argparse
+
+from ttd_d2.data.datasets.voc import prepare_voc
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=None, help="folder holding the datasets (default: $DETECTRON2_DATASETS)")
+    print(prepare_voc(parser.parse_args(argv).root))
+
+
+if __name__ == "__main__":
+    main()
