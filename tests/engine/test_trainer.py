@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import numpy as np
-import open_clip
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluators
@@ -16,7 +15,7 @@ from ttd_d2.data.datasets.synthetic import register_synthetic
 from ttd_d2.data import mappers
 from ttd_d2.data.synthetic.writer import generate
 from ttd_d2.engine import TTDTrainer
-from ttd_d2.modeling.backbone.clip_loading import resolve_arch
+from ttd_d2.modeling.backbone.clip_loading import build_tokenizer
 from ttd_d2.evaluation import CaptionSegEvaluator
 from ttd_d2.modeling.lora import lora_state_dict
 
@@ -162,7 +161,7 @@ def test_train_loader_batches(synthetic, tmp_path):
     cfg = train_cfg(synthetic, tmp_path)
     batch = next(iter(TTDTrainer.build_train_loader(cfg)))
     assert len(batch) == 4
-    tokenizer = open_clip.get_tokenizer(resolve_arch(cfg.MODEL.CLIP.ARCH))
+    tokenizer = build_tokenizer(cfg.MODEL.CLIP.ARCH)
     for x in batch:
         assert x["image"].shape == (3, 32, 32) and x["image"].dtype == np.uint8
         assert isinstance(x["caption"], str) and x["caption"]

@@ -5,13 +5,12 @@ import sys
 from typing import Dict, Optional
 
 import numpy as np
-import open_clip
 import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from ..modeling.backbone.clip_loading import resolve_arch
+from ..modeling.backbone.clip_loading import build_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ class CaptionTrainMapper:
             "train_size": cfg.INPUT.TRAIN_SIZE,
             "image_format": cfg.INPUT.FORMAT,
             "flip": cfg.INPUT.RANDOM_FLIP,
-            "tokenizer": open_clip.get_tokenizer(resolve_arch(cfg.MODEL.CLIP.ARCH)),
+            "tokenizer": build_tokenizer(cfg.MODEL.CLIP.ARCH),
         }
 
     def __call__(self, record: Dict) -> Optional[Dict]:

@@ -2,13 +2,12 @@
 import contextlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-from .clip_loading import load_clip, resolve_arch
+from .clip_loading import build_tokenizer, load_clip
 from .dense_heads import DENSE_MODES, dense_last_block
 from .prompt_templates import resolve_prompt_templates
 from .text_encoding import encode_tokens, round_up, shortest_context
@@ -96,7 +95,7 @@ class CLIPDense(Backbone):
         model, preprocess = load_clip(cfg.MODEL.CLIP.ARCH, cfg.MODEL.CLIP.PRETRAINED, cfg.MODEL.CLIP.CACHE_DIR)
         return {
             "clip_model": model,
-            "tokenizer": open_clip.get_tokenizer(resolve_arch(cfg.MODEL.CLIP.ARCH)),
+            "tokenizer": build_tokenizer(cfg.MODEL.CLIP.ARCH),
             "pixel_mean": preprocess["mean"],
             "pixel_std": preprocess["std"],
             "dense_mode": cfg.MODEL.CLIP.DENSE_MODE,

@@ -48,6 +48,12 @@ def resolve_arch(arch: str) -> str:
     return arch
 
 
+def build_tokenizer(arch: str):
+    """open_clip's tokenizer of ``MODEL.CLIP.ARCH`` (list[str] -> [N, L] ids): the one the
+    backbone encodes text with and the training loader's workers tokenise captions with."""
+    return open_clip.get_tokenizer(resolve_arch(arch))
+
+
 def _check_pretrained(name: str, pretrained: str) -> None:
     looks_like_file = os.sep in pretrained or pretrained.endswith(_CHECKPOINT_SUFFIXES)
     if looks_like_file and not os.path.isfile(pretrained):
