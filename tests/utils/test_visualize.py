@@ -81,3 +81,28 @@ def test_caption_grid_on_a_tiny_model(tmp_path):
         selected = sum(int((model([mapper(r)])[0]["tag_scores"]["s_pixel"] >= 0.5).sum()) for r in records)
     assert drawn == len(records) * FIXED_PANELS + selected
     assert path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_caption_grid_maps_tcl_masks_from_the_image_size_not_the_map_size(tmp_path, monkeypatch):
+    """TCL's tag masks are 4x the patch grid: the padded size comes from the image (32 x 32 on a
+    patch grid of 8), not from the maps (which gave 128 x 128 and drew their top-left quarter)."""
+    from ttd_d2.utils import visualize
+
+    root = tmp_path / "synthetic"
+    generate(root, "captions", "vistcl", 1, seed=4, image_size=32)
+    register_synthetic_split(root, "captions", "vistcl")
+    cfg = make_tiny_cfg()
+    cfg.MODEL.BACKBONE.NAME = "TCL"
+    cfg.INPUT.MIN_SIZE_TEST = 32
+    torch.manual_seed(0)
+    model = TTDTrainer.build_model(cfg).eval()
+    seen = []
+    real_row = visualize.caption_row
+    monkeypatch.setattr(visualize, "caption_row", lambda *a, **k: seen.append(a) or real_row(*a, **k))
+    records, mapper = DatasetCatalog.get("synth_captions_vistcl"), mappers.TestMapper(cfg)
+    with torch.no_grad():
+        maps = model([mapper(records[0])])[0]["tag_masks"]
+    visualize.caption_grid(model, model, records, mapper, tmp_path / "grid.png", "s_pixel", 0.5, "minmax")
+    patch = model.backbone.size_divisibility
+    assert maps.shape[-1] * patch == 4 * 32  # the maps are finer than the patch grid
+    assert seen[0][7] == (32, 32) and seen[0][8] == (32, 32)  # padded size, image size

@@ -22,6 +22,7 @@ from detectron2.data.detection_utils import read_image
 from ..evaluation.caption_seg import read_label_png
 from ..evaluation.metrics import binary_confusion, foreground_iou, to_numpy
 from ..modeling.meta_arch.segmentation import maps_to_image
+from ..modeling.meta_arch.segmentation import padded_size as padded_image_size
 from ..modeling.ttd.losses import distillation_targets
 from ..modeling.ttd.scoring import select_tags
 
@@ -143,10 +144,10 @@ def caption_grid(
         before, after = before_model([x])[0], after_model([x])[0]
         image = read_image(record["file_name"], format="RGB")
         gt = read_label_png(record["caption_mask_file"]) > 0
-        patch = before_model.backbone.size_divisibility
-        padded = tuple(n * patch for n in before["tag_masks"].shape[-2:])
-        panels = caption_row(image, gt, before, after, method, threshold, norm, padded, tuple(x["image"].shape[-2:]),
-                             mask_threshold)
+        image_size = tuple(x["image"].shape[-2:])
+        # from the image, not from the maps: TCL's maps are 4x the patch grid
+        padded = padded_image_size(image_size, before_model.backbone.size_divisibility)
+        panels = caption_row(image, gt, before, after, method, threshold, norm, padded, image_size, mask_threshold)
         rows.append((record["caption"], panels))
     title = (f"masks from 0 (dark blue) to 1 (yellow); IoU with the caption region at mask >= {mask_threshold:g}; "
              f"quoted: the tags {method} selects before TTD (score >= {threshold:g}), whose {norm} masks' union is the target")

@@ -80,6 +80,12 @@ def pad_to_patch_grid(images: torch.Tensor, patch: int) -> torch.Tensor:
     return ImageList.from_tensors(list(images), size_divisibility=patch).tensor
 
 
+def padded_size(image_size: Tuple[int, int], patch: int) -> Tuple[int, int]:
+    """The (rows, columns) of an ``image_size`` image after :func:`pad_to_patch_grid`: what
+    :func:`maps_to_image` needs, whatever the maps' resolution (TCL's are 4x the patch grid)."""
+    return tuple(-(-int(n) // patch) * patch for n in image_size)
+
+
 def maps_to_image(
     maps: torch.Tensor, padded_size: Tuple[int, int], image_size: Tuple[int, int],
     out_size: Optional[Tuple[int, int]] = None,
