@@ -39,11 +39,12 @@ from ttd_d2.data.mappers import TestMapper
 from ttd_d2.data.synthetic.render import CLASSES
 from ttd_d2.evaluation.calibration import calibrate_masker_bias, calibrate_word_masker_bias
 from ttd_d2.evaluation.caption_seg import caption_image_statistics, read_label_png
+from ttd_d2.evaluation.metrics import to_numpy
 from ttd_d2.evaluation.gate import (
     GATE_BIAS_MARGIN, GATE_IOU_MARGIN, NORMALIZATIONS, SELECTIONS, names_background, object_aucs, summarize_gate,
-    tag_selections, target_counts,
+    tag_selections, target_counts, target_union,
 )
-from ttd_d2.modeling.meta_arch.segmentation import maps_to_image
+from ttd_d2.modeling.meta_arch.segmentation import maps_to_image, padded_size
 
 CALIBRATIONS = {"words": ("semseg", calibrate_word_masker_bias), "captions": ("captions", calibrate_masker_bias)}
 
@@ -99,15 +100,17 @@ def caption_statistics(record, out, image_size, patch, threshold):
     record's image resized to ``image_size`` (the mapper's) and padded to the ``patch`` grid."""
     gt = read_label_png(record["caption_mask_file"]) > 0
     instances = read_label_png(record["instance_mask_file"])
-    padded = tuple(-(-n // patch) * patch for n in image_size)  # any map resolution (TCL's: 4x the grid)
+    padded = padded_size(image_size, patch)  # any map resolution (TCL's: 4x the grid)
 
     def to_image(maps):  # dense maps of the padded image -> the record's pixels
         return maps_to_image(maps, padded, tuple(image_size), gt.shape)
 
     tags = out["tags"]
     selections = tag_selections(tags, out["tag_scores"]["s_pixel"] >= out["tag_threshold"], record["tags"])
+    target = to_numpy(to_image(target_union(out["tag_masks"], selections["s_pixel"], "minmax"))) >= threshold
     return {
         "targets": target_counts(out["tag_masks"], selections, gt, to_image, threshold),
+        "target": caption_image_statistics(target, gt, instances, record["objects"]),
         "names_background": names_background(record["caption"]),
         "caption": caption_image_statistics(out["caption_mask"].cpu().numpy() >= threshold, gt, instances, record["objects"]),
         "aucs": object_aucs(to_image(out["tag_masks"]), tags, instances, record["objects"]) if tags else [],
@@ -148,7 +151,8 @@ def print_report(report):
     rows += [[f"target: s_pixel, minmax, {label}", *(h["target_iou_s_pixel_minmax"][k] for h in heads.values())]
              for k, label in (("names_background", "captions naming the background"), ("others", "other captions"))]
     rows += [["caption mask", *(h["caption_mask"]["CaptionIoU"] for h in heads.values())]]
-    rows += [[f"caption mask coverage {k}", *(h["caption_mask"][f"coverage_{k}"] for h in heads.values())]
+    rows += [[f"{what} coverage {k}", *(h[key][f"coverage_{k}"] for h in heads.values())]
+             for what, key in (("caption mask", "caption_mask"), ("target (s_pixel, minmax)", "target_mask"))
              for k in ("dominant", "secondary")]
     print(f"\n2-class IoU on {report['settings']['captions_dataset']} ({report['settings']['num_images']} images):")
     print(tabulate(rows, headers=["", *heads], tablefmt="pipe", floatfmt=".1f"))

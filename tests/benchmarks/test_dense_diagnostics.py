@@ -67,6 +67,8 @@ def test_tag_masks_are_mapped_from_the_padded_grid(tmp_path):
     assert stats["targets"]["gt_tags/none"] == (96, 0, 0, 48)  # exactly the 8 x 12 caption region
     assert stats["targets"]["s_pixel/minmax"] == (96, 0, 0, 48)
     assert stats["aucs"] == [(True, 1.0)] and not stats["names_background"]
+    # the target's own statistics (s_pixel, min-max): it covers the one (dominant) object
+    assert stats["target"]["counts"] == (96, 0, 0, 48) and stats["target"]["dominant"] == [(96, 96)]
 
 
 def test_tag_masks_finer_than_the_patch_grid_are_mapped_too(tmp_path):

@@ -103,3 +103,20 @@ def test_summarize_gate_sums_counts_and_splits_background_captions():
     # caption mask: per image tp 1, fn 1, tn 2 -> IoU (1/2 + 2/3) / 2; target 33.3 < it + 5
     assert report["caption_mask"]["CaptionIoU"] == pytest.approx(100 * (0.5 + 2 / 3) / 2)
     assert report["gate"]["verdict"] == "FAIL" and report["num_captions"] == 2
+
+
+def test_summarize_gate_reports_the_targets_coverage_when_given():
+    """The target's coverage of dominant and secondary objects (does it cover what the caption
+    mask misses?), from the same per-image statistics as the caption mask's."""
+    instances = np.array([[1, 2], [0, 0]])
+    objects = [{"category": "circle", "dominant": True}, {"category": "star", "dominant": False}]
+    caption = caption_image_statistics(np.array([[True, False], [False, False]]), instances > 0, instances, objects)
+    target = caption_image_statistics(np.array([[True, True], [False, False]]), instances > 0, instances, objects)
+    zero = (0, 0, 0, 0)
+    targets = {f"{sel}/{norm}": zero for sel in ("s_pixel", "s_pixel_no_background", "object_words", "gt_tags")
+               for norm in ("minmax", "none")}
+    one = {"targets": targets, "names_background": False, "caption": caption, "aucs": []}
+    assert "target_mask" not in summarize_gate([one])
+    report = summarize_gate([{**one, "target": target}])
+    assert report["caption_mask"]["coverage_secondary"] == 0.0
+    assert report["target_mask"]["coverage_secondary"] == 100.0 and report["target_mask"]["CaptionIoU"] == 100.0

@@ -37,7 +37,7 @@ def eval_only(config, datasets, output_dir, *opts):
         "--config-file", str(ROOT / "configs" / config), "--eval-only",
         "MODEL.DEVICE", "cpu", "MODEL.CLIP.ARCH", TINY_ARCH, "MODEL.CLIP.PRETRAINED", "",
         "DATASETS.TEST", str(tuple(datasets)), "INPUT.MIN_SIZE_TEST", "32", "DATALOADER.NUM_WORKERS", "0",
-        "OUTPUT_DIR", str(output_dir), *opts])
+        "OUTPUT_DIR", str(output_dir), "MODEL.TCL.WEIGHTS", "", *opts])
     torch.manual_seed(0)
     return train_net.main(args)
 

@@ -137,11 +137,14 @@ def gate_verdict(target_iou: float, caption_iou: float, coverage_dominant: float
 def summarize_gate(per_image: Sequence[Dict]) -> Dict:
     """The gate report of a caption split from per-caption statistics, each
     {"targets": ``target_counts``, "names_background": bool, "caption": the caption evaluator's
-    ``caption_image_statistics`` of the caption mask, "aucs": ``object_aucs``}.
+    ``caption_image_statistics`` of the caption mask, "target" (optional): the same of the target
+    (s_pixel, min-max), "aucs": ``object_aucs``}.
 
     Returns {"target_iou": {selection: {normalization: IoU}}, "target_iou_s_pixel_minmax":
     {"names_background", "others": IoU over those captions}, "caption_mask":
-    ``summarize_caption_statistics``, "mask_bias": coverage dominant - secondary,
+    ``summarize_caption_statistics``, "target_mask": the same of the target (when given: does the
+    target cover the secondary objects the caption mask misses?), "mask_bias": coverage dominant -
+    secondary,
     "tag_map_auc": {"dominant", "secondary": mean AUC}, "gate": ``gate_verdict``,
     "num_captions": int}."""
     def iou(key, images):
@@ -157,6 +160,8 @@ def summarize_gate(per_image: Sequence[Dict]) -> Dict:
             "others": iou("s_pixel/minmax", [s for s in per_image if not s["names_background"]]),
         },
         "caption_mask": dict(caption),
+        **({"target_mask": dict(summarize_caption_statistics([s["target"] for s in per_image]))}
+           if per_image and all("target" in s for s in per_image) else {}),
         "mask_bias": caption["coverage_dominant"] - caption["coverage_secondary"],
         "tag_map_auc": {"dominant": mean_or_nan(v for d, v in aucs if d), "secondary": mean_or_nan(v for d, v in aucs if not d)},
         "gate": gate_verdict(target_iou["s_pixel"]["minmax"], caption["CaptionIoU"],
