@@ -13,18 +13,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from ttd_d2.evaluation.summary import get_path
+from ttd_d2.evaluation.summary import TABLE_COLUMNS as COLUMNS, get_path
 
-COLUMNS = (
-    ("CaptionIoU", ("caption_seg", "CaptionIoU")),
-    ("per-caption IoU", ("caption_seg", "CaptionIoU_per_caption")),
-    ("cov. dominant", ("caption_seg", "coverage_dominant")),
-    ("cov. secondary", ("caption_seg", "coverage_secondary")),
-    ("cos secondary", ("text_bias", "cos_secondary")),
-    ("s_pixel F1", ("tag_selection", "s_pixel", "F1")),
-    ("sem-seg mIoU", ("sem_seg", "mIoU")),
-    ("zero-shot", ("zero_shot", "accuracy")),
-)
 ROWS = ("both", "distill_only", "tag_only", "tags_s_image", "tags_nltk", "teacher_self", "teacher_ema", "target_norm_none")
 
 

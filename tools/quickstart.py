@@ -4,11 +4,13 @@
     python tools/quickstart.py --output-dir output/quickstart
 
 1. generates the synthetic benchmark under $DETECTRON2_DATASETS/synthetic if missing;
-2. calibrates the shipped tiny CLIP (checkpoints/tiny_clip_synthetic.pt) on the validation
+2. calibrates the shipped base model (a TCL trained on the benchmark, checkpoints/tcl_synthetic.pth,
+   on the tiny CLIP checkpoints/tiny_clip_synthetic.pt; --base-config) on the validation
    splits: the masker bias on word-level segmentation of semseg/val, and (recorded, not
    applied) the tag-selection threshold on captions/val;
-3. evaluates it zero-shot twice, with its masker as trained (the config's MODEL.MASKER, TCL's
-   w 10, b -2.5) and as calibrated, each with the background threshold calibrated on semseg/val;
+3. evaluates it zero-shot twice, with its masker as trained (the TCL checkpoint's, or the
+   config's MODEL.MASKER) and as calibrated, each with the background threshold calibrated on
+   semseg/val;
 4. TTD-fine-tunes it through tools/train_net.py (LoRA, frozen teacher), from the calibrated masker;
 5. evaluates the LoRA-only result the same two ways (as trained: the masker it learnt;
    calibrated: recalibrated exactly as in 2); prints the before/after tables, writes
@@ -22,7 +24,8 @@ console shows one progress bar per stage and the tables; detectron2's log (train
 goes to ``<output-dir>/log.txt``. What it measures: docs/SYNTHETIC_BENCHMARK.md.
 ``--test-splits test test101 test102`` evaluates several held-out generator seeds (and their mean);
 training overrides follow a ``--``: ``--test-splits test test101 -- MODEL.TTD.TEACHER ema``.
-``--base-cache DIR`` evaluates the base model (step 3) once and reuses it while base model,
+``--dense-mode MODE`` sets MODEL.CLIP.DENSE_MODE in both configs (one row per head:
+benchmarks/backbones.sh). ``--base-cache DIR`` evaluates the base model (step 3) once and reuses it while base model,
 config, splits and calibration stay the same (benchmarks/ablations.sh: one base, many rows).
 """
 import argparse
@@ -57,6 +60,7 @@ with warnings.catch_warnings(record=True) as IMPORT_WARNINGS:
     from ttd_d2.evaluation.result_cache import cached_call, evaluation_key
     from ttd_d2.evaluation.summary import before_after_table, quickstart_report, summarize
     from ttd_d2.evaluation.tag_selection import BINARY_METHODS
+    from ttd_d2.modeling.backbone.dense_heads import DENSE_MODES
     from ttd_d2.utils.visualize import caption_grid, pick_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,7 +231,7 @@ def print_summary(report: dict, test_splits, tag) -> None:
     print(f"\nMasker calibrated on word-level segmentation of {masker['dataset']}, the same way for both models "
           f"(b = {masker['before']['b_calibrated']:.2f} before, {masker['after']['b_calibrated']:.2f} after TTD):")
     print(before_after_table(report["before"], report["after"]))
-    print(f"\nMasker as trained (before: the config's w {masker['before']['w']:.2f}, b {masker['before']['b_as_trained']:.2f};"
+    print(f"\nMasker as trained (before: the base model's w {masker['before']['w']:.2f}, b {masker['before']['b_as_trained']:.2f};"
           f" after: the learnt w {masker['after']['w']:.2f}, b {masker['after']['b_as_trained']:.2f}):")
     print(before_after_table(report["as_trained"]["before"], report["as_trained"]["after"]))
     calibration = report["calibration"]
@@ -240,9 +244,11 @@ def print_summary(report: dict, test_splits, tag) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="output/quickstart")
-    parser.add_argument("--base-config", default=str(ROOT / "configs" / "clearclip.yaml"))
-    parser.add_argument("--ttd-config", default=str(ROOT / "configs" / "ttd_clearclip.yaml"))
+    parser.add_argument("--base-config", default=str(ROOT / "configs" / "tcl_synthetic.yaml"))
+    parser.add_argument("--ttd-config", default=str(ROOT / "configs" / "ttd_tcl_synthetic.yaml"))
     parser.add_argument("--test-splits", nargs="+", default=["test"])
+    parser.add_argument("--dense-mode", choices=DENSE_MODES, help="MODEL.CLIP.DENSE_MODE of both configs "
+                        "(benchmarks/backbones.sh: one row per head)")
     parser.add_argument("--workers", type=int, default=2, help="processes that render the benchmark")
     parser.add_argument("--train-images", type=int, default=20000, help="size of image_text/train when generated")
     parser.add_argument("--val-images", type=int, default=200, help="size of each val split when generated")
@@ -263,8 +269,9 @@ def main(argv=None):
     log_path = output_dir / "log.txt"
     log_to_file(log_path)
     device = ["MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu"]
-    base_cfg = load_cfg(args.base_config, device)
-    ttd_cfg = load_cfg(args.ttd_config, [*device, *args.opts])
+    model_opts = [*device, *(["MODEL.CLIP.DENSE_MODE", args.dense_mode] if args.dense_mode else [])]
+    base_cfg = load_cfg(args.base_config, model_opts)
+    ttd_cfg = load_cfg(args.ttd_config, [*model_opts, *args.opts])
     pretrained = base_cfg.MODEL.CLIP.PRETRAINED
     if pretrained and not Path(pretrained).is_file():
         raise FileNotFoundError(

@@ -1,4 +1,4 @@
-"""tools/quickstart.py end to end on a tiny generated benchmark (the shipped tiny CLIP, two TTD
+"""tools/quickstart.py end to end on a tiny generated benchmark (the shipped base model, two TTD
 steps through tools/train_net.py): two runs give identical results, numbers and LoRA tensors;
 both models are calibrated the same way and also reported as trained; the picture is drawn;
 the console shows the stages' progress bars and the tables, detectron2's log goes to log.txt;
@@ -64,7 +64,10 @@ def test_both_models_get_the_same_calibration_and_are_also_reported_as_trained(t
     assert (masker["calibration"], masker["dataset"]) == ("calibrate_word_masker_bias", "synth_semseg_val")
     lora = torch.load(output_dir / "ttd" / "model_lora_final.pth", map_location="cpu", weights_only=True)
     learnt = {k.split(".")[-1]: float(v) for k, v in lora["masker"].items()}
-    assert masker["before"]["b_as_trained"] == -2.5 and masker["before"]["w"] == 10.0  # the config's masker
+    shipped = torch.load(ROOT / "checkpoints" / "tcl_synthetic.pth", map_location="cpu", weights_only=True)["model"]
+    # the base model's masker as trained: the shipped TCL checkpoint's (MODEL.TCL.MASKER_FROM_WEIGHTS)
+    assert masker["before"]["b_as_trained"] == pytest.approx(float(shipped["masker.sim2mask.b"]))
+    assert masker["before"]["w"] == pytest.approx(float(shipped["masker.sim2mask.w"]))
     assert masker["after"]["b_as_trained"] == pytest.approx(learnt["b"]) and masker["after"]["w"] == pytest.approx(learnt["w"])
     for model in ("before", "after"):
         assert set(masker[model]) == {"w", "b_as_trained", "b_calibrated", "word_iou"}
@@ -136,3 +139,11 @@ def test_base_cache_evaluates_the_base_model_once_per_key(quickstart, tmp_path, 
     before(cache="")
     assert len(calls) == 7
     assert before() == {"test": {"caption_seg": {"CaptionIoU": 2.0}}} and len(calls) == 7  # still cached
+
+
+def test_dense_mode_option_names_a_head_of_both_configs():
+    quickstart = load_script("tools/quickstart.py")
+    assert quickstart.parse_args(["--dense-mode", "naclip"]).dense_mode == "naclip"
+    assert quickstart.parse_args([]).dense_mode is None  # the configs' own
+    with pytest.raises(SystemExit):
+        quickstart.parse_args(["--dense-mode", "segment-anything"])

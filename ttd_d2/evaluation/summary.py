@@ -50,6 +50,20 @@ def _plain(tree):
     return float(tree)
 
 
+# The columns of the benchmark tables (benchmarks/collect_ablations.py, collect_backbones.py):
+# (header, path in a quickstart summary).
+TABLE_COLUMNS = (
+    ("CaptionIoU", ("caption_seg", "CaptionIoU")),
+    ("per-caption IoU", ("caption_seg", "CaptionIoU_per_caption")),
+    ("cov. dominant", ("caption_seg", "coverage_dominant")),
+    ("cov. secondary", ("caption_seg", "coverage_secondary")),
+    ("cos secondary", ("text_bias", "cos_secondary")),
+    ("s_pixel F1", ("tag_selection", "s_pixel", "F1")),
+    ("sem-seg mIoU", ("sem_seg", "mIoU")),
+    ("zero-shot", ("zero_shot", "accuracy")),
+)
+
+
 def get_path(tree: Mapping, path: Sequence[str]) -> float:
     for key in path:
         tree = tree[key]
