@@ -12,6 +12,7 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 import ttd_d2  # noqa: F401  (registers the backbone, meta-architecture and datasets)
 from ttd_d2 import TTDTrainer, add_ttd_config
 from ttd_d2.engine import TTDCheckpointer
+from ttd_d2.engine.preflight import check_inputs
 
 
 def setup(args):
@@ -20,6 +21,7 @@ def setup(args):
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
+    check_inputs(cfg, training=not args.eval_only)  # every missing weight file and dataset, before any output
     default_setup(cfg, args)
     return cfg
 

@@ -140,8 +140,8 @@ def register_benchmark(benchmark: Benchmark, root: Optional[Union[str, Path]] = 
         DatasetCatalog.remove(benchmark.name)
         MetadataCatalog.remove(benchmark.name)
     DatasetCatalog.register(benchmark.name, lambda: load_benchmark(benchmark, root))
-    meta = dict(ignore_label=benchmark.ignore_label, evaluator_type="sem_seg",
-                sem_seg_root=str(root / benchmark.label_dir))
+    meta = dict(ignore_label=benchmark.ignore_label, evaluator_type="sem_seg", image_root=str(root / benchmark.image_dir),
+                sem_seg_root=str(root / benchmark.label_dir), prepare=benchmark.prepare)
     if benchmark.background_threshold is not None:
         meta["background_threshold"] = benchmark.background_threshold
     MetadataCatalog.get(benchmark.name).set(**meta)

@@ -209,7 +209,9 @@ def synthetic_metadata(root: Union[str, Path], layout: str, split: str) -> dict:
     split's ``meta.json`` when present there."""
     folder = Path(root) / layout / split
     metadata = {"evaluator_type": _EVALUATOR_TYPES[layout], "image_root": str(folder / "images"),
-                "dataset_root": str(folder)}
+                "dataset_root": str(folder),
+                "prepare": "python tools/generate_synthetic.py --preset quickstart (other splits: --layout "
+                           f"{layout} --split {split} --seed SEED)"}
     if layout == "semseg":
         threshold = DEFAULT_BACKGROUND_THRESHOLD
         meta_path = folder / META_FILE

@@ -54,7 +54,9 @@ def build_tokenizer(arch: str):
     return open_clip.get_tokenizer(resolve_arch(arch))
 
 
-def _check_pretrained(name: str, pretrained: str) -> None:
+def check_pretrained(name: str, pretrained: str) -> None:
+    """``FileNotFoundError`` for a missing checkpoint file, ``ValueError`` for an unknown tag of
+    open_clip model ``name`` (a resolved MODEL.CLIP.ARCH); nothing is downloaded or read."""
     looks_like_file = os.sep in pretrained or pretrained.endswith(_CHECKPOINT_SUFFIXES)
     if looks_like_file and not os.path.isfile(pretrained):
         raise FileNotFoundError(
@@ -96,7 +98,7 @@ def vision_config(arch: str) -> Optional[dict]:
 def _load(arch: str, pretrained: str, cache_dir: str) -> Tuple[torch.nn.Module, dict]:
     name = resolve_arch(arch)
     if pretrained:
-        _check_pretrained(name, pretrained)
+        check_pretrained(name, pretrained)
     model = _create(name, pretrained, cache_dir)
     if not isinstance(getattr(model, "visual", None), open_clip.transformer.VisionTransformer):
         raise ValueError(

@@ -1,0 +1,69 @@
+"""ttd_d2/engine/preflight.py: every missing weight file and dataset of a config is listed at
+once, each with its key and its fix, before anything is built; tools/train_net.py stops on it."""
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from conftest import REPO, load_script, make_tiny_cfg
+from ttd_d2.data.datasets.benchmark import Benchmark, register_benchmark
+from ttd_d2.engine.preflight import check_inputs, missing_inputs
+
+
+@pytest.fixture
+def missing_benchmark(tmp_path):
+    name = "ttd_test_preflight_missing"
+    register_benchmark(Benchmark(name, "images/val", "labels/val", "voc20.txt", "python tools/prepare_voc.py"), tmp_path)
+    yield name
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+def test_a_complete_config_has_nothing_missing():
+    cfg = make_tiny_cfg()  # random CLIP (PRETRAINED ''), no weight files, no datasets
+    assert missing_inputs(cfg, training=True) == []
+    check_inputs(cfg, training=True)
+
+
+def test_every_missing_input_is_listed_with_its_key_and_fix(tmp_path, missing_benchmark):
+    cfg = make_tiny_cfg()
+    cfg.MODEL.CLIP.PRETRAINED = str(tmp_path / "clip.pt")
+    cfg.MODEL.BACKBONE.NAME = "TCL"
+    cfg.MODEL.TCL.WEIGHTS = str(tmp_path / "tcl.pth")
+    cfg.MODEL.TTD.LORA.WEIGHTS = str(tmp_path / "lora.pth")
+    cfg.DATASETS.TRAIN = ("cc3m_not_registered",)
+    cfg.DATASETS.TEST = (missing_benchmark,)
+    problems = missing_inputs(cfg, training=True)
+    assert len(problems) == 6, problems  # CLIP, TCL, LoRA, the unregistered name, the benchmark's two folders
+    assert "MODEL.CLIP.PRETRAINED" in problems[0] and "clip.pt" in problems[0]
+    assert problems[1].startswith("MODEL.TCL.WEIGHTS") and "docs/BACKBONES.md" in problems[1]
+    assert problems[2].startswith("MODEL.TTD.LORA.WEIGHTS")
+    assert problems[3].startswith("DATASETS.TRAIN: dataset 'cc3m_not_registered' is not registered")
+    assert all(p.startswith(f"DATASETS.TEST: dataset '{missing_benchmark}'") and "python tools/prepare_voc.py" in p
+               for p in problems[4:])
+    assert missing_inputs(cfg, training=False)[3:] == problems[4:]  # evaluation does not need DATASETS.TRAIN
+    with pytest.raises(SystemExit, match="Cannot start") as error:
+        check_inputs(cfg, training=True)
+    assert all(p in str(error.value) for p in problems)
+
+
+def test_unknown_open_clip_tag_is_named():
+    cfg = make_tiny_cfg()
+    cfg.MODEL.CLIP.ARCH = "ViT-B-16"
+    cfg.MODEL.CLIP.PRETRAINED = "not_a_tag"
+    assert any("not_a_tag" in p and "not an open_clip tag" in p for p in missing_inputs(cfg, training=False))
+
+
+def test_train_net_stops_before_building_the_model(tmp_path):
+    """configs/ttd_tcl.yaml on a machine without TCL's checkpoint or CC3M: both named before any
+    output is written or a download of the CLIP attempted (the 'openai' tag is only checked to be a known tag)."""
+    train_net = load_script("tools/train_net.py")
+    from detectron2.engine import default_argument_parser
+
+    args = default_argument_parser().parse_args([
+        "--config-file", str(REPO / "configs" / "ttd_tcl.yaml"), "MODEL.TCL.WEIGHTS", "/nonexistent/tcl.pth",
+        "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as error:
+        train_net.main(args)
+    message = str(error.value)
+    assert "MODEL.TCL.WEIGHTS: '/nonexistent/tcl.pth' does not exist" in message
+    assert "DATASETS.TRAIN: dataset 'cc3m_train' is not registered" in message
+    assert not (tmp_path / "out").exists()  # nothing half-written: not even detectron2's config and log

@@ -1,0 +1,75 @@
+"""Before anything is built or downloaded: does every file and dataset a config names exist?
+
+``tools/train_net.py`` calls :func:`check_inputs` first, so a config run on a machine without its
+weights or data stops at once with one message listing everything missing and how to get it,
+instead of failing on the first of them minutes later (after a model download, say). Nothing is
+read but directory listings and file stats; open_clip tags (``MODEL.CLIP.PRETRAINED openai``) are
+only checked to be known tags: whether one is cached is found out when the model is built.
+"""
+from __future__ import annotations
+
+import os
+from typing import List
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from ..modeling.backbone.clip_loading import check_pretrained, resolve_arch
+
+__all__ = ["DATASET_PATH_KEYS", "missing_inputs", "check_inputs"]
+
+# Metadata entries that name a dataset's folders or files on disk (detectron2's conventions and
+# ttd_d2's registrations, docs/INTERFACES.md).
+DATASET_PATH_KEYS = ("dataset_root", "image_root", "sem_seg_root", "json_file")
+DATASETS_HELP = "datasets/README.md lists the registered names, their layouts and prepare commands"
+
+
+def _weight_files(cfg) -> List[tuple]:
+    """(config key, path, how to get it) of each weight file the config names."""
+    files = []
+    if cfg.MODEL.BACKBONE.NAME == "TCL" and cfg.MODEL.TCL.WEIGHTS:
+        files.append(("MODEL.TCL.WEIGHTS", cfg.MODEL.TCL.WEIGHTS,
+                      "TCL's released checkpoint (docs/BACKBONES.md), or '' to start TCL's head from the CLIP"))
+    if cfg.MODEL.TTD.LORA.WEIGHTS:
+        files.append(("MODEL.TTD.LORA.WEIGHTS", cfg.MODEL.TTD.LORA.WEIGHTS, "a model_lora_*.pth of a TTD run"))
+    if cfg.MODEL.WEIGHTS and "://" not in cfg.MODEL.WEIGHTS:
+        files.append(("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS, "a model_*.pth of a ttd_d2 run, or ''"))
+    return files
+
+
+def _dataset_problems(name: str, key: str) -> List[str]:
+    if name not in DatasetCatalog.list():
+        return [f"{key}: dataset '{name}' is not registered ({DATASETS_HELP}; image-text pairs of your own: "
+                "register them with detectron2's DatasetCatalog before training)"]
+    meta = MetadataCatalog.get(name)
+    prepare = meta.get("prepare", None)
+    fix = f"run `{prepare}`" if prepare else DATASETS_HELP
+    return [f"{key}: dataset '{name}': {attr} '{getattr(meta, attr)}' does not exist ({fix}; "
+            f"$DETECTRON2_DATASETS is '{os.environ.get('DETECTRON2_DATASETS', 'datasets')}')"
+            for attr in DATASET_PATH_KEYS if meta.get(attr, None) and not os.path.exists(getattr(meta, attr))]
+
+
+def missing_inputs(cfg, training: bool) -> List[str]:
+    """One line per missing input of ``cfg``, naming its key and the fix: the CLIP checkpoint
+    (a missing file or an unknown open_clip tag), the TCL, LoRA and model weight files, and the
+    datasets of ``DATASETS.TEST`` (and ``DATASETS.TRAIN`` when ``training``): unregistered names
+    and registered ones whose folders are not there."""
+    problems = []
+    if cfg.MODEL.CLIP.PRETRAINED:
+        try:
+            check_pretrained(resolve_arch(cfg.MODEL.CLIP.ARCH), cfg.MODEL.CLIP.PRETRAINED)
+        except (FileNotFoundError, ValueError) as e:
+            problems.append(str(e))
+    problems += [f"{key}: '{path}' does not exist: give {fix}" for key, path, fix in _weight_files(cfg)
+                 if not os.path.isfile(path)]
+    for key, names in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN if training else ()), ("DATASETS.TEST", cfg.DATASETS.TEST)):
+        for name in names:
+            problems += _dataset_problems(name, key)
+    return problems
+
+
+def check_inputs(cfg, training: bool) -> None:
+    """``SystemExit`` listing :func:`missing_inputs`, if any."""
+    problems = missing_inputs(cfg, training)
+    if problems:
+        raise SystemExit("Cannot start: the config names inputs that are not on this machine.\n  - "
+                         + "\n  - ".join(problems))
