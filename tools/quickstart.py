@@ -144,7 +144,10 @@ def set_masker_bias(model, bias: float) -> None:
 
 def evaluate(model, cfg, test_splits, masker: dict, output_dir: Path, desc: str):
     """For each masker setting (``SETTINGS``): calibrate the background on semseg/val, then
-    evaluate every test split. Leaves the calibrated bias set. Returns {setting: {split: summary}}."""
+    evaluate every test split. Leaves the calibrated bias set. Returns {setting: {split: summary}}
+    and writes the config it evaluated as ``output_dir``/config.yaml."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(cfg.dump())
     names = ["synth_semseg_val"] + [f"synth_{layout}_{s}" for s in test_splits for layout in ("semseg", "captions")]
     loaders = {name: TTDTrainer.build_test_loader(cfg, name) for name in names}
     summaries = {setting: {} for setting in SETTINGS}
@@ -304,9 +307,9 @@ def main(argv=None):
     lora = output_dir / "ttd" / "model_lora_final.pth"
     if not args.skip_training:
         # DATASETS.TEST (): the quickstart evaluates the result itself, calibrated, below
-        opts = [*device, "MODEL.MASKER.INIT_B", str(masker_before["b_calibrated"]), "DATASETS.TEST", "()", *args.opts]
+        opts = [*model_opts, "MODEL.MASKER.INIT_B", str(masker_before["b_calibrated"]), "DATASETS.TEST", "()", *args.opts]
         lora = train_ttd(args.ttd_config, output_dir / "ttd", opts, ttd_cfg.SOLVER.MAX_ITER, log_path)
-    after_cfg = load_cfg(args.ttd_config, [*device, "MODEL.TTD.LORA.WEIGHTS", str(lora),
+    after_cfg = load_cfg(args.ttd_config, [*model_opts, "MODEL.TTD.LORA.WEIGHTS", str(lora),
                                            "MODEL.TTD.LORA.MERGE_FOR_INFERENCE", "True"])
     after_model = build_eval_model(after_cfg)
     masker_loader = TTDTrainer.build_test_loader(after_cfg, MASKER_SPLIT)

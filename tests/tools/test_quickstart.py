@@ -23,12 +23,12 @@ STAGES = ("data generation", "calibration before TTD", "evaluation before TTD", 
           "evaluation after TTD")
 
 
-def run_quickstart(tmp_path: Path, name: str):
+def run_quickstart(tmp_path: Path, name: str, *args: str):
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"),
                PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     output_dir = tmp_path / name
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "quickstart.py"), "--output-dir", str(output_dir), *SIZES, "--", *TRAINING],
+        [sys.executable, str(ROOT / "tools" / "quickstart.py"), "--output-dir", str(output_dir), *SIZES, *args, "--", *TRAINING],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, f"quickstart failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
@@ -147,3 +147,13 @@ def test_dense_mode_option_names_a_head_of_both_configs():
     assert quickstart.parse_args([]).dense_mode is None  # the configs' own
     with pytest.raises(SystemExit):
         quickstart.parse_args(["--dense-mode", "segment-anything"])
+
+
+def test_dense_mode_reaches_the_base_model_the_training_and_the_result(tmp_path):
+    """--dense-mode sets the head of all three models: the base model evaluated, the TTD run
+    (its config.yaml) and the result evaluated after it (once the training run kept its own)."""
+    output_dir, _ = run_quickstart(tmp_path, "naclip", "--base-config", str(ROOT / "configs" / "clearclip.yaml"),
+                                   "--ttd-config", str(ROOT / "configs" / "ttd_clearclip.yaml"), "--dense-mode", "naclip")
+    assert "DENSE_MODE: naclip" in (output_dir / "ttd" / "config.yaml").read_text()
+    for model in ("before", "after"):
+        assert "DENSE_MODE: naclip" in (output_dir / model / "config.yaml").read_text()
