@@ -6,7 +6,7 @@
 # Results land in output/backbones/<row>/quickstart_results.json (a finished row is skipped);
 # benchmarks/collect_backbones.py prints the table of docs/RESULTS.md.
 #   bash benchmarks/backbones.sh [extra quickstart args, e.g. --test-splits test test101 test102]
-# CPU: about 5 min per CLIPDense row and 9 min for TCL per test seed on 2 cores.
+# CPU, 2 cores, three test seeds: about 7 min per CLIPDense row, 15 for TCL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
