@@ -59,6 +59,19 @@ def build(cfg, seed=0, train=False, **opts):
     return build_model(cfg).train(train)
 
 
+def make_tiny_tcl_head(seed=0, gate_noise=0.3):
+    """The TCL head of the tiny random CLIP, its decoder moved off the MaskCLIP start (gates open)
+    by ``gate_noise`` standard normal noise, so that a checkpoint of it is not the identity."""
+    cfg = make_tiny_cfg()
+    cfg.MODEL.BACKBONE.NAME = "TCL"
+    torch.manual_seed(seed)
+    head = build_model(cfg).backbone.head
+    with torch.no_grad():
+        for p in head.decoder.parameters():
+            p.add_(torch.randn_like(p) * gate_noise)
+    return head
+
+
 def load_script(relative_path: str):
     """Import a script of the repository (``tools/train_net.py``...; not a package) as a module."""
     path = REPO / relative_path

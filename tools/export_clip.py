@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from ttd_d2.modeling.lora.file import save_lora_file
+
 PREFIX = "backbone.clip."
 
 
@@ -32,10 +34,7 @@ def export(src: str, dst: str, fp16: bool = True) -> int:
         raise ValueError("the checkpoint has LoRA adapters: export the base model, or merge them first")
     if fp16:
         clip = {k: v.half() if v.is_floating_point() else v for k, v in clip.items()}
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    tmp = dst + ".tmp"
-    torch.save(clip, tmp)
-    os.replace(tmp, dst)
+    save_lora_file(clip, dst)  # an atomic torch.save
     return len(clip)
 
 

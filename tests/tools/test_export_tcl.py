@@ -2,27 +2,14 @@
 ``MODEL.TCL.WEIGHTS`` loads back into the head with the same values up to fp16 rounding."""
 import pytest
 import torch
-from detectron2.modeling import build_model
-
-from conftest import load_script, make_tiny_cfg
+from conftest import load_script, make_tiny_tcl_head
 from ttd_d2.modeling.backbone.tcl_checkpoint import load_tcl_checkpoint, read_tcl_state, tcl_checkpoint
 
 export_tcl = load_script("tools/export_tcl.py")
 
 
-def tiny_tcl_head():
-    cfg = make_tiny_cfg()
-    cfg.MODEL.BACKBONE.NAME = "TCL"
-    torch.manual_seed(0)
-    head = build_model(cfg).backbone.head
-    with torch.no_grad():
-        for p in head.decoder.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return head
-
-
 def test_fp16_export_loads_back_with_the_same_values(tmp_path):
-    head = tiny_tcl_head()
+    head = make_tiny_tcl_head()
     src, dst = tmp_path / "model_tcl_final.pth", tmp_path / "out" / "tcl.pth"
     torch.save(tcl_checkpoint(head, {"w": torch.tensor(9.75), "b": torch.tensor(-2.25)}, step=1200), src)
     assert export_tcl.export(str(src), str(dst)) == len(read_tcl_state(str(src)))
@@ -30,7 +17,7 @@ def test_fp16_export_loads_back_with_the_same_values(tmp_path):
     assert content["step"] == 1200 and set(content) == {"model", "optimizer", "lr_scheduler", "scaler", "step", "config"}
     assert all(t.dtype == torch.float16 for t in content["model"].values() if t.is_floating_point())
     assert dst.stat().st_size < 0.6 * src.stat().st_size and not list(dst.parent.glob("*.tmp"))
-    fresh = tiny_tcl_head()
+    fresh = make_tiny_tcl_head()
     with torch.no_grad():
         for p in fresh.parameters():
             p.zero_()
@@ -41,7 +28,7 @@ def test_fp16_export_loads_back_with_the_same_values(tmp_path):
 
 
 def test_fp32_keeps_the_tensors_exactly(tmp_path):
-    head = tiny_tcl_head()
+    head = make_tiny_tcl_head()
     src, dst = tmp_path / "a.pth", tmp_path / "b.pth"
     torch.save(tcl_checkpoint(head, {"w": torch.tensor(10.0), "b": torch.tensor(-2.5)}), src)
     export_tcl.export(str(src), str(dst), fp16=False)

@@ -52,17 +52,9 @@ def test_eval_only_on_the_tcl_config(datasets, tmp_path):
 def test_eval_only_with_a_tcl_checkpoint(datasets, tmp_path):
     """The authors' format as MODEL.TCL.WEIGHTS, through the tool: a head whose gates are open
     segments differently from the MaskCLIP start."""
-    from detectron2.modeling import build_model
+    from conftest import make_tiny_tcl_head
 
-    from conftest import make_tiny_cfg
-
-    cfg = make_tiny_cfg()
-    cfg.MODEL.BACKBONE.NAME = "TCL"
-    torch.manual_seed(0)
-    head = build_model(cfg).backbone.head
-    with torch.no_grad():
-        for p in head.decoder.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
+    head = make_tiny_tcl_head()
     path = tmp_path / "tcl.pth"
     torch.save(tcl_checkpoint(head, {"w": torch.tensor(10.0), "b": torch.tensor(-2.5)}), path)
     before = eval_only("tcl_synthetic.yaml", datasets, tmp_path / "before")

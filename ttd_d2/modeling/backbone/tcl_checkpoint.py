@@ -26,7 +26,7 @@ other key, a missing key or a shape that differs is an error naming the key.
 import logging
 import os
 import re
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -69,7 +69,13 @@ class _Placeholder:
 
 
 def read_tcl_state(path: str, key: str = WEIGHTS_KEY) -> Dict[str, torch.Tensor]:
-    """The ``"model"`` state dict of a TCL checkpoint, loaded with ``weights_only=True``.
+    """The ``"model"`` state dict of a TCL checkpoint (:func:`read_tcl_checkpoint`)."""
+    return read_tcl_checkpoint(path, key)[0]
+
+
+def read_tcl_checkpoint(path: str, key: str = WEIGHTS_KEY) -> Tuple[Dict[str, torch.Tensor], int]:
+    """The ``"model"`` state dict of a TCL checkpoint and its ``"step"`` (0 if absent), loaded
+    with ``weights_only=True``.
 
     The file's ``config`` is a pickled OmegaConf object, which ``weights_only`` refuses; torch's
     own list of the file's other globals (``get_unsafe_globals_in_checkpoint``) is mapped onto
@@ -96,7 +102,8 @@ def read_tcl_state(path: str, key: str = WEIGHTS_KEY) -> Dict[str, torch.Tensor]
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ValueError(f"{key} '{path}': 'model' entries {bad[:5]} are not tensors")
-    return dict(state)
+    step = content.get("step", 0)
+    return dict(state), int(step) if isinstance(step, (int, float, torch.Tensor)) else 0
 
 
 def load_tcl_checkpoint(head: nn.Module, path: str, key: str = WEIGHTS_KEY) -> Dict[str, torch.Tensor]:
