@@ -6,11 +6,15 @@
 # is evaluated by the first row only: the others read it from output/ablations/base_cache
 # (quickstart --base-cache; re-evaluated whenever base model, config, splits or calibration change).
 #   bash benchmarks/ablations.sh [extra quickstart args, e.g. --test-splits test test101 test102]
+# ROWS="tags_s_image teacher_ema" runs only those rows (default: every row); rows whose results
+# exist are skipped either way, so an interrupted run resumes where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
+ROWS=${ROWS:-}
 run() {
   local name=$1; shift
+  if [ -n "$ROWS" ] && [[ " $ROWS " != *" $name "* ]]; then return 0; fi
   [ -f "output/ablations/$name/quickstart_results.json" ] && return 0
   "$PY" tools/quickstart.py --output-dir "output/ablations/$name" --base-cache output/ablations/base_cache \
     "${EXTRA[@]}" -- "$@"

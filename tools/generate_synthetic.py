@@ -8,6 +8,9 @@
     # training scenes whose single objects keep the evaluation scenes' radius (generator version 1's)
     python tools/generate_synthetic.py --layout image_text --split pretrain --seed 0 --num-images 20000 \
         --single-object-radius 0.23 0.30
+    # training captions that name every secondary object correctly (the caption-statistics lever)
+    python tools/generate_synthetic.py --layout image_text --split train_clean --seed 8 --num-images 20000 \
+        --caption-noise 0 0
 
 A split already complete with the same parameters is skipped, one written by an older generator
 version is regenerated; splits are written to a hidden temporary folder and renamed into place,
@@ -48,6 +51,9 @@ def parse_args(argv=None):
     parser.add_argument("--single-object-radius", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="image_text only: radius range (fraction of the width) of one-object scenes "
                              f"(default {low:g} {high:g}; 0.23 0.30 = the evaluation scenes' range, generator version 1's)")
+    parser.add_argument("--caption-noise", type=float, nargs=2, metavar=("OMIT", "REPLACE"), default=(0.3, 0.3),
+                        help="image_text only: probabilities that a training caption omits a secondary object, or "
+                             "names an absent class in its place (default 0.3 0.3)")
     parser.add_argument("--overwrite", action="store_true", help="replace splits generated with other parameters")
     args = parser.parse_args(argv)
     if args.preset is None and (args.split is None or args.seed is None):
@@ -57,6 +63,9 @@ def parse_args(argv=None):
             resolve_single_object_radius("image_text", tuple(args.single_object_radius))
         except ValueError as e:
             parser.error(f"--single-object-radius: {e}")
+    omit, replace = args.caption_noise
+    if omit < 0.0 or replace < 0.0 or omit + replace > 1.0:
+        parser.error(f"--caption-noise: need OMIT, REPLACE >= 0 with OMIT + REPLACE <= 1, got {omit:g} {replace:g}")
     return args
 
 
@@ -74,14 +83,16 @@ def main(argv=None):
     for spec in requested_splits(args):
         label = f"{spec.layout}/{spec.split}"
         radius = tuple(args.single_object_radius) if args.single_object_radius and spec.layout == "image_text" else None
+        omit, replace = args.caption_noise
         if is_complete(args.root, spec.layout, spec.split, spec.num_images, spec.seed, args.image_size,
-                       single_object_radius=radius):
+                       omit, replace, single_object_radius=radius):
             logger.info("%s: complete, skipped", label)
             continue
         with tqdm(total=spec.num_images, desc=label, unit="img", leave=False) as bar:
             folder = generate(
                 args.root, spec.layout, spec.split, spec.num_images, spec.seed, args.image_size,
                 workers=args.workers, overwrite=args.overwrite, progress=bar.update, single_object_radius=radius,
+                omit_prob=omit, replace_prob=replace,
             )
         logger.info("%s: %d images (seed %d) -> %s", label, spec.num_images, spec.seed, folder)
     logger.info("done in %.1f s", time.perf_counter() - start)

@@ -356,3 +356,20 @@ def test_cli_quickstart_preset(tmp_path):
     assert cli.main(["--root", str(tmp_path), "--layout", "image_text", "--split", "r", "--seed", "5", "--num-images", "2",
                      "--workers", "0", "--single-object-radius", "0.23", "0.30"]) == 0
     assert json.loads((tmp_path / "image_text" / "r" / "meta.json").read_text())["single_object_radius"] == [0.23, 0.3]
+
+
+def test_cli_caption_noise(tmp_path):
+    cli = load_script("tools/generate_synthetic.py")
+    argv = ["--root", str(tmp_path), "--layout", "image_text", "--split", "clean", "--seed", "5", "--num-images", "40",
+            "--workers", "0", "--caption-noise", "0", "0"]
+    assert cli.main(argv) == 0
+    folder = tmp_path / "image_text" / "clean"
+    assert json.loads((folder / "meta.json").read_text())["caption_noise"] == {"omit_prob": 0.0, "replace_prob": 0.0}
+    assert is_complete(tmp_path, "image_text", "clean", 40, 5, omit_prob=0.0, replace_prob=0.0)
+    assert not is_complete(tmp_path, "image_text", "clean", 40, 5)  # the default noise is another split
+    lines = [json.loads(line) for line in (folder / "captions.jsonl").read_text().splitlines()]
+    multi = [(line, render_scene(image_rngs(5, i)[0]).objects) for i, line in enumerate(lines)]
+    multi = [(line, objects) for line, objects in multi if len(objects) > 1]  # the same scenes as semseg's
+    assert multi and all(o.category in caption_words(line["caption"]) for line, objects in multi for o in objects)
+    with pytest.raises(SystemExit):
+        cli.main([*argv[:-2], "0.7", "0.4"])  # omit + replace > 1
