@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Zero-shot vs TTD for every backbone and dense mode on the synthetic benchmark (issue 8's table):
 # one quickstart run per row, each with its own base model evaluation. Rows: the tiny CLIP's
-# training-free heads (CLIPDense, MODEL.CLIP.DENSE_MODE; configs/clearclip.yaml and
-# configs/ttd_clearclip.yaml with --dense-mode) and the shipped TCL (configs/tcl_synthetic.yaml).
+# training-free heads (CLIPDense, MODEL.CLIP.DENSE_MODE; configs/synthetic/clearclip.yaml and
+# configs/synthetic/ttd_clearclip.yaml with --dense-mode) and the shipped TCL (configs/synthetic/tcl.yaml).
 # Results land in output/backbones/<row>/quickstart_results.json (a finished row is skipped);
 # benchmarks/collect_backbones.py prints the table of docs/RESULTS.md.
 #   bash benchmarks/backbones.sh [extra quickstart args, e.g. --test-splits test test101 test102]
@@ -17,6 +17,6 @@ run() {
   "$PY" tools/quickstart.py --output-dir "output/backbones/$name" "$@" "${EXTRA[@]}"
 }
 for mode in maskclip sclip clearclip naclip vanilla; do
-  run "$mode" --base-config configs/clearclip.yaml --ttd-config configs/ttd_clearclip.yaml --dense-mode "$mode"
+  run "$mode" --base-config configs/synthetic/clearclip.yaml --ttd-config configs/synthetic/ttd_clearclip.yaml --dense-mode "$mode"
 done
-run tcl --base-config configs/tcl_synthetic.yaml --ttd-config configs/ttd_tcl_synthetic.yaml
+run tcl --base-config configs/synthetic/tcl.yaml --ttd-config configs/synthetic/ttd_tcl.yaml

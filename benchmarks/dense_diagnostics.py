@@ -2,7 +2,7 @@
 """The gate of the synthetic benchmark: can TTD improve a base model's caption masks?
 (docs/SYNTHETIC_BENCHMARK.md, "The gate"; the metrics are ttd_d2/evaluation/gate.py)
 
-    python benchmarks/dense_diagnostics.py --config-file configs/clearclip.yaml --modes clearclip naclip \\
+    python benchmarks/dense_diagnostics.py --config-file configs/synthetic/clearclip.yaml --modes clearclip naclip \\
         [--output gate.json] [-- KEY VALUE ...]
 
 For each dense head (MODEL.CLIP.DENSE_MODE), on validation splits only:
@@ -51,7 +51,7 @@ CALIBRATIONS = {"words": ("semseg", calibrate_word_masker_bias), "captions": ("c
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default="configs/clearclip.yaml")
+    parser.add_argument("--config-file", default="configs/synthetic/clearclip.yaml")
     parser.add_argument("--modes", nargs="+", default=["clearclip", "naclip", "maskclip", "sclip", "vanilla"])
     parser.add_argument("--num-images", type=int, default=100, help="first N images of each split (training: 4N)")
     parser.add_argument("--calibrate", choices=["words", "captions", "none"], default="words",

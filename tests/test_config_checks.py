@@ -14,7 +14,8 @@ from ttd_d2.config_checks_tcl import tcl_objective_on
 from ttd_d2.engine import TTDTrainer
 from ttd_d2.modeling.backbone import clip_dense
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_ROOT.rglob("*.yaml"))
 UNREGISTERED = ("ttd_d2_test_config_checks_not_a_dataset",)
 
 # (key, bad value, fragment of the message): one row per kind of check.
@@ -70,6 +71,10 @@ MODEL_CASES = [
     ("MODEL.SEG_INFERENCE.FLIP", "yes", "MODEL.SEG_INFERENCE.FLIP = 'yes': must be True or False"),
     ("MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD", 1.2, "MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD = 1.2: must be in [0, 1]"),
     ("MODEL.CLIP.PROMPT_TEMPLATE_SET", "imagenet", "MODEL.CLIP.PROMPT_TEMPLATE_SET = 'imagenet' is unknown: use one of imagenet80 or ''"),
+    ("MODEL.SEG_INFERENCE.MIN_SIZE_TEST_BY_DATASET", [["ttd_voc21_val", 0]],
+     "MODEL.SEG_INFERENCE.MIN_SIZE_TEST_BY_DATASET = [['ttd_voc21_val', 0]]: must be a list of [dataset name, short side"),
+    ("MODEL.SEG_INFERENCE.MIN_SIZE_TEST_BY_DATASET", [["a", 448], ["a", 560]], "each dataset once"),
+    ("MODEL.SEG_INFERENCE.MIN_SIZE_TEST_BY_DATASET", ["ttd_voc21_val"], "[dataset name, short side in pixels] pairs"),
     ("MODEL.SEG_INFERENCE.SCALES", [], "MODEL.SEG_INFERENCE.SCALES = []: must be a non-empty list of positive numbers"),
     ("MODEL.SEG_INFERENCE.SCALES", [1.0, -0.5], "MODEL.SEG_INFERENCE.SCALES = [1.0, -0.5]: must be a non-empty list"),
     ("MODEL.SEG_INFERENCE.CLASS_SCORES", "sigmoid", "MODEL.SEG_INFERENCE.CLASS_SCORES = 'sigmoid' is unknown: use one of ttd, softmax"),
@@ -101,7 +106,7 @@ TRAINING_CASES = [
     ({"SOLVER.MAX_ITER": 10, "MODEL.TCL.DECODER_ONLY_ITERS": 10}, "MODEL.TCL.DECODER_ONLY_ITERS = 10: must be in [0, SOLVER.MAX_ITER = 10)"),
 ]
 
-# TCL's objective on: the TCL backbone, TTD off, TCL's weights (configs/pretrain_tcl_synthetic.yaml)
+# TCL's objective on: the TCL backbone, TTD off, TCL's weights (configs/synthetic/pretrain_tcl.yaml)
 TCL_OBJECTIVE = {"MODEL.BACKBONE.NAME": "TCL", "MODEL.TTD.ENABLED": False, "MODEL.TCL.LOSS.CONTRASTIVE_WEIGHT": 0.1,
                  "MODEL.TCL.LOSS.AREA_WEIGHT": 0.4, "MODEL.TCL.LOSS.TV_WEIGHT": 1.0}
 
@@ -223,7 +228,7 @@ def test_valid_trainer_config_reaches_the_loader(tmp_path, no_loader):
         TTDTrainer(train_cfg(tmp_path))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.relative_to(CONFIG_ROOT).as_posix() for p in CONFIGS])
 def test_shipped_configs_pass_the_checks(path):
     cfg = get_cfg()
     add_ttd_config(cfg)

@@ -3,13 +3,13 @@
 config override that applies it.
 
     # the constant background score, on a sem-seg split whose class 0 is background (mIoU)
-    python tools/calibrate.py --config-file configs/clearclip.yaml --what background --dataset synth_semseg_val
+    python tools/calibrate.py --config-file configs/synthetic/clearclip.yaml --what background --dataset synth_semseg_val
     # the masker bias b, on a caption split with caption masks (2-class CaptionIoU)
-    python tools/calibrate.py --config-file configs/clearclip.yaml --what masker-bias --dataset synth_captions_val
+    python tools/calibrate.py --config-file configs/synthetic/clearclip.yaml --what masker-bias --dataset synth_captions_val
     # ... or on word-level segmentation of a sem-seg split (the gate's b: docs/SYNTHETIC_BENCHMARK.md)
-    python tools/calibrate.py --config-file configs/clearclip.yaml --what masker-bias-words --dataset synth_semseg_val
+    python tools/calibrate.py --config-file configs/synthetic/clearclip.yaml --what masker-bias-words --dataset synth_semseg_val
     # the tag-selection threshold of MODEL.TTD.TAG_SCORING, on a caption split with ground-truth tags (F1)
-    python tools/calibrate.py --config-file configs/clearclip.yaml --what tag-threshold --dataset synth_captions_val \\
+    python tools/calibrate.py --config-file configs/synthetic/clearclip.yaml --what tag-threshold --dataset synth_captions_val \\
         MODEL.MASKER.INIT_B -2.2
 
 Config overrides (KEY VALUE ...) follow the options, as for tools/train_net.py; a TTD result is

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Export the open_clip weights of a ttd_d2 checkpoint as a plain open_clip checkpoint.
 
-    python tools/export_clip.py output/pretrain_tiny_clip/model_final.pth checkpoints/tiny_clip_synthetic.pt
+    python tools/export_clip.py output/synthetic/pretrain_tiny_clip/model_final.pth checkpoints/tiny_clip_synthetic.pt
 
 The result loads with ``MODEL.CLIP.PRETRAINED <file>`` or ``open_clip.create_model(arch,
 pretrained=<file>)``. Tensors are stored in fp16 by default (``--fp32`` to keep fp32).

@@ -4,7 +4,7 @@ objective's hook) to what ``MODEL.TCL.WEIGHTS`` reads: the ``model`` state dict,
 default (``--fp32`` to keep fp32), and its ``step``, with the authors' other keys kept empty so
 that the file stays in their format.
 
-    python tools/export_tcl.py output/pretrain_tcl_synthetic/model_tcl_final.pth checkpoints/tcl_synthetic.pth
+    python tools/export_tcl.py output/synthetic/pretrain_tcl/model_tcl_final.pth checkpoints/tcl_synthetic.pth
 
 The head computes in fp32 either way: loading copies the tensors into the model's parameters.
 """

@@ -247,8 +247,8 @@ def print_summary(report: dict, test_splits, tag) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="output/quickstart")
-    parser.add_argument("--base-config", default=str(ROOT / "configs" / "tcl_synthetic.yaml"))
-    parser.add_argument("--ttd-config", default=str(ROOT / "configs" / "ttd_tcl_synthetic.yaml"))
+    parser.add_argument("--base-config", default=str(ROOT / "configs" / "synthetic" / "tcl.yaml"))
+    parser.add_argument("--ttd-config", default=str(ROOT / "configs" / "synthetic" / "ttd_tcl.yaml"))
     parser.add_argument("--test-splits", nargs="+", default=["test"])
     parser.add_argument("--dense-mode", choices=DENSE_MODES, help="MODEL.CLIP.DENSE_MODE of both configs "
                         "(benchmarks/backbones.sh: one row per head)")
@@ -279,7 +279,7 @@ def main(argv=None):
     if pretrained and not Path(pretrained).is_file():
         raise FileNotFoundError(
             f"base model '{pretrained}' not found: run from the repository root, or pretrain it with "
-            "configs/pretrain_tiny_clip.yaml (see docs/SYNTHETIC_BENCHMARK.md)"
+            "configs/synthetic/pretrain_tiny_clip.yaml (see docs/SYNTHETIC_BENCHMARK.md)"
         )
     splits = ("train", "val", *args.test_splits)
     specs = quickstart_splits(args.train_images, args.val_images, args.test_images)

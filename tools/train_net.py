@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Train or evaluate a ttd_d2 model with Detectron2.
 
-    python tools/train_net.py --config-file configs/ttd_maskclip.yaml
-    python tools/train_net.py --config-file configs/maskclip.yaml --eval-only
-    python tools/train_net.py --config-file configs/clearclip.yaml --eval-only MODEL.TTD.LORA.WEIGHTS output/ttd_clearclip/model_lora_final.pth
+    python tools/train_net.py --config-file configs/synthetic/ttd_maskclip.yaml
+    python tools/train_net.py --config-file configs/synthetic/maskclip.yaml --eval-only
+    python tools/train_net.py --config-file configs/synthetic/clearclip.yaml --eval-only MODEL.TTD.LORA.WEIGHTS output/synthetic/ttd_clearclip/model_lora_final.pth
     python tools/train_net.py --config-file ... --num-gpus 8 SOLVER.IMS_PER_BATCH 512
 """
 from detectron2.config import get_cfg

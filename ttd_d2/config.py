@@ -125,6 +125,10 @@ def add_ttd_config(cfg):
 
     # ---------------------------------------------------------------- inference
     cfg.MODEL.SEG_INFERENCE = CN()
+    # Short side per dataset, overriding INPUT.MIN_SIZE_TEST for the datasets named: pairs
+    # [dataset name, pixels] (the training-free literature evaluates COCO-Stuff at 448 and
+    # Cityscapes at 560 beside 336 elsewhere; configs/literature/). [] = INPUT.MIN_SIZE_TEST for all.
+    cfg.MODEL.SEG_INFERENCE.MIN_SIZE_TEST_BY_DATASET = []
     # Sliding-window crop size in pixels of the resized input (0 = whole image at once).
     cfg.MODEL.SEG_INFERENCE.SLIDE_CROP = 0
     # Sliding-window stride in pixels, at most SLIDE_CROP (0 = SLIDE_CROP: windows do not overlap).

@@ -18,12 +18,24 @@ def _positive_list(key: str, values, integer: bool, fix: str = "") -> Problem:
     return f"{key} = {values!r}: must be a non-empty list of positive {'integers' if integer else 'numbers'}{fix}"
 
 
+def _size_by_dataset(key: str, pairs) -> Problem:
+    """A list of [dataset name, positive integer] pairs, each name once."""
+    ok = isinstance(pairs, (list, tuple)) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], str) and p[0]
+        and isinstance(p[1], int) and not isinstance(p[1], bool) and p[1] > 0 for p in pairs)
+    if ok and len({p[0] for p in pairs}) == len(pairs):
+        return None
+    return (f"{key} = {pairs!r}: must be a list of [dataset name, short side in pixels] pairs, each dataset once "
+            "(e.g. [['ttd_coco_stuff171_val', 448], ['ttd_cityscapes19_val', 560]]; [] = INPUT.MIN_SIZE_TEST for all)")
+
+
 def protocol_problems(cfg) -> List[Problem]:
     """The keys of the test-time protocol (read by the model's inference, so by ``build_model``)."""
     test, template_set = cfg.MODEL.SEG_INFERENCE, cfg.MODEL.CLIP.PROMPT_TEMPLATE_SET
     return [
         None if template_set == "" else _choice(
             "MODEL.CLIP.PROMPT_TEMPLATE_SET", template_set, tuple(TEMPLATE_SETS), " or '' (MODEL.CLIP.PROMPT_TEMPLATES)"),
+        _size_by_dataset("MODEL.SEG_INFERENCE.MIN_SIZE_TEST_BY_DATASET", test.MIN_SIZE_TEST_BY_DATASET),
         _positive_list("MODEL.SEG_INFERENCE.SCALES", test.SCALES, integer=False,
                        fix=" (resize factors, e.g. [1.0, 0.5, 1.5, 2.0]; [1.0] = single scale)"),
         _choice("MODEL.SEG_INFERENCE.CLASS_SCORES", test.CLASS_SCORES, CLASS_SCORES),

@@ -33,7 +33,7 @@ def splits(tmp_path_factory):
 def test_cli_reports_the_gate_per_head(splits, tmp_path, capsys):
     out = tmp_path / "gate.json"
     torch.manual_seed(0)
-    report = diagnostics.main(["--config-file", str(ROOT / "configs" / "clearclip.yaml"), "--modes", "clearclip", "naclip",
+    report = diagnostics.main(["--config-file", str(ROOT / "configs" / "synthetic" / "clearclip.yaml"), "--modes", "clearclip", "naclip",
                                "--num-images", "3", *splits, "--output", str(out), "--", *TINY])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     assert set(report["heads"]) == {"clearclip", "naclip"}

@@ -77,7 +77,7 @@ def test_eval_only_end_to_end(tmp_path, caplog):
     try:
         train_net = load_script("tools/train_net.py")
         args = default_argument_parser().parse_args([
-            "--config-file", str(ROOT / "configs" / "maskclip.yaml"), "--eval-only",
+            "--config-file", str(ROOT / "configs" / "synthetic" / "maskclip.yaml"), "--eval-only",
             "MODEL.DEVICE", "cpu", "MODEL.CLIP.ARCH", TINY_ARCH, "MODEL.CLIP.PRETRAINED", "",
             "DATASETS.TEST", str((name,)), "INPUT.MIN_SIZE_TEST", "32", "DATALOADER.NUM_WORKERS", "0",
             "OUTPUT_DIR", str(tmp_path / "out")])

@@ -36,13 +36,13 @@ def datasets(tmp_path_factory):
 
 
 def zero_shot_cfg(datasets, output_dir, **opts):
-    """configs/clearclip.yaml on the tiny CLIP: TTD off, a caption test set."""
+    """configs/synthetic/clearclip.yaml on the tiny CLIP: TTD off, a caption test set."""
     return make_tiny_train_cfg(datasets["train"], output_dir, (datasets["captions"],), **{
         "MODEL.CLIP.DENSE_MODE": "clearclip", "SOLVER.BASE_LR": 5e-2, **opts})
 
 
 def ttd_cfg(datasets, output_dir, **opts):
-    """configs/ttd_clearclip.yaml on the tiny CLIP."""
+    """configs/synthetic/ttd_clearclip.yaml on the tiny CLIP."""
     return zero_shot_cfg(datasets, output_dir, **{"MODEL.TTD.ENABLED": True, **opts})
 
 

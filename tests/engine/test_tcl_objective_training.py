@@ -1,7 +1,7 @@
 """TCL trained with its own objective through the real trainer on CPU (tiny CLIP, 32 px): the
 losses of every step, what trains, the decoder-only warm-up (the copied block still during it,
 trained after it; SGD and AdamW with weight decay), the trained TCL in the authors' format,
-and configs/pretrain_tcl_synthetic.yaml through tools/train_net.py."""
+and configs/synthetic/pretrain_tcl.yaml through tools/train_net.py."""
 import json
 import uuid
 
@@ -104,7 +104,7 @@ def test_decoder_only_warmup_holds_the_copied_block_still(image_text, tmp_path, 
 def test_pretrain_tcl_synthetic_config_runs_through_train_net(image_text, tmp_path):
     train_net = load_script("tools/train_net.py")
     args = default_argument_parser().parse_args([
-        "--config-file", str(REPO / "configs" / "pretrain_tcl_synthetic.yaml"),
+        "--config-file", str(REPO / "configs" / "synthetic" / "pretrain_tcl.yaml"),
         "MODEL.DEVICE", "cpu", "MODEL.CLIP.PRETRAINED", str(REPO / "checkpoints" / "tiny_clip_synthetic.pt"),
         "DATASETS.TRAIN", f"('{image_text['64']}',)", "DATASETS.TEST", "()", "DATALOADER.NUM_WORKERS", "0",
         "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1",

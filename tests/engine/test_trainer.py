@@ -196,6 +196,17 @@ def test_test_mapper_raises_naming_the_file(synthetic, tmp_path):
     assert out["image"].shape == (3, 32, 32) and out["height"] == 32 and "image" not in record
 
 
+def test_test_loader_short_side_per_dataset(synthetic, tmp_path):
+    """MODEL.SEG_INFERENCE.MIN_SIZE_TEST_BY_DATASET resizes the datasets it names, and only them."""
+    cfg = train_cfg(synthetic, tmp_path, **{"INPUT.MIN_SIZE_TEST": 32, "MODEL.SEG_INFERENCE.MIN_SIZE_TEST_BY_DATASET":
+                                             [[synthetic["semseg"], 48]]})
+    semseg = next(iter(TTDTrainer.build_test_loader(cfg, synthetic["semseg"])))[0]
+    captions = next(iter(TTDTrainer.build_test_loader(cfg, synthetic["captions"])))[0]
+    assert semseg["image"].shape[-2:] == (48, 48) and (semseg["height"], semseg["width"]) == (32, 32)
+    assert captions["image"].shape[-2:] == (32, 32)
+    assert cfg.INPUT.MIN_SIZE_TEST == 32  # the config itself is left as it was
+
+
 def test_optimizer_covers_only_trainable_parameters(synthetic, tmp_path):
     cfg = train_cfg(synthetic, tmp_path, **{"SOLVER.WEIGHT_DECAY": 0.05})
     torch.manual_seed(0)

@@ -31,7 +31,7 @@ def splits(tmp_path_factory):
                                        ("masker-bias-words", "MODEL.MASKER.INIT_B")])
 def test_prints_the_calibrated_value_and_its_override(splits, capsys, what, key):
     dataset = splits[0] if what == "tag-threshold" else splits[1]
-    argv = ["--config-file", str(ROOT / "configs" / "clearclip.yaml"), "--what", what, "--dataset", dataset, "--sweep", *TINY]
+    argv = ["--config-file", str(ROOT / "configs" / "synthetic" / "clearclip.yaml"), "--what", what, "--dataset", dataset, "--sweep", *TINY]
     assert calibrate.main(argv) == 0
     out = capsys.readouterr().out
     override = [line for line in out.splitlines() if line.startswith("config override: ")]
@@ -41,7 +41,7 @@ def test_prints_the_calibrated_value_and_its_override(splits, capsys, what, key)
 
 
 def test_bad_dataset_names_the_fix(splits):
-    config = ["--config-file", str(ROOT / "configs" / "clearclip.yaml")]
+    config = ["--config-file", str(ROOT / "configs" / "synthetic" / "clearclip.yaml")]
     with pytest.raises(SystemExit, match="needs a split of evaluator_type 'caption'"):
         calibrate.main([*config, "--what", "masker-bias", "--dataset", splits[1], *TINY])
     with pytest.raises(SystemExit, match="not registered"):

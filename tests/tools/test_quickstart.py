@@ -152,8 +152,8 @@ def test_dense_mode_option_names_a_head_of_both_configs():
 def test_dense_mode_reaches_the_base_model_the_training_and_the_result(tmp_path):
     """--dense-mode sets the head of all three models: the base model evaluated, the TTD run
     (its config.yaml) and the result evaluated after it (once the training run kept its own)."""
-    output_dir, _ = run_quickstart(tmp_path, "naclip", "--base-config", str(ROOT / "configs" / "clearclip.yaml"),
-                                   "--ttd-config", str(ROOT / "configs" / "ttd_clearclip.yaml"), "--dense-mode", "naclip")
+    output_dir, _ = run_quickstart(tmp_path, "naclip", "--base-config", str(ROOT / "configs" / "synthetic" / "clearclip.yaml"),
+                                   "--ttd-config", str(ROOT / "configs" / "synthetic" / "ttd_clearclip.yaml"), "--dense-mode", "naclip")
     assert "DENSE_MODE: naclip" in (output_dir / "ttd" / "config.yaml").read_text()
     for model in ("before", "after"):
         assert "DENSE_MODE: naclip" in (output_dir / model / "config.yaml").read_text()

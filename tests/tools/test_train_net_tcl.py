@@ -43,7 +43,7 @@ def eval_only(config, datasets, output_dir, *opts):
 
 
 def test_eval_only_on_the_tcl_config(datasets, tmp_path):
-    results = eval_only("tcl_synthetic.yaml", datasets, tmp_path)
+    results = eval_only("synthetic/tcl.yaml", datasets, tmp_path)
     assert set(results) == set(datasets)
     assert 0.0 <= results[datasets[0]]["sem_seg"]["mIoU"] <= 100.0
     assert results[datasets[1]]
@@ -57,6 +57,6 @@ def test_eval_only_with_a_tcl_checkpoint(datasets, tmp_path):
     head = make_tiny_tcl_head()
     path = tmp_path / "tcl.pth"
     torch.save(tcl_checkpoint(head, {"w": torch.tensor(10.0), "b": torch.tensor(-2.5)}), path)
-    before = eval_only("tcl_synthetic.yaml", datasets, tmp_path / "before")
-    after = eval_only("tcl_synthetic.yaml", datasets, tmp_path / "after", "MODEL.TCL.WEIGHTS", str(path))
+    before = eval_only("synthetic/tcl.yaml", datasets, tmp_path / "before")
+    after = eval_only("synthetic/tcl.yaml", datasets, tmp_path / "after", "MODEL.TCL.WEIGHTS", str(path))
     assert before[datasets[0]]["sem_seg"] != after[datasets[0]]["sem_seg"]

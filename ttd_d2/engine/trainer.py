@@ -24,6 +24,13 @@ from .tcl_hook import TCLCheckpointHook
 NO_WEIGHT_DECAY = ("w", "b", "logit_scale", "class_embedding", "positional_embedding")
 
 
+def min_size_test(cfg, dataset_name: str) -> int:
+    """The short side ``dataset_name`` is evaluated at: its entry of
+    ``MODEL.SEG_INFERENCE.MIN_SIZE_TEST_BY_DATASET``, else ``INPUT.MIN_SIZE_TEST``."""
+    return dict((name, size) for name, size in cfg.MODEL.SEG_INFERENCE.MIN_SIZE_TEST_BY_DATASET).get(
+        dataset_name, cfg.INPUT.MIN_SIZE_TEST)
+
+
 class TTDTrainer(DefaultTrainer):
     """DefaultTrainer with image-caption training data, the TTD hook, and evaluators chosen by
     each test dataset's ``evaluator_type`` (sem_seg | caption)."""
@@ -46,6 +53,13 @@ class TTDTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        """detectron2's test loader with :class:`TestMapper`, at the dataset's short side
+        (``MODEL.SEG_INFERENCE.MIN_SIZE_TEST_BY_DATASET``, else ``INPUT.MIN_SIZE_TEST``)."""
+        size = min_size_test(cfg, dataset_name)
+        if size != cfg.INPUT.MIN_SIZE_TEST:
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.INPUT.MIN_SIZE_TEST = size
         return build_detection_test_loader(cfg, dataset_name, mapper=TestMapper(cfg))
 
     @classmethod

@@ -51,7 +51,7 @@ def eval_only(datasets, output_dir):
     config, tiny CLIP, 32 px); detectron2 unwraps a single dataset's results: wrapped again."""
     train_net = load_script("tools/train_net.py")
     args = default_argument_parser().parse_args([
-        "--config-file", str(REPO / "configs" / "maskclip.yaml"), "--eval-only",
+        "--config-file", str(REPO / "configs" / "synthetic" / "maskclip.yaml"), "--eval-only",
         "MODEL.DEVICE", "cpu", "MODEL.CLIP.ARCH", TINY_ARCH, "MODEL.CLIP.PRETRAINED", "",
         "DATASETS.TEST", str(tuple(datasets)), "INPUT.MIN_SIZE_TEST", "32", "DATALOADER.NUM_WORKERS", "0",
         "OUTPUT_DIR", str(output_dir)])

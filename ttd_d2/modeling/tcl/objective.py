@@ -2,7 +2,7 @@
 
 It trains TCL's head (copied last block, decoder, copied ``ln_post`` / ``proj``) and the masker
 from a frozen CLIP on image-caption pairs, with the losses of :mod:`.losses`. Every weight
-defaults to 0 (TTD's configs); a config that trains TCL sets TCL's (``configs/pretrain_tcl_synthetic.yaml``).
+defaults to 0 (TTD's configs); a config that trains TCL sets TCL's (``configs/synthetic/pretrain_tcl.yaml``).
 """
 import math
 from typing import Callable, Dict
