@@ -89,3 +89,33 @@ def test_pamr_refines_the_class_scores_not_the_background(tiny_cfg, dataset):
     expected = PAMR(2, (1, 2))(plain.normalize(x)[None], base[None, 1:])[0]
     torch.testing.assert_close(got[1:], expected, atol=1e-5, rtol=1e-4)
     assert torch.allclose(got[0], torch.full_like(got[0], 0.4))
+
+
+def test_caption_masks_follow_the_protocol(tiny_cfg):
+    """Caption masks take the same windows, scales, flips and PAMR as the class scores (the TTD
+    authors' caption evaluation): the mean of the single-pass masks, PAMR-refined; one whole-image
+    pass is the plain masker of the caption's cosine map."""
+    single = build(tiny_cfg, **SLIDE)
+    tta = build(tiny_cfg, **SLIDE, **{"MODEL.SEG_INFERENCE.SCALES": [1.0, 0.5], "MODEL.SEG_INFERENCE.FLIP": True,
+                                      "MODEL.SEG_INFERENCE.PAMR.NUM_ITER": 2, "MODEL.SEG_INFERENCE.PAMR.DILATIONS": [1, 2]})
+    caption = "a circle near a square"
+    x = single.normalize(image(3))[None]  # [1, 3, 64, 48]
+    half = F.interpolate(x, size=(32, 24), mode="bilinear", align_corners=False)
+
+    def mask(model, img):
+        with torch.no_grad():
+            return model.analyse_caption(img, caption, tuple(img.shape[-2:]))["caption_mask"]
+
+    up = lambda m: F.interpolate(m[None, None], size=(64, 48), mode="bilinear", align_corners=False)[0, 0]  # noqa: E731
+    passes = [mask(single, x), mask(single, x.flip(-1)).flip(-1), up(mask(single, half)), up(mask(single, half.flip(-1)).flip(-1))]
+    expected = PAMR(2, (1, 2))(x, (sum(passes) / 4)[None, None])[0, 0].clamp(0, 1)
+    with torch.no_grad():
+        got = tta.analyse_caption(x, caption, (64, 48))["caption_mask"]
+        small = tta.analyse_caption(x, caption, (32, 24))["caption_mask"]  # at another output size: resized
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(small, F.interpolate(expected[None, None], size=(32, 24), mode="bilinear",
+                                                    align_corners=False)[0, 0], atol=1e-5, rtol=1e-4)
+    plain = build(tiny_cfg)
+    with torch.no_grad():
+        out = plain.analyse_caption(x, caption, (64, 48))
+    assert torch.equal(out["caption_mask"], plain.masker(out["caption_cos"]).clamp(0, 1))

@@ -10,7 +10,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from ..ttd.scoring import SCORING_METHODS, cosine_maps, score_tags
 from ..test_time_augmentation import multi_scale_flip
 from ..ttd.tags import candidate_tags, nltk_noun_adjective_mask, token_window
-from .segmentation import max_over_synonyms, maps_to_image, pad_to_patch_grid, slide_inference, split_synonyms
+from .segmentation import max_over_synonyms, maps_to_image, pad_to_patch_grid, slide_inference, split_synonyms, upsample
 
 METHOD_ALIASES = {"pixel": "s_pixel", "image": "s_image", "text": "s_text", "image+text": "image_text"}
 
@@ -96,6 +96,25 @@ class TTDInference:
         return sem_seg_postprocess(scores, scores.shape[-2:], height, width)
 
     # ------------------------------------------------------------------ captions
+    def _single_pass(self) -> bool:
+        """Whether the test-time protocol is one whole-image pass (no windows, scales, flips or PAMR)."""
+        return tuple(self.scales) == (1.0,) and not self.flip and not self.slide_crop and self.pamr is None
+
+    def _caption_probability(self, image: torch.Tensor, caption_emb: torch.Tensor, out_size: Tuple[int, int]):
+        """The caption's mask [H_out, W_out] under the test-time protocol (docs/EVALUATION.md), as
+        the TTD authors evaluate caption masks: the masker's probabilities of its cosine map in
+        sliding windows inside each scale / flip pass, averaged, then PAMR; the steps of the
+        "ttd" class scores of :meth:`semantic_segmentation`, for one caption [1, D]."""
+        def window(img):
+            feats, padded_size = self._image_features(img, with_global=False)
+            return self.masker(maps_to_image(cosine_maps(feats["dense"], caption_emb[None])[0], padded_size, img.shape[-2:]))
+
+        prob = multi_scale_flip(lambda img: slide_inference(window, img, self.slide_crop, self.slide_stride),
+                                image, self.scales, self.flip)  # [1, H, W]
+        if self.pamr is not None:
+            prob = self.pamr(image, prob[None])[0]
+        return upsample(prob, out_size)[0].clamp(0, 1)
+
     def candidate_tags(self, captions: Sequence[str]) -> List[List[str]]:
         """Candidate tags of each caption, the same in training and inference: its words
         (stopwords removed when set) whose first occurrence lies inside the text tower's
@@ -115,7 +134,10 @@ class TTDInference:
         tags = self.candidate_tags([caption])[0]
         caption_emb = self.backbone.encode_text([caption])
         cos_caption = maps_to_image(cosine_maps(dense, caption_emb[None])[0, 0], padded_size, image.shape[-2:], out_size)
-        caption_mask = self.masker(cos_caption).clamp(0, 1)
+        if self._single_pass():
+            caption_mask = self.masker(cos_caption).clamp(0, 1)
+        else:
+            caption_mask = self._caption_probability(image, caption_emb, out_size)
         out = {"caption_mask": caption_mask, "caption_cos": cos_caption, "tags": tags, "tag_threshold": self.tag_threshold}
         tag_emb = self.backbone.encode_text(tags, use_templates=True)[None]  # [1, K, D]
         valid = torch.ones(1, len(tags), dtype=torch.bool, device=dense.device)
