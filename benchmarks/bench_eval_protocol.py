@@ -1,0 +1,191 @@
+#!/usr/bin/env python
+"""Evaluation throughput of the test-time protocol, part by part, against its FLOP floor.
+
+One model is built per protocol setting, each adding one part of the paper's protocol
+(docs/EVALUATION.md) to the previous one:
+
+1. ``single``: the whole image, one pass;
+2. ``+slide``: sliding windows (``--crop`` / ``--stride``);
+3. ``+scales``: the four scales 1.0 0.5 1.5 2.0;
+4. ``+flip``: and their horizontal flips;
+5. ``+pamr``: PAMR (10 iterations, dilations 1 2 4 8 12 24): the full protocol.
+
+Each runs ``TTD`` inference (``model([{"image", "dataset_name", "height", "width"}])``, the path of
+``--eval-only``) on random uint8 images of ``--height`` x ``--width`` already resized to the test
+short side and already on the device (data loading is not measured), for a dataset of
+``--classes`` names with a background class. After ``--warmup`` images, ``--images`` are timed
+between two synchronisations. FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over one image
+(matrix products, convolutions and attention as executed); the **floor** is those FLOPs at the
+device's measured dense matmul rate (bf16 on CUDA, fp32 on CPU; ``--matmul-size``), and the
+ratio measured time / floor is the target of issue 9 (within 2x).
+
+GPU host (one H200; random ViT-B/16 weights: the cost does not depend on them)::
+
+    python benchmarks/bench_eval_protocol.py --output output/bench_eval_protocol.json
+
+CPU smoke run (tiny model)::
+
+    python benchmarks/bench_eval_protocol.py --arch tests/fixtures/tiny_clip.json --height 32 --width 40 \\
+        --crop 32 --stride 16 --images 1 --warmup 0 --device cpu --matmul-size 256
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_eval_protocol.py` without install
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+FULL_SCALES = [1.0, 0.5, 1.5, 2.0]
+PAMR_DILATIONS = [1, 2, 4, 8, 12, 24]
+
+
+def protocol_settings(crop: int, stride: int) -> Dict[str, List]:
+    """Cumulative overrides of ``MODEL.SEG_INFERENCE``, one setting per part of the protocol."""
+    steps = [
+        ("single", []),
+        ("+slide", ["MODEL.SEG_INFERENCE.SLIDE_CROP", crop, "MODEL.SEG_INFERENCE.SLIDE_STRIDE", stride]),
+        ("+scales", ["MODEL.SEG_INFERENCE.SCALES", FULL_SCALES]),
+        ("+flip", ["MODEL.SEG_INFERENCE.FLIP", True]),
+        ("+pamr", ["MODEL.SEG_INFERENCE.PAMR.NUM_ITER", 10, "MODEL.SEG_INFERENCE.PAMR.DILATIONS", PAMR_DILATIONS]),
+    ]
+    settings, opts = {}, []
+    for name, extra in steps:
+        opts = opts + extra
+        settings[name] = list(opts)
+    return settings
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default="configs/Base-Paper-Eval.yaml")
+    parser.add_argument("--arch", default="ViT-B-16", help="open_clip model name or JSON config")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--height", type=int, default=448, help="image height after the test resize (short side)")
+    parser.add_argument("--width", type=int, default=597, help="image width (448 x 597: a 500 x 375 VOC image)")
+    parser.add_argument("--crop", type=int, default=448)
+    parser.add_argument("--stride", type=int, default=224)
+    parser.add_argument("--classes", type=int, default=20, help="class names besides the background")
+    parser.add_argument("--images", type=int, default=10, help="timed images per setting")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--matmul-size", type=int, default=8192, help="side of the square matmul timed for the rate")
+    parser.add_argument("--settings", nargs="+", help="only these settings (default: all five)")
+    parser.add_argument("--output", help="also write the results as JSON")
+    return parser.parse_args(argv)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_tflops(device: torch.device, n: int, repeats: int = 10) -> float:
+    """Measured dense matmul rate (TFLOP/s): bf16 on CUDA, fp32 on CPU."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(2):
+        a @ b
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _synchronize(device)
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def build(args: argparse.Namespace, opts: List):
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from ttd_d2 import add_ttd_config
+
+    cfg = get_cfg()
+    add_ttd_config(cfg)
+    cfg.merge_from_file(str(REPO_ROOT / args.config_file) if not Path(args.config_file).is_file() else args.config_file)
+    arch = args.arch if not args.arch.endswith(".json") or Path(args.arch).is_file() else str(REPO_ROOT / args.arch)
+    cfg.merge_from_list(["MODEL.CLIP.ARCH", arch, "MODEL.CLIP.PRETRAINED", "", "MODEL.DEVICE", args.device,
+                         "MODEL.SEG_INFERENCE.SLIDE_CROP", 0, "MODEL.SEG_INFERENCE.SCALES", [1.0],
+                         "MODEL.SEG_INFERENCE.FLIP", False, "MODEL.SEG_INFERENCE.PAMR.NUM_ITER", 0, *opts])
+    cfg.freeze()
+    return build_model(cfg).eval()
+
+
+def register_dataset(classes: int) -> str:
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    name = f"bench_eval_protocol_{uuid.uuid4().hex[:8]}"
+    DatasetCatalog.register(name, lambda: [])
+    MetadataCatalog.get(name).set(stuff_classes=["background"] + [f"object {i}" for i in range(classes)],
+                                  background_threshold=0.4, ignore_label=255)
+    return name
+
+
+def measure(model, inputs: List[Dict], warmup: int, device: torch.device) -> Dict:
+    from ttd_d2.utils.analysis import executed_flop_counter
+
+    with torch.no_grad():
+        for x in inputs[:max(1, warmup)]:
+            model([x])
+        with executed_flop_counter() as counter:
+            model([inputs[0]])
+        flops = float(counter.get_total_flops())
+        timed = inputs[warmup:] if len(inputs) > warmup else inputs
+        _synchronize(device)
+        start = time.perf_counter()
+        for x in timed:
+            out = model([x])[0]["sem_seg"]
+        _synchronize(device)
+        elapsed = time.perf_counter() - start
+    return {"images_per_s": len(timed) / elapsed, "ms_per_image": 1e3 * elapsed / len(timed),
+            "gflop_per_image": flops / 1e9, "output_shape": list(out.shape)}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    dataset = register_dataset(args.classes)
+    inputs = [{"image": torch.randint(0, 256, (3, args.height, args.width), dtype=torch.uint8, device=device),
+               "dataset_name": dataset, "height": args.height, "width": args.width}
+              for _ in range(args.images + args.warmup)]
+    rate = matmul_tflops(device, args.matmul_size)
+    results = {}
+    for name, opts in protocol_settings(args.crop, args.stride).items():
+        if args.settings and name not in args.settings:
+            continue
+        model = build(args, opts)
+        r = measure(model, inputs, args.warmup, device)
+        r["floor_ms_per_image"] = r["gflop_per_image"] / rate  # GFLOP / (TFLOP/s) = ms
+        r["times_floor"] = r["ms_per_image"] / r["floor_ms_per_image"]
+        results[name] = r
+        print(f"{name}: {r['images_per_s']:.2f} img/s, {r['gflop_per_image']:.1f} GFLOP/img, "
+              f"{r['times_floor']:.2f}x the floor", flush=True)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    rows = [[n, r["images_per_s"], r["ms_per_image"], r["gflop_per_image"], r["floor_ms_per_image"], r["times_floor"]]
+            for n, r in results.items()]
+    print(tabulate(rows, headers=["setting", "img/s", "ms/img", "GFLOP/img", "floor ms/img", "x floor"],
+                   tablefmt="pipe", floatfmt=".2f"))
+    print(f"matmul rate: {rate:.1f} TFLOP/s ({'bf16' if device.type == 'cuda' else 'fp32'}, n={args.matmul_size})")
+    report = {"settings": vars(args), "matmul_tflops": rate, "results": results,
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            json.dump(report, f, indent=1)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""CPU smoke test of benchmarks/bench_eval_protocol.py: the tiny CLIP, the five cumulative
+settings of the test-time protocol, FLOPs that grow with the passes."""
+import json
+
+from conftest import load_script
+
+TINY = ["--arch", "tests/fixtures/tiny_clip.json", "--height", "32", "--width", "40", "--crop", "32", "--stride", "16",
+        "--images", "1", "--warmup", "0", "--device", "cpu", "--matmul-size", "128", "--classes", "3"]
+
+
+def test_settings_are_cumulative():
+    bench = load_script("benchmarks/bench_eval_protocol.py")
+    settings = bench.protocol_settings(448, 224)
+    assert list(settings) == ["single", "+slide", "+scales", "+flip", "+pamr"]
+    assert settings["single"] == [] and settings["+pamr"][:len(settings["+flip"])] == settings["+flip"]
+    assert settings["+pamr"][-4:] == ["MODEL.SEG_INFERENCE.PAMR.NUM_ITER", 10, "MODEL.SEG_INFERENCE.PAMR.DILATIONS",
+                                      [1, 2, 4, 8, 12, 24]]
+
+
+def test_smoke_tiny_cpu(tmp_path):
+    bench = load_script("benchmarks/bench_eval_protocol.py")
+    out = tmp_path / "eval.json"
+    report = bench.main(TINY + ["--output", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    results = report["results"]
+    assert list(results) == ["single", "+slide", "+scales", "+flip", "+pamr"]
+    for r in results.values():
+        assert r["images_per_s"] > 0 and r["output_shape"] == [4, 32, 40] and r["times_floor"] > 0
+    flops = [results[n]["gflop_per_image"] for n in ("single", "+slide", "+scales", "+flip")]
+    assert flops[0] < flops[1] < flops[2] < flops[3]  # each part adds passes
+    assert abs(flops[3] - 2 * flops[2]) < 0.05 * flops[3]  # flips double the passes
+
+
+def test_floor_is_the_flops_at_the_matmul_rate(monkeypatch):
+    bench = load_script("benchmarks/bench_eval_protocol.py")
+    monkeypatch.setattr(bench, "matmul_tflops", lambda device, n: 100.0)  # 100 TFLOP/s
+    report = bench.main(TINY + ["--settings", "single"])
+    r = report["results"]["single"]
+    assert abs(r["floor_ms_per_image"] - r["gflop_per_image"] / 100.0) < 1e-12  # 1 GFLOP at 100 TFLOP/s = 0.01 ms
+    assert abs(r["times_floor"] - r["ms_per_image"] / r["floor_ms_per_image"]) < 1e-9
