@@ -75,6 +75,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=597, help="image width (448 x 597: a 500 x 375 VOC image)")
     parser.add_argument("--crop", type=int, default=448)
     parser.add_argument("--stride", type=int, default=224)
+    parser.add_argument("--window-batch", type=int, help="MODEL.SEG_INFERENCE.WINDOW_BATCH (default: the config's)")
     parser.add_argument("--classes", type=int, default=20, help="class names besides the background")
     parser.add_argument("--images", type=int, default=10, help="timed images per setting")
     parser.add_argument("--warmup", type=int, default=2)
@@ -116,6 +117,8 @@ def build(args: argparse.Namespace, opts: List):
     cfg.merge_from_list(["MODEL.CLIP.ARCH", arch, "MODEL.CLIP.PRETRAINED", "", "MODEL.DEVICE", args.device,
                          "MODEL.SEG_INFERENCE.SLIDE_CROP", 0, "MODEL.SEG_INFERENCE.SCALES", [1.0],
                          "MODEL.SEG_INFERENCE.FLIP", False, "MODEL.SEG_INFERENCE.PAMR.NUM_ITER", 0, *opts])
+    if args.window_batch is not None:
+        cfg.merge_from_list(["MODEL.SEG_INFERENCE.WINDOW_BATCH", args.window_batch])
     cfg.freeze()
     return build_model(cfg).eval()
 
@@ -159,11 +162,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                "dataset_name": dataset, "height": args.height, "width": args.width}
               for _ in range(args.images + args.warmup)]
     rate = matmul_tflops(device, args.matmul_size)
-    results = {}
+    results, model_window_batch = {}, None
     for name, opts in protocol_settings(args.crop, args.stride).items():
         if args.settings and name not in args.settings:
             continue
         model = build(args, opts)
+        model_window_batch = model.window_batch
         r = measure(model, inputs, args.warmup, device)
         r["floor_ms_per_image"] = r["gflop_per_image"] / rate  # GFLOP / (TFLOP/s) = ms
         r["times_floor"] = r["ms_per_image"] / r["floor_ms_per_image"]
@@ -178,7 +182,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     print(tabulate(rows, headers=["setting", "img/s", "ms/img", "GFLOP/img", "floor ms/img", "x floor"],
                    tablefmt="pipe", floatfmt=".2f"))
     print(f"matmul rate: {rate:.1f} TFLOP/s ({'bf16' if device.type == 'cuda' else 'fp32'}, n={args.matmul_size})")
-    report = {"settings": vars(args), "matmul_tflops": rate, "results": results,
+    report = {"settings": vars(args), "window_batch": model_window_batch, "matmul_tflops": rate, "results": results,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

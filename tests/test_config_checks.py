@@ -75,6 +75,8 @@ MODEL_CASES = [
      "MODEL.SEG_INFERENCE.MIN_SIZE_TEST_BY_DATASET = [['ttd_voc21_val', 0]]: must be a list of [dataset name, short side"),
     ("MODEL.SEG_INFERENCE.MIN_SIZE_TEST_BY_DATASET", [["a", 448], ["a", 560]], "each dataset once"),
     ("MODEL.SEG_INFERENCE.MIN_SIZE_TEST_BY_DATASET", ["ttd_voc21_val"], "[dataset name, short side in pixels] pairs"),
+    ("MODEL.SEG_INFERENCE.WINDOW_BATCH", -1, "MODEL.SEG_INFERENCE.WINDOW_BATCH = -1: must be >= 0"),
+    ("MODEL.SEG_INFERENCE.WINDOW_BATCH", 2.5, "MODEL.SEG_INFERENCE.WINDOW_BATCH = 2.5: must be an integer >= 0"),
     ("MODEL.SEG_INFERENCE.SCALES", [], "MODEL.SEG_INFERENCE.SCALES = []: must be a non-empty list of positive numbers"),
     ("MODEL.SEG_INFERENCE.SCALES", [1.0, -0.5], "MODEL.SEG_INFERENCE.SCALES = [1.0, -0.5]: must be a non-empty list"),
     ("MODEL.SEG_INFERENCE.CLASS_SCORES", "sigmoid", "MODEL.SEG_INFERENCE.CLASS_SCORES = 'sigmoid' is unknown: use one of ttd, softmax"),

@@ -133,6 +133,10 @@ def add_ttd_config(cfg):
     cfg.MODEL.SEG_INFERENCE.SLIDE_CROP = 0
     # Sliding-window stride in pixels, at most SLIDE_CROP (0 = SLIDE_CROP: windows do not overlap).
     cfg.MODEL.SEG_INFERENCE.SLIDE_STRIDE = 0
+    # Sliding windows per forward pass, over an image and its flip (0 = all windows of a scale at
+    # once): batching keeps a GPU busy (a batch-1 ViT-B/16 forward is launch-bound); memory grows
+    # with it (each window's class maps are names x crop x crop floats).
+    cfg.MODEL.SEG_INFERENCE.WINDOW_BATCH = 8
     # Constant background score for datasets whose class 0 is "background"; a negative value
     # uses the dataset's `background_threshold` metadata.
     cfg.MODEL.SEG_INFERENCE.BACKGROUND_THRESHOLD = -1.0

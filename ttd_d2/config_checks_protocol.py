@@ -36,6 +36,8 @@ def protocol_problems(cfg) -> List[Problem]:
         None if template_set == "" else _choice(
             "MODEL.CLIP.PROMPT_TEMPLATE_SET", template_set, tuple(TEMPLATE_SETS), " or '' (MODEL.CLIP.PROMPT_TEMPLATES)"),
         _size_by_dataset("MODEL.SEG_INFERENCE.MIN_SIZE_TEST_BY_DATASET", test.MIN_SIZE_TEST_BY_DATASET),
+        _number("MODEL.SEG_INFERENCE.WINDOW_BATCH", test.WINDOW_BATCH, lambda v: v >= 0, ">= 0", integer=True,
+                fix=" (0 = all windows of a scale in one forward)"),
         _positive_list("MODEL.SEG_INFERENCE.SCALES", test.SCALES, integer=False,
                        fix=" (resize factors, e.g. [1.0, 0.5, 1.5, 2.0]; [1.0] = single scale)"),
         _choice("MODEL.SEG_INFERENCE.CLASS_SCORES", test.CLASS_SCORES, CLASS_SCORES),

@@ -20,9 +20,10 @@ def test_settings_are_cumulative():
 def test_smoke_tiny_cpu(tmp_path):
     bench = load_script("benchmarks/bench_eval_protocol.py")
     out = tmp_path / "eval.json"
-    report = bench.main(TINY + ["--output", str(out)])
+    report = bench.main(TINY + ["--output", str(out), "--window-batch", "2"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     results = report["results"]
+    assert report["window_batch"] == 2
     assert list(results) == ["single", "+slide", "+scales", "+flip", "+pamr"]
     for r in results.values():
         assert r["images_per_s"] > 0 and r["output_shape"] == [4, 32, 40] and r["times_floor"] > 0

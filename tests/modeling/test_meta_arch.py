@@ -195,22 +195,38 @@ def test_slide_crop_smaller_than_image(tiny_cfg, register):
     assert not torch.allclose(a, b, atol=1e-4)  # windows really were used
 
 
-def test_slide_inference_averages_windows():
-    calls = []
+@pytest.mark.parametrize("batch_size, calls", [(0, [4]), (3, [3, 1]), (1, [1] * 4)])
+def test_slide_inference_averages_windows(batch_size, calls):
+    seen, count = [], [0]
 
-    def predict(img):
-        calls.append(tuple(img.shape[-2:]))
-        return img[0, :1] * 0 + float(len(calls))  # [1, h, w], value = window number
+    def predict(windows):  # [N, 3, h, w] -> [N, 1, h, w], value = window number (1-based)
+        seen.append(len(windows))
+        first = count[0]
+        count[0] += len(windows)
+        values = torch.arange(first + 1, first + len(windows) + 1, dtype=torch.float)
+        return values.view(-1, 1, 1, 1).expand(len(windows), 1, *windows.shape[-2:])
 
     image = torch.zeros(1, 3, 10, 14)
-    out = slide_inference(predict, image, crop=8, stride=6)
+    out = slide_inference(predict, image, crop=8, stride=6, batch_size=batch_size)
     windows = sliding_windows(10, 14, 8, 6)
     ref_sum, ref_count = torch.zeros(10, 14), torch.zeros(10, 14)
     for i, (y0, x0, y1, x1) in enumerate(windows):
         ref_sum[y0:y1, x0:x1] += i + 1
         ref_count[y0:y1, x0:x1] += 1
-    assert len(calls) == len(windows)
-    assert torch.allclose(out[0], ref_sum / ref_count)
+    assert len(windows) == 4 and seen == calls
+    assert out.shape == (1, 1, 10, 14) and torch.allclose(out[0, 0], ref_sum / ref_count)
+
+
+def test_slide_inference_batches_images_like_one_at_a_time():
+    """The windows of several images share the forwards and each image gets its own average."""
+    def predict(windows):  # depends on each window's content: its pixels minus the window's mean
+        return windows[:, :2] - windows[:, :2].mean(dim=(-2, -1), keepdim=True)
+
+    images = torch.randn(3, 3, 13, 21, generator=torch.Generator().manual_seed(0))
+    together = slide_inference(predict, images, crop=8, stride=5, batch_size=5)
+    alone = torch.cat([slide_inference(predict, im[None], crop=8, stride=5) for im in images])
+    torch.testing.assert_close(together, alone)
+    assert torch.equal(slide_inference(predict, images, crop=0, stride=0), predict(images))
 
 
 @pytest.mark.parametrize(
@@ -231,7 +247,7 @@ def test_sliding_windows_cover_every_pixel(height, width, crop, stride):
 def test_slide_inference_stride_larger_than_crop_is_rejected_or_covers():
     image = torch.zeros(1, 3, 100, 100)
     try:
-        out = slide_inference(lambda img: img[0, :1] + 1.0, image, crop=32, stride=48)
+        out = slide_inference(lambda windows: windows[:, :1] + 1.0, image, crop=32, stride=48)
     except ValueError:
         return
     assert torch.isfinite(out).all()

@@ -31,14 +31,17 @@ def image(seed=0, h=64, w=48):
 
 def test_multi_scale_flip_hand_values():
     img = torch.zeros(1, 3, 8, 6)
-    height = lambda x: torch.full((1, *x.shape[-2:]), float(x.shape[-2]))  # noqa: E731
+    height = lambda x: torch.full((len(x), 1, *x.shape[-2:]), float(x.shape[-2]))  # noqa: E731
     # scale 1 sees 8 rows, scale 0.5 sees 4: mean (8 + 4) / 2; with flip (8 + 8 + 4 + 4) / 4
     torch.testing.assert_close(multi_scale_flip(height, img, (1.0, 0.5)), torch.full((1, 8, 6), 6.0))
     torch.testing.assert_close(multi_scale_flip(height, img, (1.0, 0.5), flip=True), torch.full((1, 8, 6), 6.0))
-    ramp = lambda x: torch.arange(x.shape[-1], dtype=torch.float).expand(1, *x.shape[-2:])  # noqa: E731
+    ramp = lambda x: torch.arange(x.shape[-1], dtype=torch.float).expand(len(x), 1, *x.shape[-2:])  # noqa: E731
     # a ramp 0..5 and its mirror 5..0 average to 2.5 everywhere
     torch.testing.assert_close(multi_scale_flip(ramp, img, (1.0,), flip=True), torch.full((1, 8, 6), 2.5))
-    assert torch.equal(multi_scale_flip(ramp, img), ramp(img))
+    assert torch.equal(multi_scale_flip(ramp, img), ramp(img)[0])
+    batches = []
+    multi_scale_flip(lambda x: batches.append(len(x)) or ramp(x), img, (1.0, 0.5), flip=True)
+    assert batches == [2, 2]  # an image and its flip share one call
     with pytest.raises(ValueError, match="SCALES"):
         multi_scale_flip(ramp, img, (1.0, 0.0))
 
@@ -119,3 +122,14 @@ def test_caption_masks_follow_the_protocol(tiny_cfg):
     with torch.no_grad():
         out = plain.analyse_caption(x, caption, (64, 48))
     assert torch.equal(out["caption_mask"], plain.masker(out["caption_cos"]).clamp(0, 1))
+
+
+def test_window_batch_changes_speed_not_results(tiny_cfg, dataset):
+    """Windows one per forward, in batches of 3, or all of a scale at once: the same scores."""
+    x = image(4)
+    protocol = {**SLIDE, "MODEL.SEG_INFERENCE.SCALES": [1.0, 1.5], "MODEL.SEG_INFERENCE.FLIP": True}
+    with torch.no_grad():
+        outs = [build(tiny_cfg, **protocol, **{"MODEL.SEG_INFERENCE.WINDOW_BATCH": n})([{"image": x, "dataset_name": dataset}])[0]["sem_seg"]
+                for n in (1, 3, 0)]
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(outs[2], outs[0], atol=1e-5, rtol=1e-4)

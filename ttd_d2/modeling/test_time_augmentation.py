@@ -29,14 +29,15 @@ def multi_scale_flip(
     """The mean of ``predict`` over scales (and horizontal flips) of an image.
 
     Args:
-        predict: [1, 3, h, w] -> [C, h, w] score maps of an image of any size.
+        predict: [B, 3, h, w] -> [B, C, h, w] score maps of images of any size; an image and
+            its flip go through one call (B = 2), so their windows share the forwards.
         image: [1, 3, H, W] the (normalised) image.
         scales: resize factors of the image (bilinear, sizes rounded); 1.0 = the image as it is.
         flip: also predict each scaled image flipped left-right (its maps flipped back).
     Returns:
         [C, H, W]: sum over the len(scales) x (2 if flip else 1) passes of each pass's maps,
         bilinearly resized back to (H, W), divided by the number of passes. One scale 1.0
-        without flip is ``predict(image)`` itself.
+        without flip is ``predict(image)[0]`` itself.
     """
     if not scales or any(not s > 0 for s in scales):
         raise ValueError(f"MODEL.SEG_INFERENCE.SCALES must be positive numbers, got {list(scales)}")
@@ -46,11 +47,10 @@ def multi_scale_flip(
         size = scaled_size(height, width, scale)
         scaled = image if size == (height, width) else F.interpolate(
             image, size=size, mode="bilinear", align_corners=False)
-        outs = [predict(scaled)]
-        if flip:
-            outs.append(predict(scaled.flip(-1)).flip(-1))
-        for out in outs:
-            out = out if tuple(out.shape[-2:]) == (height, width) else upsample(out, (height, width))
-            total = out if total is None else total + out
+        out = predict(torch.cat([scaled, scaled.flip(-1)]) if flip else scaled)
+        outs = [out[0], out[1].flip(-1)] if flip else [out[0]]
+        for maps in outs:
+            maps = maps if tuple(maps.shape[-2:]) == (height, width) else upsample(maps, (height, width))
+            total = maps if total is None else total + maps
             passes += 1
     return total / passes

@@ -94,11 +94,11 @@ def test_sliding_windows_and_flip_pad_each_pass(backbone_cfg, dataset):
         out = model([{"image": x, "dataset_name": dataset}])[0]["sem_seg"]
         normalised = model.normalize(x)[None]
 
-        def by_hand(img):
-            return class_scores_by_hand(model, dataset, img)
+        def by_hand(windows):  # one window at a time, each padded on its own
+            return torch.stack([class_scores_by_hand(model, dataset, w[None]) for w in windows])
 
-        plain = slide_inference(by_hand, normalised, 20, 12)
-        flipped = slide_inference(by_hand, normalised.flip(-1), 20, 12).flip(-1)
+        plain = slide_inference(by_hand, normalised, 20, 12)[0]
+        flipped = slide_inference(by_hand, normalised.flip(-1), 20, 12)[0].flip(-1)
     assert torch.allclose(out, 0.5 * (plain + flipped), atol=1e-6)
 
 

@@ -51,18 +51,24 @@ class TTDInference:
 
     # ------------------------------------------------------------------ image tower
     def _image_features(self, image: torch.Tensor, with_global: bool = True) -> Tuple[Dict, Tuple[int, int]]:
-        """The backbone on a normalised image [1, 3, H, W] of any size, padded to the patch grid
-        (``pad_to_patch_grid``): ({"dense": [1, D, ceil(H/p), ceil(W/p)], "global"?}, padded size).
+        """The backbone on normalised images [B, 3, H, W] of any size, padded to the patch grid
+        (``pad_to_patch_grid``): ({"dense": [B, D, ceil(H/p), ceil(W/p)], "global"?}, padded size).
         Map the dense results back with ``maps_to_image(maps, padded_size, (H, W), out_size)``."""
         padded = pad_to_patch_grid(image, self.backbone.size_divisibility)
         return self.backbone(padded, with_global=with_global), tuple(padded.shape[-2:])
 
     # ------------------------------------------------------------------ semantic segmentation
-    def _class_scores(self, image: torch.Tensor, text_emb: torch.Tensor, owner: torch.Tensor, num_classes: int):
-        """Masker probabilities [C, H, W] of every class for one normalised image [1, 3, H, W]."""
-        feats, padded_size = self._image_features(image, with_global=False)
-        cos = maps_to_image(cosine_maps(feats["dense"], text_emb[None])[0], padded_size, image.shape[-2:])
-        return max_over_synonyms(self.masker(cos), owner, num_classes)
+    def _class_scores(self, images: torch.Tensor, text_emb: torch.Tensor, owner: torch.Tensor, num_classes: int):
+        """Masker probabilities [N, C, H, W] of every class for normalised images [N, 3, H, W]."""
+        cos = self._cosine_maps(images, text_emb)
+        return max_over_synonyms(self.masker(cos).transpose(0, 1), owner, num_classes).transpose(0, 1)
+
+    def _cosine_maps(self, images: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """Cosine maps [N, K, H, W] of normalised images [N, 3, H, W] (one batched forward) with
+        text embeddings [K, D]."""
+        feats, padded_size = self._image_features(images, with_global=False)
+        text = text_emb[None].expand(len(images), -1, -1)
+        return maps_to_image(cosine_maps(feats["dense"], text), padded_size, images.shape[-2:])
 
     def semantic_segmentation(self, x: Dict, dataset_name: str) -> torch.Tensor:
         """Scores [C (+1 background), H, W] at the input's original size (docs/EVALUATION.md,
@@ -75,14 +81,13 @@ class TTDInference:
         image = self.normalize(x["image"])[None]
         softmax = self.class_scores == "softmax"
 
-        def window(img):
+        def window(images):
             if softmax:
-                feats, padded_size = self._image_features(img, with_global=False)
-                return maps_to_image(cosine_maps(feats["dense"], text_emb[None])[0], padded_size, img.shape[-2:])
-            return self._class_scores(img, text_emb, owner, num_classes)
+                return self._cosine_maps(images, text_emb)
+            return self._class_scores(images, text_emb, owner, num_classes)
 
-        def predict(img):
-            return slide_inference(window, img, self.slide_crop, self.slide_stride)
+        def predict(images):
+            return slide_inference(window, images, self.slide_crop, self.slide_stride, self.window_batch)
 
         scores = multi_scale_flip(predict, image, self.scales, self.flip)
         if softmax:
@@ -105,12 +110,13 @@ class TTDInference:
         the TTD authors evaluate caption masks: the masker's probabilities of its cosine map in
         sliding windows inside each scale / flip pass, averaged, then PAMR; the steps of the
         "ttd" class scores of :meth:`semantic_segmentation`, for one caption [1, D]."""
-        def window(img):
-            feats, padded_size = self._image_features(img, with_global=False)
-            return self.masker(maps_to_image(cosine_maps(feats["dense"], caption_emb[None])[0], padded_size, img.shape[-2:]))
+        def window(images):
+            return self.masker(self._cosine_maps(images, caption_emb))
 
-        prob = multi_scale_flip(lambda img: slide_inference(window, img, self.slide_crop, self.slide_stride),
-                                image, self.scales, self.flip)  # [1, H, W]
+        def predict(images):
+            return slide_inference(window, images, self.slide_crop, self.slide_stride, self.window_batch)
+
+        prob = multi_scale_flip(predict, image, self.scales, self.flip)  # [1, H, W]
         if self.pamr is not None:
             prob = self.pamr(image, prob[None])[0]
         return upsample(prob, out_size)[0].clamp(0, 1)

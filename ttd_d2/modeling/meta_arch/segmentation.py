@@ -19,7 +19,7 @@ def split_synonyms(class_names: Sequence[str]) -> Tuple[List[str], torch.Tensor]
 
 
 def max_over_synonyms(scores: torch.Tensor, owner: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Max-pool [S, H, W] synonym scores into [num_classes, H, W] class scores."""
+    """Max-pool [S, ...] synonym scores into [num_classes, ...] class scores (along dim 0)."""
     out = scores.new_full((num_classes, *scores.shape[1:]), float("-inf"))
     index = owner.to(scores.device).view(-1, *([1] * (scores.dim() - 1))).expand_as(scores)
     return out.scatter_reduce(0, index, scores, reduce="amax")
@@ -39,21 +39,28 @@ def sliding_windows(height: int, width: int, crop: int, stride: int) -> List[Tup
 
 
 def slide_inference(
-    predict: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, crop: int, stride: int
+    predict: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, crop: int, stride: int, batch_size: int = 0,
 ) -> torch.Tensor:
-    """Average ``predict`` ([1, 3, h, w] -> [C, h, w]) over sliding windows of ``image`` [1, 3, H, W].
+    """Average ``predict`` over sliding windows of ``images`` [B, 3, H, W] -> [B, C, H, W].
 
-    ``crop <= 0`` predicts the whole image at once.
+    ``predict`` maps a batch of windows [N, 3, h, w] to [N, C, h, w]. Every window of an image
+    has the same size (min(crop, H) x min(crop, W), :func:`sliding_windows`), so the windows of
+    all B images go through ``predict`` together, ``batch_size`` at a time (0 = all at once): a
+    batch-1 forward per window leaves a GPU idle (benchmarks/README.md, ``bench_eval_protocol``).
+    ``crop <= 0`` predicts the whole images at once.
     """
     if crop <= 0:
-        return predict(image)
-    height, width = image.shape[-2:]
-    total, count = None, image.new_zeros(height, width)
-    for y0, x0, y1, x1 in sliding_windows(height, width, crop, stride or crop):
-        pred = predict(image[..., y0:y1, x0:x1])
-        if total is None:
-            total = image.new_zeros(pred.shape[0], height, width)
-        total[:, y0:y1, x0:x1] += pred
+        return predict(images)
+    num_images, _, height, width = images.shape
+    windows = sliding_windows(height, width, crop, stride or crop)
+    crops = torch.cat([images[..., y0:y1, x0:x1] for y0, x0, y1, x1 in windows])  # [len(windows) * B, ...]
+    step = batch_size if batch_size > 0 else len(crops)
+    preds = torch.cat([predict(crops[i:i + step]) for i in range(0, len(crops), step)])
+    preds = preds.view(len(windows), num_images, *preds.shape[1:])
+    total = images.new_zeros(num_images, preds.shape[2], height, width)
+    count = images.new_zeros(height, width)
+    for pred, (y0, x0, y1, x1) in zip(preds, windows):
+        total[..., y0:y1, x0:x1] += pred
         count[y0:y1, x0:x1] += 1
     return total / count
 

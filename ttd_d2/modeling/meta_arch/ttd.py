@@ -64,6 +64,7 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
         background_threshold: float = -1.0,
         slide_crop: int = 0,
         slide_stride: int = 0,
+        window_batch: int = 8,
         flip: bool = False,
         scales: Sequence[float] = (1.0,),
         pamr: Optional[nn.Module] = None,
@@ -91,6 +92,7 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
                 ``_setup_lora``; used when ``ttd_enabled`` or a LoRA file ``weights`` is given.
             background_threshold: constant background score (< 0: the dataset's metadata).
             slide_crop, slide_stride: sliding-window inference (crop 0 = whole image).
+            window_batch: windows per forward in sliding-window inference (0 = all of a scale).
             flip: add a horizontally flipped pass at inference (of every scale).
             scales: resize factors of the multi-scale inference (``multi_scale_flip``).
             pamr: a ``PAMR`` refining the class scores at inference, or None.
@@ -121,6 +123,7 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
         self.contrastive_weight = contrastive_weight
         self.background_threshold = background_threshold
         self.slide_crop, self.slide_stride, self.flip = slide_crop, slide_stride, flip
+        self.window_batch = window_batch
         if class_scores not in CLASS_SCORES:
             raise ValueError(f"MODEL.SEG_INFERENCE.CLASS_SCORES '{class_scores}' unknown; use one of {CLASS_SCORES}")
         self.scales, self.pamr, self.class_scores = tuple(scales), pamr, class_scores
@@ -177,6 +180,7 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
             "background_threshold": test.BACKGROUND_THRESHOLD,
             "slide_crop": test.SLIDE_CROP,
             "slide_stride": test.SLIDE_STRIDE,
+            "window_batch": test.WINDOW_BATCH,
             "flip": test.FLIP,
             "scales": tuple(test.SCALES),
             "pamr": PAMR(test.PAMR.NUM_ITER, test.PAMR.DILATIONS) if test.PAMR.NUM_ITER > 0 else None,
