@@ -25,6 +25,7 @@ setup(
         "tabulate",
         "tqdm",
         "scipy",  # reads PASCAL Context's .mat labels (tools/prepare_pascal_context.py)
+        "webdataset>=0.2.86",  # CC3M / CC12M tar shards as img2dataset writes them (ttd_d2/data/streams)
     ],
     extras_require={"test": ["pytest"]},
 )

@@ -8,6 +8,8 @@
 """
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import ttd_d2  # noqa: F401  (registers the backbone, meta-architecture and datasets)
 from ttd_d2 import TTDTrainer, add_ttd_config
@@ -23,6 +25,8 @@ def setup(args):
     cfg.freeze()
     check_inputs(cfg, training=not args.eval_only)  # every missing weight file and dataset, before any output
     default_setup(cfg, args)
+    # ttd_d2's own loggers (data, hooks) to the same console and log.txt, as detectron2 projects do
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ttd_d2")
     return cfg
 
 

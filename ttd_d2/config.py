@@ -174,3 +174,20 @@ def add_ttd_config(cfg):
     cfg.INPUT.TRAIN_SIZE = 224
     # Images are RGB (open_clip convention).
     cfg.INPUT.FORMAT = "RGB"
+
+    # ---------------------------------------------------------------- streamed image-text data
+    # Training sources read as webdataset tar shards (ttd_d2/data/streams; docs/DATASETS.md):
+    # the DATASETS.TRAIN names registered as shard sources (ttd_cc3m_train, ttd_cc12m_train, or
+    # register_shard_source), plus the patterns below.
+    cfg.DATASETS.IMAGE_TEXT = CN()
+    # Extra sources from any path: one brace / glob pattern of tar shards per source
+    # (e.g. ["/data/cc3m/{00000..00331}.tar"]), read after the DATASETS.TRAIN ones.
+    cfg.DATASETS.IMAGE_TEXT.SHARDS = []
+    # Mixing weights, one per source (DATASETS.TRAIN's shard sources, then SHARDS); [] = each
+    # source in proportion to its number of shards.
+    cfg.DATASETS.IMAGE_TEXT.WEIGHTS = []
+    # Records held by each loader worker's shuffle buffer (compressed images, before decoding).
+    cfg.DATASETS.IMAGE_TEXT.SHUFFLE_BUFFER = 2000
+    # Training stops with an error once more than this fraction of the samples read are bad
+    # (corrupt images, missing or empty captions, unreadable shards; counted from 1000 samples on).
+    cfg.DATASETS.IMAGE_TEXT.MAX_BAD_FRACTION = 0.05

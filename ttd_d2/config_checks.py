@@ -260,7 +260,8 @@ def check_training_config(cfg) -> None:
     Not called by ``build_model``: ``--eval-only`` builds the same model and must not be refused
     for a training setting.
     """
-    from .config_checks_tcl import decoder_warmup_problem  # it imports this module's helpers
+    from .config_checks_streams import stream_problems  # they import this module's helpers
+    from .config_checks_tcl import decoder_warmup_problem
 
     patch, _ = _patch_and_depth(cfg)
     patch_text = f" ({patch})" if patch else ""
@@ -276,8 +277,10 @@ def check_training_config(cfg) -> None:
                 f"> 0 and a multiple of the patch size{patch_text}", integer=True,
                 fix=" (the patch embedding drops the pixels past the last whole patch)"),
         _choice("INPUT.RANDOM_FLIP", cfg.INPUT.RANDOM_FLIP, RANDOM_FLIPS),
-        None if len(cfg.DATASETS.TRAIN) else
-        "DATASETS.TRAIN = (): name at least one image-caption dataset (e.g. ('synth_image_text_train',))",
+        None if len(cfg.DATASETS.TRAIN) or cfg.DATASETS.IMAGE_TEXT.SHARDS else
+        "DATASETS.TRAIN = (): name at least one image-caption dataset (e.g. ('synth_image_text_train',)), "
+        "or give DATASETS.IMAGE_TEXT.SHARDS",
+        *stream_problems(cfg.DATASETS.IMAGE_TEXT),
     ]
     _raise(problems, "training")
 

@@ -22,11 +22,14 @@ from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
 from conftest import make_tiny_train_cfg
+from shard_fixtures import write_shards
+from ttd_d2.data.datasets.image_text import register_shard_source
 from ttd_d2.data.datasets.synthetic import register_synthetic
 from ttd_d2.data.synthetic.writer import generate
 
 WORLD_SIZE = 2
 ITERATIONS = 3
+SHARD_SOURCE = "ttd_test_ddp_shards"
 # TCL trained with its own objective (modeling/tcl): negatives from both ranks' captions
 TCL_OBJECTIVE = {"MODEL.BACKBONE.NAME": "TCL", "MODEL.TTD.ENABLED": False, "MODEL.TCL.LOSS.CONTRASTIVE_WEIGHT": 0.1,
                  "MODEL.TCL.LOSS.AREA_WEIGHT": 0.4, "MODEL.TCL.LOSS.TV_WEIGHT": 1.0}
@@ -48,6 +51,8 @@ CASES = {
     "tcl-objective": TCL_OBJECTIVE,
     # the copied block starts at the last iteration: DDP keeps its gradient all along (delayed_start)
     "tcl-objective-decoder-warmup": {**TCL_OBJECTIVE, "MODEL.TCL.DECODER_ONLY_ITERS": ITERATIONS - 1},
+    # webdataset shards with bad samples, two loader workers per rank: 2 x 2 processes, 8 shards
+    "streamed-shards-2-workers": {"DATASETS.TRAIN": (SHARD_SOURCE,), "DATALOADER.NUM_WORKERS": 2},
 }
 
 
@@ -91,7 +96,7 @@ def run_case(dataset, output_dir, opts):
             "final": trainable(model), "captions": captions}
 
 
-def worker(rank, port, root, dataset, out_dir):
+def worker(rank, port, root, dataset, out_dir, shards):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=WORLD_SIZE, timeout=timedelta(seconds=120))
@@ -100,6 +105,7 @@ def worker(rank, port, root, dataset, out_dir):
     else:
         comm._LOCAL_PROCESS_GROUP = dist.new_group(list(range(WORLD_SIZE)))
     register_synthetic(root)
+    register_shard_source(SHARD_SOURCE, shards)
     results = {}
     for name, opts in CASES.items():
         try:
@@ -121,7 +127,9 @@ def ranks(tmp_path_factory):
     split = f"ddp{uuid.uuid4().hex[:8]}"
     generate(root, "image_text", split, 16, 0, image_size=32)
     out_dir = tmp_path_factory.mktemp("ddp_runs")
-    mp.spawn(worker, args=(free_port(), str(root), f"synth_image_text_{split}", str(out_dir)),
+    shards = tmp_path_factory.mktemp("shards")
+    write_shards(shards, num_shards=8, good_per_shard=4)
+    mp.spawn(worker, args=(free_port(), str(root), f"synth_image_text_{split}", str(out_dir), str(shards / "*.tar")),
              nprocs=WORLD_SIZE, join=True)
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
 
@@ -140,3 +148,10 @@ def test_two_process_training_keeps_ranks_in_sync(ranks, case):
     assert not differ, f"parameters differ between ranks: {differ[:5]}"
     unchanged = [n for n, p in first["final"].items() if torch.equal(p, first["initial"][n])]
     assert not unchanged, f"parameters not trained: {unchanged[:5]}"
+
+
+def test_two_ranks_and_their_workers_train_on_disjoint_samples(ranks):
+    """The streamed case: every caption names its sample's key, so no two processes (2 ranks x 2
+    loader workers) read the same sample: 3 steps x 2 ranks x 2 samples = 12 distinct captions."""
+    captions = [c for r in ranks for step in r["streamed-shards-2-workers"]["captions"] for c in step]
+    assert len(captions) == ITERATIONS * WORLD_SIZE * 2 and len(set(captions)) == len(captions)

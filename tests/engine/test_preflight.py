@@ -65,7 +65,7 @@ def test_train_net_stops_before_building_the_model(tmp_path):
         train_net.main(args)
     message = str(error.value)
     assert "MODEL.TCL.WEIGHTS: '/nonexistent/tcl.pth' does not exist" in message
-    assert "DATASETS.TRAIN: dataset 'ttd_cc3m_train' is not registered" in message
+    assert "DATASETS.TRAIN: dataset 'ttd_cc3m_train': image_root" in message and "img2dataset" in message
     assert not (tmp_path / "out").exists()  # nothing half-written: not even detectron2's config and log
 
 
@@ -85,6 +85,8 @@ def test_the_real_use_configs_name_every_missing_dataset(tmp_path, config, train
     for name in ("ttd_voc21_val", "ttd_context60_val", "ttd_coco_object_val", "ttd_coco_stuff171_val",
                  "ttd_cityscapes19_val", "ttd_ade150_val"):
         assert f"DATASETS.TEST: dataset '{name}'" in message and "run `python tools/prepare_" in message
-    assert ("DATASETS.TRAIN: dataset 'ttd_cc3m_train' is not registered" in message) == training
+    for name in ("ttd_cc3m_train", "ttd_cc12m_train"):  # the shard folders, with img2dataset's command
+        assert (f"DATASETS.TRAIN: dataset '{name}': image_root" in message) == training
+    assert ("--output_format webdataset" in message) == training
     assert "MODEL.CLIP.PRETRAINED" not in message
     assert not (tmp_path / "out").exists()

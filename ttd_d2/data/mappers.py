@@ -1,5 +1,6 @@
 """Dataset mappers: image-caption pairs for training, any record for evaluation."""
 import copy
+import io
 import logging
 import sys
 from typing import Dict, Optional
@@ -9,16 +10,21 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+from PIL import Image
 
 from ..modeling.backbone.clip_loading import build_tokenizer
 
 logger = logging.getLogger(__name__)
 
 
-def read_image_checked(file_name: str, image_format: str = "RGB") -> np.ndarray:
-    """Read an image [H, W, 3] uint8, or raise an ``OSError`` that names the file and the fix."""
+def read_image_checked(file_name: str, image_format: str = "RGB", data: Optional[bytes] = None) -> np.ndarray:
+    """Read an image [H, W, 3] uint8 from ``file_name``, or decode ``data`` (its bytes, e.g. a tar
+    member; ``file_name`` then names it), as detectron2's ``read_image`` does (EXIF orientation
+    applied); or raise an ``OSError`` that names the file and the fix."""
     try:
-        return utils.read_image(file_name, format=image_format)
+        if data is None:
+            return utils.read_image(file_name, format=image_format)
+        return utils.convert_PIL_to_numpy(utils._apply_exif_orientation(Image.open(io.BytesIO(data))), image_format)
     except Exception as e:  # PIL raises several types for missing, truncated or corrupt files
         raise OSError(
             f"cannot read image '{file_name}' ({type(e).__name__}: {e}). Replace or remove the file, "
@@ -40,8 +46,10 @@ class CaptionTrainMapper:
     batch of 1024 captions costs tens of milliseconds per step. Image and tokens stay numpy
     arrays: batches of hundreds of small tensors are slow to pass from loader workers (one
     shared-memory segment each); the model stacks them once.
+    Records of streamed shards carry the image's bytes (``"image_bytes"``), decoded here.
     A sample whose image cannot be read is skipped with a warning (returns None, so
-    detectron2's MapDataset draws another one): one bad file must not stop a long run.
+    detectron2's MapDataset, or the shard stream, draws another one): one bad file must not stop
+    a long run.
     """
 
     @configurable
@@ -73,7 +81,7 @@ class CaptionTrainMapper:
 
     def __call__(self, record: Dict) -> Optional[Dict]:
         try:
-            image = read_image_checked(record["file_name"], self.image_format)
+            image = read_image_checked(record["file_name"], self.image_format, record.get("image_bytes"))
         except OSError as e:
             logger.warning("skipping a training sample: %s", e)
             return None

@@ -13,6 +13,8 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 
 from ..config_checks import check_trainable, check_training_config
 from ..data.mappers import CaptionTrainMapper, TestMapper
+from ..data.streams import SkipCountingLoader, SkipCountsHook
+from ..data.streams.loader import build_stream_loader, uses_streams
 from ..evaluation import SemSegRatesEvaluator, build_caption_evaluators
 from .checkpoint import TTDCheckpointer
 from .ddp import create_ddp_model
@@ -49,6 +51,10 @@ class TTDTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
+        """Record datasets through detectron2's loader; shard sources streamed
+        (:func:`~ttd_d2.data.streams.loader.build_stream_loader`, bad samples counted)."""
+        if uses_streams(cfg):
+            return build_stream_loader(cfg, CaptionTrainMapper(cfg, True))
         return build_detection_train_loader(cfg, mapper=CaptionTrainMapper(cfg, True))
 
     @classmethod
@@ -83,6 +89,10 @@ class TTDTrainer(DefaultTrainer):
             ttd_hook = TTDHook(self.cfg.OUTPUT_DIR, self.cfg.SOLVER.CHECKPOINT_PERIOD)
             writer_at = next((i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)), len(hook_list))
             hook_list.insert(writer_at, ttd_hook)
+        if isinstance(self._trainer.data_loader, SkipCountingLoader):  # streamed sources: bad samples counted,
+            writer_at = next((i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)), len(hook_list))
+            hook_list.insert(writer_at, SkipCountsHook(  # before the writer, which then writes them the same step
+                self._trainer.data_loader, self.cfg.DATASETS.IMAGE_TEXT.MAX_BAD_FRACTION, period=20))
         if unwrap(self.model).backbone.objective is not None:  # TCL's objective: the TCL in its own format
             hook_list.append(TCLCheckpointHook(self.cfg.OUTPUT_DIR, self.cfg.SOLVER.CHECKPOINT_PERIOD))
         return hook_list

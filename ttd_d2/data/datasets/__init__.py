@@ -1,6 +1,6 @@
 """Dataset registration (importing this package registers the synthetic benchmark, the real
-benchmarks of ``docs/DATASETS.md`` and CC3M-TagMask)."""
-from . import builtin, real  # noqa: F401  (registration side effect)
+benchmarks of ``docs/DATASETS.md``, CC3M-TagMask and the CC3M / CC12M shard sources)."""
+from . import builtin, image_text, real  # noqa: F401  (registration side effect)
 from .benchmark import Benchmark, load_benchmark, read_class_names, register_benchmark
 from .cc3m_tagmask import load_cc3m_tagmask, match_tags, register_cc3m_tagmask
 from .builtin import register_builtin_synthetic, require_synthetic_dataset, synthetic_root

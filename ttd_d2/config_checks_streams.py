@@ -1,0 +1,21 @@
+"""Config checks of the streamed image-text sources (``DATASETS.IMAGE_TEXT``: ttd_d2/data/streams),
+split from ``config_checks.py``, which calls them and whose helpers they use."""
+import math
+from typing import List
+
+from .config_checks import Problem, _number
+
+
+def stream_problems(stream) -> List[Problem]:
+    """``DATASETS.IMAGE_TEXT``: the streamed sources' keys."""
+    weights, shards = stream.WEIGHTS, stream.SHARDS
+    return [
+        None if isinstance(shards, (list, tuple)) and all(isinstance(p, str) and p for p in shards) else
+        f"DATASETS.IMAGE_TEXT.SHARDS = {shards!r}: must be a list of shard patterns (e.g. ['/data/cc3m/{{00000..00331}}.tar'])",
+        None if isinstance(weights, (list, tuple)) and all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w > 0 for w in weights) else
+        f"DATASETS.IMAGE_TEXT.WEIGHTS = {weights!r}: must be positive numbers, one per source, or [] (by shard counts)",
+        _number("DATASETS.IMAGE_TEXT.SHUFFLE_BUFFER", stream.SHUFFLE_BUFFER, lambda v: v >= 0, ">= 0", integer=True,
+                fix=" (0 = no shuffling inside a process)"),
+        _number("DATASETS.IMAGE_TEXT.MAX_BAD_FRACTION", stream.MAX_BAD_FRACTION, lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ]
