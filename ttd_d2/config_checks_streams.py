@@ -8,8 +8,10 @@ from .config_checks import Problem, _number
 
 def stream_problems(stream) -> List[Problem]:
     """``DATASETS.IMAGE_TEXT``: the streamed sources' keys."""
-    weights, shards = stream.WEIGHTS, stream.SHARDS
+    weights, shards, keep = stream.WEIGHTS, stream.SHARDS, stream.KEEP_LISTS
     return [
+        None if isinstance(keep, (list, tuple)) and all(isinstance(p, str) for p in keep) else
+        f"DATASETS.IMAGE_TEXT.KEEP_LISTS = {keep!r}: must be a list of keep-list paths, '' for a source not pruned",
         None if isinstance(shards, (list, tuple)) and all(isinstance(p, str) and p for p in shards) else
         f"DATASETS.IMAGE_TEXT.SHARDS = {shards!r}: must be a list of shard patterns (e.g. ['/data/cc3m/{{00000..00331}}.tar'])",
         None if isinstance(weights, (list, tuple)) and all(

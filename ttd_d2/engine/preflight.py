@@ -61,6 +61,9 @@ def missing_inputs(cfg, training: bool) -> List[str]:
             problems.append(str(e))
     problems += [f"{key}: '{path}' does not exist: give {fix}" for key, path, fix in _weight_files(cfg)
                  if not os.path.isfile(path)]
+    keep_lists = cfg.DATASETS.IMAGE_TEXT.KEEP_LISTS if training else ()
+    problems += [f"DATASETS.IMAGE_TEXT.KEEP_LISTS[{i}]: '{p}' does not exist: give a keep-list of sample keys "
+                 "(docs/DATASETS.md), or '' for that source" for i, p in enumerate(keep_lists) if p and not os.path.isfile(p)]
     for key, names in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN if training else ()), ("DATASETS.TEST", cfg.DATASETS.TEST)):
         for name in names:
             problems += _dataset_problems(name, key)

@@ -1,5 +1,6 @@
 """ttd_d2/data/streams: webdataset shards as img2dataset writes them, every kind of bad sample
 skipped and counted, disjoint shards for every (rank, loader worker), a seeded order."""
+import json
 import tarfile
 from collections import Counter
 
@@ -133,3 +134,37 @@ def test_mixed_stream_follows_the_weights(tmp_path):
     assert 250 < from_a < 350  # 3:1, binomial(400, 0.75): sd 8.7
     with pytest.raises(ValueError, match="one positive weight per stream"):
         MixedStream(streams, [1.0])
+
+
+def test_keep_lists_change_what_the_loader_yields(tmp_path):
+    """DATASETS.IMAGE_TEXT.KEEP_LISTS through the real loader: only the kept keys come out, the
+    others are counted as not_kept; both file formats; a bad keep-list is named."""
+    from conftest import make_tiny_train_cfg
+    from ttd_d2.data.streams.loader import build_stream_loader, read_keep_list
+    from ttd_d2.engine.preflight import missing_inputs
+
+    data = write_shards(tmp_path / "shards", num_shards=2, good_per_shard=6, with_bad=False)
+    kept = sorted(data["good"])[::3]  # 4 of 12
+    (tmp_path / "keep.txt").write_text("# kept by score\n" + "\n".join(kept) + "\n\n")
+    (tmp_path / "keep.json").write_text(json.dumps({"keys": kept, "threshold": 0.2}))
+    assert read_keep_list(str(tmp_path / "keep.txt")) == read_keep_list(str(tmp_path / "keep.json")) == frozenset(kept)
+    cfg = make_tiny_train_cfg("unused", tmp_path / "out", **{"SOLVER.IMS_PER_BATCH": 2})
+    cfg.DATASETS.TRAIN = ()
+    cfg.DATASETS.IMAGE_TEXT.SHARDS = [str(tmp_path / "shards" / "*.tar")]
+    cfg.DATASETS.IMAGE_TEXT.KEEP_LISTS = [str(tmp_path / "keep.txt")]
+    loader = build_stream_loader(cfg, mapper())
+    it = iter(loader)
+    keys = [s["caption"].rsplit(" ", 1)[1] for _ in range(2) for s in next(it)]
+    assert sorted(keys) == kept and loader.skipped["not_kept"] == 8
+    cfg.DATASETS.IMAGE_TEXT.KEEP_LISTS = [str(tmp_path / "missing.txt")]
+    assert any("KEEP_LISTS[0]: '" in p and "missing.txt" in p for p in missing_inputs(cfg, training=True))
+    assert not missing_inputs(cfg, training=False)
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="keeps no sample"):
+        read_keep_list(str(tmp_path / "empty.txt"))
+    (tmp_path / "bad.json").write_text('{"kept": []}')
+    with pytest.raises(ValueError, match='must be an object with a "keys" list'):
+        read_keep_list(str(tmp_path / "bad.json"))
+    cfg.DATASETS.IMAGE_TEXT.KEEP_LISTS = ["", ""]
+    with pytest.raises(ValueError, match="2 files for 1 sources"):
+        build_stream_loader(cfg, mapper())

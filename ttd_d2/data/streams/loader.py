@@ -1,5 +1,6 @@
 """The training loader of streamed sources: ``DATASETS.TRAIN``'s shard sources and
 ``DATASETS.IMAGE_TEXT.SHARDS``, mixed, through detectron2's ``build_detection_train_loader``."""
+import json
 from typing import Callable, Dict, List, Optional, Tuple
 
 from detectron2.data import MetadataCatalog, build_detection_train_loader
@@ -9,7 +10,7 @@ from ..datasets.image_text import is_shard_source
 from .shards import MixedStream, ShardStream, expand_shards
 from .skips import SkipCountingLoader
 
-__all__ = ["uses_streams", "stream_sources", "build_stream_loader"]
+__all__ = ["uses_streams", "stream_sources", "read_keep_list", "build_stream_loader"]
 
 
 def uses_streams(cfg) -> bool:
@@ -28,6 +29,35 @@ def stream_sources(cfg) -> List[Tuple[str, List[str]]]:
     return sources
 
 
+def read_keep_list(path: str) -> frozenset:
+    """The sample keys of a keep-list: one per line (blank lines and ``#`` comments skipped), or
+    a JSON object whose ``"keys"`` is a list of them."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if text.lstrip().startswith("{"):
+        try:
+            keys = json.loads(text)["keys"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"keep-list '{path}': a JSON keep-list must be an object with a \"keys\" list ({e})") from e
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ValueError(f"keep-list '{path}': \"keys\" must be a list of strings")
+    else:
+        keys = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not keys:
+        raise ValueError(f"keep-list '{path}' keeps no sample")
+    return frozenset(keys)
+
+
+def _keep_lists(cfg, num_sources: int) -> List[Optional[frozenset]]:
+    paths = list(cfg.DATASETS.IMAGE_TEXT.KEEP_LISTS)
+    if not paths:
+        return [None] * num_sources
+    if len(paths) != num_sources:
+        raise ValueError(f"DATASETS.IMAGE_TEXT.KEEP_LISTS has {len(paths)} files for {num_sources} sources: give one "
+                         "per source ('' for a source not pruned)")
+    return [read_keep_list(p) if p else None for p in paths]
+
+
 def build_stream_loader(cfg, mapper: Callable[[Dict], Optional[Dict]]) -> SkipCountingLoader:
     """Batches of ``SOLVER.IMS_PER_BATCH / world size`` mapped samples per rank, from
     ``DATALOADER.NUM_WORKERS`` workers, each reading shards of its own (:class:`ShardStream`);
@@ -35,7 +65,9 @@ def build_stream_loader(cfg, mapper: Callable[[Dict], Optional[Dict]]) -> SkipCo
     seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()  # every rank must permute the shards alike
     options = dict(seed=seed, shuffle_buffer=cfg.DATASETS.IMAGE_TEXT.SHUFFLE_BUFFER,
                    rank=comm.get_rank(), world_size=comm.get_world_size())
-    streams = [ShardStream(expand_shards(p), mapper, name=name, **options) for name, p in stream_sources(cfg)]
+    sources = stream_sources(cfg)
+    streams = [ShardStream(expand_shards(p), mapper, name=name, keep=keep, **options)
+               for (name, p), keep in zip(sources, _keep_lists(cfg, len(sources)))]
     weights = list(cfg.DATASETS.IMAGE_TEXT.WEIGHTS) or [len(s.shards) for s in streams]
     if len(weights) != len(streams):
         raise ValueError(f"DATASETS.IMAGE_TEXT.WEIGHTS has {len(weights)} weights for {len(streams)} sources "
