@@ -28,7 +28,10 @@ def shard_source(tmp_path):
 def test_train_net_on_shards_skips_and_counts_bad_samples(tmp_path, shard_source):
     name, data = shard_source
     cfg = make_tiny_train_cfg(name, tmp_path / "out", **{"MODEL.TTD.ENABLED": True, "SOLVER.MAX_ITER": 4,
-                                                          "SOLVER.IMS_PER_BATCH": 3, "SOLVER.CHECKPOINT_PERIOD": 100})
+                                                          "SOLVER.IMS_PER_BATCH": 3, "SOLVER.CHECKPOINT_PERIOD": 100,
+                                                          # unshuffled: every bad sample of the epoch is met by
+                                                          # its last good one (each shard ends with a good one)
+                                                          "DATASETS.IMAGE_TEXT.SHUFFLE_BUFFER": 0})
     cfg.DATASETS.TRAIN = (name,)
     config = tmp_path / "config.yaml"
     config.write_text(cfg.dump())
@@ -79,3 +82,38 @@ def test_too_many_bad_samples_stop_the_run_naming_them():
         lenient = SkipCountsHook(loader, max_bad_fraction=0.7, period=1, min_samples=10)
         lenient.trainer = hook.trainer
         lenient.after_step()
+
+
+def _captions_per_step(cfg, resume=False):
+    from ttd_d2.engine import TTDTrainer
+
+    trainer = TTDTrainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    seen = []
+    model = trainer.model
+    model.register_forward_pre_hook(lambda _, args: seen.append([x["caption"] for x in args[0]]))
+    trainer.train()
+    return trainer.start_iter, seen
+
+
+def test_a_resumed_run_continues_the_stream(tmp_path, shard_source):
+    """A run restarted from its iteration-2 checkpoint trains iterations 2 and 3 on the samples
+    the uninterrupted run trained them on, not on the stream's start."""
+    import shutil
+
+    name, _ = shard_source
+    opts = {"MODEL.TTD.ENABLED": True, "SOLVER.MAX_ITER": 4, "SOLVER.IMS_PER_BATCH": 2, "SOLVER.CHECKPOINT_PERIOD": 2,
+            "DATASETS.IMAGE_TEXT.SHUFFLE_BUFFER": 0, "SEED": 0}
+    cfg = make_tiny_train_cfg(name, tmp_path / "whole", **opts)
+    cfg.DATASETS.TRAIN = (name,)
+    _, whole = _captions_per_step(cfg)
+    assert len(whole) == 4
+    restarted = tmp_path / "restarted"
+    restarted.mkdir()
+    shutil.copy(tmp_path / "whole" / "model_0000001.pth", restarted)  # the checkpoint after 2 iterations
+    (restarted / "last_checkpoint").write_text("model_0000001.pth")
+    cfg = make_tiny_train_cfg(name, restarted, **opts)
+    cfg.DATASETS.TRAIN = (name,)
+    start, resumed = _captions_per_step(cfg, resume=True)
+    assert start == 2 and resumed == whole[2:]
+    assert resumed != whole[:2]

@@ -83,6 +83,13 @@ class TTDTrainer(DefaultTrainer):
             "ttd_d2 evaluates 'sem_seg' and 'caption' datasets"
         )
 
+    def resume_or_load(self, resume=True):
+        """detectron2's, then a streamed training loader continues from the restored iteration
+        (``SkipCountingLoader.resume``) instead of the stream's start."""
+        super().resume_or_load(resume=resume)
+        if isinstance(self._trainer.data_loader, SkipCountingLoader):
+            self._trainer.data_loader.resume(self.start_iter)
+
     def build_hooks(self):
         hook_list = super().build_hooks()
         if self.cfg.MODEL.TTD.ENABLED:

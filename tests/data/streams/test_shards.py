@@ -168,3 +168,49 @@ def test_keep_lists_change_what_the_loader_yields(tmp_path):
     cfg.DATASETS.IMAGE_TEXT.KEEP_LISTS = ["", ""]
     with pytest.raises(ValueError, match="2 files for 1 sources"):
         build_stream_loader(cfg, mapper())
+
+
+def test_worker_batches_follow_the_loaders_round_robin():
+    from ttd_d2.data.streams.shards import worker_batches
+
+    assert [worker_batches(5, w, 2) for w in range(2)] == [3, 2]
+    assert [worker_batches(7, w, 3) for w in range(3)] == [3, 2, 2]
+    assert worker_batches(7, 0, 0) == worker_batches(7, 0, 1) == 7
+    assert worker_batches(1, 2, 4) == 0
+
+
+def test_shard_sizes_from_img2dataset_stats_or_the_tar(tmp_path):
+    from ttd_d2.data.streams.shards import shard_size
+
+    write_shard(tmp_path / "00000.tar", good("a", 0) + good("b", 1) + [("c.jpg", b"x")])
+    assert shard_size(str(tmp_path / "00000.tar")) == 3
+    (tmp_path / "00000_stats.json").write_text(json.dumps({"count": 10, "successes": 7}))
+    assert shard_size(str(tmp_path / "00000.tar")) == 7
+    (tmp_path / "broken.tar").write_bytes(b"garbage")
+    assert shard_size(str(tmp_path / "broken.tar")) == 0
+
+
+@pytest.mark.parametrize("consumed", [0, 3, 5, 7, 20, 27])
+def test_a_resumed_stream_continues_where_it_stopped(tmp_path, consumed):
+    """Whole epochs and shards skipped by their sizes, the rest record by record: the resumed
+    stream yields what the uninterrupted one yields after ``consumed`` samples."""
+    write_shards(tmp_path, num_shards=4, good_per_shard=5, with_bad=False)
+    shards = expand_shards(str(tmp_path / "*.tar"))
+    whole = [s["caption"] for s in take(ShardStream(shards, mapper(), seed=4, shuffle_buffer=0), consumed + 6)]
+    resumed = ShardStream(shards, mapper(), seed=4, shuffle_buffer=0)
+    resumed.resume(iterations=consumed, batch_size=1)
+    assert [s["caption"] for s in take(resumed, 6)] == whole[consumed:]
+
+
+def test_a_resumed_mixture_continues_each_stream(tmp_path):
+    for name in ("a", "b"):
+        write_shard(tmp_path / f"{name}.tar", sum((good(f"{name}{i}", i) for i in range(4)), []))
+
+    def mixture():
+        streams = [ShardStream([str(tmp_path / f"{n}.tar")], mapper(), shuffle_buffer=0, name=n) for n in ("a", "b")]
+        return MixedStream(streams, [2.0, 1.0], seed=5)
+
+    whole = [s["caption"] for s in take(mixture(), 20)]
+    resumed = mixture()
+    resumed.resume(iterations=3, batch_size=3)  # 9 samples
+    assert [s["caption"] for s in take(resumed, 11)] == whole[9:]

@@ -75,4 +75,4 @@ def build_stream_loader(cfg, mapper: Callable[[Dict], Optional[Dict]]) -> SkipCo
     dataset = streams[0] if len(streams) == 1 else MixedStream(streams, weights, seed)
     loader = build_detection_train_loader(dataset, mapper=None, total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
                                           aspect_ratio_grouping=False, num_workers=cfg.DATALOADER.NUM_WORKERS)
-    return SkipCountingLoader(loader)
+    return SkipCountingLoader(loader, dataset, cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())

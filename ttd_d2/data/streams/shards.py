@@ -10,8 +10,10 @@ the accounting of bad samples, and the keep-list.
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
+import tarfile
 import random
 from collections import Counter
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -49,6 +51,60 @@ def expand_shards(patterns: Union[str, Sequence[str]]) -> List[str]:
     return shards
 
 
+def worker_batches(iterations: int, worker: int, workers: int) -> int:
+    """Batches loader ``worker`` (of ``workers``; 0 = the main process) produced for the first
+    ``iterations`` steps: torch's DataLoader takes an iterable dataset's batches from its workers
+    in turn."""
+    if workers <= 1:
+        return iterations
+    return max(0, -(-(iterations - worker) // workers))
+
+
+def shard_size(shard: str) -> int:
+    """Samples in a shard: img2dataset's ``<shard>_stats.json`` "successes" when it is there,
+    else the distinct keys of the tar's members (a scan of the headers only)."""
+    stats = os.path.splitext(shard)[0] + "_stats.json"
+    if os.path.isfile(stats):
+        try:
+            with open(stats, encoding="utf-8") as f:
+                return int(json.load(f)["successes"])
+        except (ValueError, KeyError, TypeError, OSError):
+            pass
+    try:
+        with tarfile.open(shard) as tar:
+            return len({m.name.split(".", 1)[0] for m in tar if m.isreg() and not m.name.startswith("__")})
+    except (OSError, tarfile.TarError):
+        return 0  # unreadable: read (and counted as a shard error) like any other shard
+
+
+class _Consumed:
+    """``(worker, workers) ->`` samples that process yielded in ``iterations`` steps of
+    ``batch_size`` (a class, not a closure: loader workers may be spawned, which pickles it)."""
+
+    def __init__(self, iterations: int, batch_size: int):
+        self.iterations, self.batch_size = iterations, batch_size
+
+    def __call__(self, worker: int, workers: int) -> int:
+        return worker_batches(self.iterations, worker, workers) * self.batch_size
+
+
+class _MixtureShare:
+    """The samples stream ``index`` of a :class:`MixedStream` gave to a process: its draws replayed."""
+
+    def __init__(self, mixture: "MixedStream", index: int, consumed: _Consumed):
+        self.seed, self.rank, self.weights = mixture.seed, mixture.streams[0].rank, mixture.weights
+        self.index, self.consumed = index, consumed
+
+    def __call__(self, worker: int, workers: int) -> int:
+        rng = mixture_rng(self.seed, self.rank, worker)
+        draws = rng.choices(range(len(self.weights)), weights=self.weights, k=self.consumed(worker, workers))
+        return draws.count(self.index)
+
+
+def mixture_rng(seed: int, rank: int, worker: int) -> random.Random:
+    return random.Random(f"{seed}/mix/{rank}/{worker}")  # str seeds hash with sha512: stable across runs
+
+
 def process_slot() -> Tuple[int, int]:
     """(this loader worker's id, the number of workers): (0, 1) in the main process."""
     info = torch.utils.data.get_worker_info()
@@ -84,6 +140,44 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.shards, self.mapper, self.seed = list(shards), mapper, int(seed)
         self.shuffle_buffer, self.keep, self.name = int(shuffle_buffer), keep, name
         self.rank, self.world_size = rank, world_size
+        self._skip: Callable[[int, int], int] = _Consumed(0, 0)
+
+    def resume(self, iterations: int, batch_size: int) -> None:
+        """Continue after ``iterations`` steps of ``batch_size`` samples per rank (call before
+        iterating): each process skips the samples it had yielded (:meth:`set_skip`)."""
+        self.set_skip(_Consumed(iterations, batch_size))
+
+    def set_skip(self, skip: Callable[[int, int], int]) -> None:
+        """``skip(worker, workers)``: samples that process skips at the start of its stream. Whole
+        epochs and whole shards are skipped by their sizes (:func:`shard_size`, no reading), the
+        rest record by record (read and decoded: at most one shard per process). Sizes count the
+        samples at write time, bad ones included, and the shuffle buffer reorders, so a resumed
+        stream re-reads or leaves out up to about ``shuffle_buffer`` samples plus the bad ones of
+        the skipped shards (none without a buffer and bad samples)."""
+        self._skip = skip
+
+    def _start(self, worker: int, workers: int) -> Tuple[int, int, int]:
+        """(epoch, shards to skip in it, records to skip after them) for this process."""
+        remaining, epoch = self._skip(worker, workers), 0
+        sizes: Dict[str, int] = {}
+        while remaining > 0:
+            shards = self.epoch_shards(epoch, worker, workers)
+            for s in shards:
+                sizes.setdefault(s, shard_size(s))
+            total = sum(sizes[s] for s in shards)
+            if total == 0 or remaining < total:
+                break
+            remaining -= total
+            epoch += 1
+        if remaining <= 0:
+            return epoch, 0, 0
+        skipped_shards = 0
+        for s in self.epoch_shards(epoch, worker, workers):
+            if sizes[s] > remaining:
+                break
+            remaining -= sizes[s]
+            skipped_shards += 1
+        return epoch, skipped_shards, remaining
 
     def epoch_shards(self, epoch: int, worker: int, workers: int) -> List[str]:
         """The shards this rank's ``worker`` (of ``workers``) reads in ``epoch``."""
@@ -134,12 +228,22 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[Dict]:
         worker, workers = process_slot()
         skipped: Counter = Counter()
-        epoch = 0
+        epoch, skip_shards, skip_records = self._start(worker, workers)
         while True:
             shards = self.epoch_shards(epoch, worker, workers)
             rng = random.Random(f"{self.seed}/{epoch}/{self.rank}/{worker}")  # str seeds hash with sha512: stable
+            records = self._records(shards[skip_shards:], skipped)
+            while skip_records > 0:  # decoded as when they were yielded: a corrupt image was not one of them
+                record = next(records, None)
+                if record is None:
+                    break
+                if self.mapper(record) is None:
+                    skipped["corrupt_image"] += 1
+                else:
+                    skip_records -= 1
+            skip_shards = skip_records = 0
             yielded = 0
-            for record in self._shuffled(self._records(shards, skipped), rng):
+            for record in self._shuffled(records, rng):
                 sample = self.mapper(record)
                 if sample is None:
                     skipped["corrupt_image"] += 1
@@ -163,11 +267,22 @@ class MixedStream(torch.utils.data.IterableDataset):
         if len(streams) != len(weights) or not streams or any(not w > 0 for w in weights):
             raise ValueError(f"one positive weight per stream needed: {len(streams)} streams, weights {list(weights)}")
         self.streams, self.weights, self.seed = list(streams), [float(w) for w in weights], int(seed)
+        self._skip: Callable[[int, int], int] = _Consumed(0, 0)
+
+    def _draw(self, rng: random.Random) -> int:
+        return rng.choices(range(len(self.streams)), weights=self.weights)[0]
+
+    def resume(self, iterations: int, batch_size: int) -> None:
+        """As :meth:`ShardStream.resume`: the mixture's draws are replayed to split each
+        process's yielded samples among the streams."""
+        self._skip = _Consumed(iterations, batch_size)
+        for i, stream in enumerate(self.streams):
+            stream.set_skip(_MixtureShare(self, i, self._skip))
 
     def __iter__(self) -> Iterator[Dict]:
-        worker, _ = process_slot()
-        rank = self.streams[0].rank
-        rng = random.Random(f"{self.seed}/mix/{rank}/{worker}")
+        worker, workers = process_slot()
+        rng = mixture_rng(self.seed, self.streams[0].rank, worker)
+        rng.choices(range(len(self.streams)), weights=self.weights, k=self._skip(worker, workers))  # draws made before a resume
         iterators = [iter(s) for s in self.streams]
         while True:
-            yield next(iterators[rng.choices(range(len(iterators)), weights=self.weights)[0]])
+            yield next(iterators[self._draw(rng)])

@@ -24,10 +24,17 @@ class SkipCountingLoader:
     off (the model never sees them) and adds them to :attr:`skipped`; :attr:`used` counts the
     samples handed on."""
 
-    def __init__(self, loader: Iterable[List[Dict]]):
-        self.loader = loader
+    def __init__(self, loader: Iterable[List[Dict]], dataset=None, batch_size: int = 0):
+        self.loader, self.dataset, self.batch_size = loader, dataset, batch_size
         self.skipped: Counter = Counter()
         self.used = 0
+
+    def resume(self, iterations: int) -> None:
+        """Continue the stream after ``iterations`` steps (before the first batch is drawn)."""
+        if iterations > 0 and self.dataset is not None:
+            self.dataset.resume(iterations, self.batch_size)
+            logger.info("resuming the training stream after %d iterations of %d samples per rank",
+                        iterations, self.batch_size)
 
     def __iter__(self) -> Iterator[List[Dict]]:
         for batch in self.loader:
