@@ -1,0 +1,75 @@
+"""tools/prune_samples.py on fixture shards with the tiny CLIP: a keep-list of the best-scored
+pairs that the loader honours, bad samples never kept, and a restart that skips the shards
+already scored."""
+import json
+
+import pytest
+
+from conftest import REPO, TINY_ARCH, load_script
+from shard_fixtures import write_shards
+
+TINY = ["MODEL.CLIP.ARCH", TINY_ARCH, "MODEL.CLIP.PRETRAINED", "", "MODEL.DEVICE", "cpu", "INPUT.TRAIN_SIZE", "32"]
+
+
+@pytest.fixture
+def prune():
+    return load_script("tools/prune_samples.py")
+
+
+def run(prune, shards, out, *extra):
+    args = prune.parse_args(["--config-file", str(REPO / "configs" / "synthetic" / "maskclip.yaml"), "--shards", shards,
+                             "--output-dir", str(out), "--batch-size", "4", *extra, *TINY])
+    return prune.main(args)
+
+
+def test_keep_list_of_the_best_pairs(prune, tmp_path):
+    data = write_shards(tmp_path / "shards", num_shards=3, good_per_shard=5)
+    report = run(prune, str(tmp_path / "shards" / "*.tar"), tmp_path / "out", "--keep-fraction", "0.4")
+    saved = json.loads((tmp_path / "out" / "keep_list.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert report["num_scored"] == len(data["good"]) == 15 and report["num_kept"] == 6
+    assert set(report["keys"]) <= set(data["good"])
+    assert report["skipped"] == data["bad"]  # every bad sample named, none scored
+    assert sum(report["histogram"]["counts"]) == 15
+    scores = {k: v for f in (tmp_path / "out" / "scores").glob("*.json") for k, v in json.loads(f.read_text())["scores"].items()}
+    assert all(scores[k] >= report["threshold"] for k in report["keys"])
+    assert all(v < report["threshold"] for k, v in scores.items() if k not in report["keys"])
+    by_threshold = run(prune, str(tmp_path / "shards" / "*.tar"), tmp_path / "out", "--threshold", str(report["threshold"]))
+    assert by_threshold["keys"] == report["keys"]
+
+
+def test_an_interrupted_run_resumes(prune, tmp_path, monkeypatch):
+    write_shards(tmp_path / "shards", num_shards=3, good_per_shard=3, with_bad=False)
+    real, calls = prune.score_shard, []
+
+    def interrupted(scorer, shard, batch_size):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(shard)
+        return real(scorer, shard, batch_size)
+
+    monkeypatch.setattr(prune, "score_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(prune, str(tmp_path / "shards" / "*.tar"), tmp_path / "out", "--keep-fraction", "1.0")
+    assert len(list((tmp_path / "out" / "scores").glob("*.json"))) == 2 and not (tmp_path / "out" / "keep_list.json").exists()
+    assert not list((tmp_path / "out" / "scores").glob(".*"))  # nothing half-written
+    done = list(calls)
+    monkeypatch.setattr(prune, "score_shard", lambda scorer, shard, b: calls.append(shard) or real(scorer, shard, b))
+    report = run(prune, str(tmp_path / "shards" / "*.tar"), tmp_path / "out", "--keep-fraction", "1.0")
+    assert calls[len(done):] == [str(tmp_path / "shards" / "00002.tar")]  # only the shard not yet scored
+    assert report["num_kept"] == report["num_scored"] == 9
+
+
+def test_bad_arguments(prune):
+    with pytest.raises(SystemExit):
+        prune.parse_args(["--config-file", "x.yaml", "--shards", "a.tar", "--output-dir", "o", "--keep-fraction", "1.5"])
+    with pytest.raises(SystemExit):  # a threshold or a fraction, not both
+        prune.parse_args(["--config-file", "x.yaml", "--shards", "a.tar", "--output-dir", "o", "--threshold", "0.2",
+                          "--keep-fraction", "0.5"])
+
+
+def test_one_source_per_run(prune, tmp_path):
+    for name in ("cc3m", "cc12m"):
+        write_shards(tmp_path / name, num_shards=1, good_per_shard=2, with_bad=False)
+    with pytest.raises(SystemExit, match="prune each source on its own"):
+        run(prune, str(tmp_path / "cc*" / "*.tar"), tmp_path / "out", "--keep-fraction", "1.0")

@@ -1,0 +1,175 @@
+#!/usr/bin/env python
+"""Sample-level pruning of image-text shards, as the TTD authors prune CC3M / CC12M: score every
+pair by the base model's image-caption cosine similarity, then keep the pairs at or above a
+threshold. Writes a keep-list for ``DATASETS.IMAGE_TEXT.KEEP_LISTS`` (docs/DATASETS.md).
+
+    python tools/prune_samples.py --config-file configs/maskclip.yaml --shards "$DETECTRON2_DATASETS/cc3m/*.tar" \\
+        --output-dir output/prune_cc3m --keep-fraction 0.8 --num-gpus 8
+    # then: DATASETS.IMAGE_TEXT.KEEP_LISTS "['output/prune_cc3m/keep_list.json']"
+
+Each shard's scores go to ``<output-dir>/scores/<shard>.json`` when the shard is done (written
+atomically), shards split over the processes; a restart skips the shards already scored, so an
+interrupted run resumes. Bad samples (``ttd_d2.data.streams.BAD_KINDS``) are not scored and
+never kept; the keep-list JSON records the threshold, the score histogram and the counts.
+Images are resized (short side ``INPUT.TRAIN_SIZE``) and centre-cropped, as CLIP evaluates.
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from detectron2.config import get_cfg
+from detectron2.data import transforms as T
+from detectron2.engine import launch
+from detectron2.utils import comm
+from tqdm import tqdm
+from webdataset.tariterators import tarfile_samples
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ttd_d2  # noqa: F401,E402  (registers the backbones and datasets)
+from ttd_d2 import TTDTrainer, add_ttd_config  # noqa: E402
+from ttd_d2.data.mappers import read_image_checked  # noqa: E402
+from ttd_d2.data.streams import expand_shards, sample_to_record  # noqa: E402
+
+logger = logging.getLogger("prune_samples")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, help="the base model's config (its MODEL.* keys are used)")
+    parser.add_argument("--shards", nargs="+", required=True, help="brace / glob patterns of the tar shards")
+    parser.add_argument("--output-dir", required=True)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--threshold", type=float, help="keep pairs whose cosine similarity is at least this")
+    group.add_argument("--keep-fraction", type=float, help="keep this fraction of the scored pairs (highest first)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--num-gpus", type=int, default=1)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...)")
+    args = parser.parse_args(argv)
+    if args.keep_fraction is not None and not 0 < args.keep_fraction <= 1:
+        parser.error("--keep-fraction must be in (0, 1]")
+    return args
+
+
+def write_json_atomically(content, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(content), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def score_file(output_dir: Path, shard: str) -> Path:
+    return output_dir / "scores" / (Path(shard.split("::")[0]).stem + ".json")
+
+
+class PairScorer:
+    """Cosine similarity of the base model's global image embedding and caption embedding."""
+
+    def __init__(self, cfg):
+        self.model = TTDTrainer.build_model(cfg).eval()
+        size = cfg.INPUT.TRAIN_SIZE
+        self.resize, self.size, self.format = T.ResizeShortestEdge(size, sys.maxsize), size, cfg.INPUT.FORMAT
+
+    def image(self, record: Dict) -> torch.Tensor:
+        image = read_image_checked(record["file_name"], self.format, record["image_bytes"])
+        image = self.resize.get_transform(image).apply_image(image)
+        h, w = image.shape[:2]
+        top, left = (h - self.size) // 2, (w - self.size) // 2
+        return torch.as_tensor(np.ascontiguousarray(image[top:top + self.size, left:left + self.size].transpose(2, 0, 1)))
+
+    @torch.no_grad()
+    def __call__(self, images: List[torch.Tensor], captions: List[str]) -> List[float]:
+        model = self.model
+        image_emb = model.backbone(model.normalize(torch.stack(images)), with_global=True)["global"]
+        text_emb = model.backbone.encode_text(captions)
+        return (F.normalize(image_emb.float(), dim=-1) * F.normalize(text_emb.float(), dim=-1)).sum(-1).tolist()
+
+
+def score_shard(scorer: PairScorer, shard: str, batch_size: int) -> Dict:
+    """{"scores": {key: cosine}, "skipped": {kind: count}} of one shard."""
+    scores, skipped, batch = {}, Counter(), []
+    errors = []
+
+    def flush():
+        if batch:
+            for (key, _, _), score in zip(batch, scorer([b[1] for b in batch], [b[2] for b in batch])):
+                scores[key] = score
+            batch.clear()
+
+    for sample in tarfile_samples([{"url": shard}], handler=lambda exn: errors.append(exn) or True):
+        record, problem = sample_to_record(sample)
+        if problem is None:
+            try:
+                batch.append((record["key"], scorer.image(record), record["caption"]))
+            except OSError:
+                problem = "corrupt_image"
+        if problem is not None:
+            skipped[problem] += 1
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    if errors:
+        skipped["shard_error"] += 1
+        logger.warning("%s is unreadable from some point on (%s); its remaining samples are not scored", shard, errors[0])
+    return {"shard": shard, "scores": scores, "skipped": dict(skipped)}
+
+
+def keep_list(results: List[Dict], threshold: Optional[float], keep_fraction: Optional[float]) -> Dict:
+    scores = {k: v for r in results for k, v in r["scores"].items()}
+    values = np.array(sorted(scores.values()), dtype=np.float64)
+    if not len(values):
+        raise SystemExit("no sample could be scored: check the shards (see the warnings above)")
+    if threshold is None:  # the score of the last pair kept, highest first
+        threshold = float(values[len(values) - max(1, int(round(keep_fraction * len(values))))])
+    kept = sorted(k for k, v in scores.items() if v >= threshold)
+    counts, edges = np.histogram(values, bins=20)
+    skipped = Counter()
+    for r in results:
+        skipped.update(r["skipped"])
+    return {"keys": kept, "threshold": threshold, "num_scored": len(scores), "num_kept": len(kept),
+            "skipped": dict(skipped), "histogram": {"counts": counts.tolist(), "edges": edges.tolist()}}
+
+
+def main(args) -> Optional[Dict]:
+    cfg = get_cfg()
+    add_ttd_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.MODEL.TTD.ENABLED = False  # the base model
+    cfg.freeze()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    output_dir = Path(args.output_dir)
+    (output_dir / "scores").mkdir(parents=True, exist_ok=True)
+    shards = expand_shards(args.shards)
+    names = Counter(score_file(output_dir, s).name for s in shards)
+    if len(names) < len(shards):
+        raise SystemExit(f"shards of several folders share file names ({', '.join(n for n, c in names.items() if c > 1)[:200]}): "
+                         "prune each source on its own (one keep-list per source, DATASETS.IMAGE_TEXT.KEEP_LISTS)")
+    mine = [s for i, s in enumerate(shards) if i % comm.get_world_size() == comm.get_rank()]
+    todo = [s for s in mine if not score_file(output_dir, s).is_file()]
+    if len(todo) < len(mine):
+        logger.info("rank %d: %d of its %d shards already scored, skipped", comm.get_rank(), len(mine) - len(todo), len(mine))
+    if todo:
+        scorer = PairScorer(cfg)
+        for shard in tqdm(todo, desc=f"scoring (rank {comm.get_rank()})", unit="shard", disable=not comm.is_main_process()):
+            write_json_atomically(score_shard(scorer, shard, args.batch_size), score_file(output_dir, shard))
+    comm.synchronize()
+    if not comm.is_main_process():
+        return None
+    results = [json.loads(score_file(output_dir, s).read_text(encoding="utf-8")) for s in shards]
+    report = keep_list(results, args.threshold, args.keep_fraction)
+    write_json_atomically(report, output_dir / "keep_list.json")
+    logger.info("kept %d of %d scored pairs (cosine >= %.4f); not scored: %s; keep-list: %s", report["num_kept"],
+                report["num_scored"], report["threshold"], report["skipped"] or "none", output_dir / "keep_list.json")
+    return report
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    launch(main, args.num_gpus, args=(args,))
