@@ -2,7 +2,7 @@
 """Make the detectron2 v0.6 sources (PyPI sdist ``pb1-detectron2==0.6``) install pure-Python
 on a current stack. Usage: ``python patch_detectron2_v06.py <unpacked sdist dir>``.
 
-The sdist ships no C++ sources, and v0.6 predates Pillow 10, numpy 1.24 and setuptools 81.
+The sdist ships no C++ sources, and v0.6 predates Pillow 10, numpy 1.24, setuptools 81 and Python 3.11.
 Each fix below checks that the text it replaces is there, so a different source tree fails
 loudly instead of being half-patched. Running it twice is a no-op.
 """
@@ -83,11 +83,26 @@ def no_pkg_resources(root: Path) -> None:
     _rewrite(root / "detectron2/model_zoo/model_zoo.py", fix)
 
 
+def fallback_sample(root: Path) -> None:
+    """6. Python >= 3.11's ``random.sample`` refuses sets: ``MapDataset``'s retry after a mapper
+    returns None (an unreadable training image) sampled from a set and crashed."""
+
+    def fix(text):
+        old = "cur_idx = self._rng.sample(self._fallback_candidates, k=1)[0]"
+        if old not in text:
+            if "sorted(self._fallback_candidates)" in text:
+                return text
+            raise SystemExit("data/common.py: MapDataset's fallback sample not found")
+        return text.replace(old, "cur_idx = self._rng.sample(sorted(self._fallback_candidates), k=1)[0]")
+
+    _rewrite(root / "detectron2/data/common.py", fix)
+
+
 def main(argv) -> None:
     if len(argv) != 2 or not (Path(argv[1]) / "detectron2").is_dir():
         raise SystemExit(f"usage: {argv[0]} <unpacked detectron2 v0.6 source dir>")
     root = Path(argv[1])
-    for step in (no_extensions, optional_c_import, pillow_linear, numpy_aliases, no_pkg_resources):
+    for step in (no_extensions, optional_c_import, pillow_linear, numpy_aliases, no_pkg_resources, fallback_sample):
         step(root)
     print(f"patched {root}")
 

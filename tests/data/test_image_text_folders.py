@@ -1,0 +1,59 @@
+"""The TTD authors' folder layout (<root>/{train,validation}/{image,json}) as a map-style
+dataset: every bad pair skipped and counted, the records trained on through tools/train_net.py."""
+import json
+import logging
+import uuid
+
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from conftest import load_script, make_tiny_train_cfg
+from shard_fixtures import jpeg
+from ttd_d2.data.datasets.image_text import FOLDER_SOURCES, load_image_json_folder, register_folder_source
+
+
+def write_folder(root, good=6):
+    (root / "image").mkdir(parents=True)
+    (root / "json").mkdir()
+    for i in range(good):
+        (root / "image" / f"{i:06d}.jpg").write_bytes(jpeg(i))
+        (root / "json" / f"{i:06d}.json").write_text(json.dumps({"caption": f"a red circle number {i}", "url": "x"}))
+    (root / "image" / "b_noj.jpg").write_bytes(jpeg(90))  # no JSON
+    (root / "json" / "b_noi.json").write_text('{"caption": "no image"}')  # no image
+    for stem, content in (("b_empty", b'{"caption": "  "}'), ("b_bad", b"{oops"), ("b_utf", b'{"caption": "\xff\xfe"}'),
+                          ("b_none", b'{"url": "x"}'), ("b_corrupt", b'{"caption": "a corrupt image"}')):
+        (root / "image" / f"{stem}.jpg").write_bytes(jpeg(91) if stem != "b_corrupt" else b"not a jpeg")
+        (root / "json" / f"{stem}.json").write_bytes(content)
+    return root
+
+
+def test_load_counts_every_bad_pair(tmp_path, caplog):
+    root = write_folder(tmp_path / "cc3m" / "train")
+    with caplog.at_level(logging.INFO, logger="ttd_d2.data.datasets.image_text"):
+        records = load_image_json_folder(root, "mine")
+    assert [r["image_id"] for r in records] == [f"{i:06d}" for i in range(6)] + ["b_corrupt"]  # corrupt: found in training
+    assert records[0] == {"file_name": str(root / "image" / "000000.jpg"), "caption": "a red circle number 0", "image_id": "000000"}
+    message = caplog.records[-1].getMessage()
+    for kind in ("no_image 1", "no_caption 2", "empty_caption 1", "caption_json_invalid 1", "caption_not_utf8 1"):
+        assert kind in message, message
+    with pytest.raises(FileNotFoundError, match="<root>/image/ and <root>/json/"):
+        load_image_json_folder(tmp_path / "missing")
+
+
+def test_builtin_names_and_training_through_train_net(tmp_path):
+    assert set(FOLDER_SOURCES) <= set(DatasetCatalog.list())
+    assert MetadataCatalog.get("ttd_cc3m_folder_train").image_root.endswith("cc3m/train/image")
+    name = f"ttd_test_folder_{uuid.uuid4().hex[:8]}"
+    register_folder_source(name, write_folder(tmp_path / "data" / "train"))
+    try:
+        cfg = make_tiny_train_cfg(name, tmp_path / "out", **{"MODEL.TTD.ENABLED": True, "SOLVER.MAX_ITER": 3,
+                                                              "SOLVER.CHECKPOINT_PERIOD": 100})
+        (tmp_path / "config.yaml").write_text(cfg.dump())
+        train_net = load_script("tools/train_net.py")
+        from detectron2.engine import default_argument_parser
+
+        train_net.main(default_argument_parser().parse_args(["--config-file", str(tmp_path / "config.yaml")]))
+        assert (tmp_path / "out" / "model_lora_final.pth").is_file()  # the corrupt image was skipped, not fatal
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
