@@ -29,12 +29,8 @@ benchmarks/backbones.sh). ``--base-cache DIR`` evaluates the base model (step 3)
 config, splits and calibration stay the same (benchmarks/ablations.sh: one base, many rows).
 """
 import argparse
-import collections
 import json
 import logging
-import os
-import re
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -61,12 +57,11 @@ with warnings.catch_warnings(record=True) as IMPORT_WARNINGS:
     from ttd_d2.evaluation.summary import before_after_table, quickstart_report, summarize
     from ttd_d2.evaluation.tag_selection import BINARY_METHODS
     from ttd_d2.modeling.backbone.dense_heads import DENSE_MODES
+    from ttd_d2.utils.progress import Progress, run_logged
     from ttd_d2.utils.visualize import caption_grid, pick_images
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_FORMAT = "[%(asctime)s] %(name)s %(levelname)s: %(message)s"
-# detectron2's CommonMetricPrinter line: " eta: 0:01:02  iter: 19  total_loss: ..."
-ITERATION_LINE = re.compile(r"\biter: (\d+)\b")
 
 logger = logging.getLogger("quickstart")
 
@@ -90,22 +85,6 @@ def log_to_file(path: Path) -> None:
     logging.captureWarnings(True)
     for w in IMPORT_WARNINGS:
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-
-
-class Progress:
-    """A data loader that advances a shared progress bar by one per batch (one bar per stage,
-    over several loaders); keeps ``len`` for detectron2's ``inference_on_dataset``."""
-
-    def __init__(self, loader, bar: tqdm):
-        self.loader, self.bar = loader, bar
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        for batch in self.loader:
-            yield batch
-            self.bar.update(1)
 
 
 def ensure_data(specs, workers: int) -> None:
@@ -196,21 +175,8 @@ def train_ttd(config_file: str, output_dir: Path, opts, max_iter: int, log_path:
     cmd = [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config-file", config_file,
            "OUTPUT_DIR", str(output_dir), *opts]
     logger.info("training: %s", " ".join(cmd))
-    tail = collections.deque(maxlen=40)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")  # lines arrive as they are printed
-    with open(log_path, "a", encoding="utf-8") as log, \
-            tqdm(total=max_iter, desc="training (TTD)", unit="it") as bar, \
-            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
-        for line in proc.stdout:
-            log.write(line)
-            log.flush()
-            tail.append(line)
-            match = ITERATION_LINE.search(line)
-            if match:
-                bar.update(int(match.group(1)) + 1 - bar.n)
-    if proc.returncode != 0:
-        raise RuntimeError(f"tools/train_net.py failed (exit code {proc.returncode}); full log in {log_path}; "
-                           f"its last lines:\n{''.join(tail)}")
+    with tqdm(total=max_iter, desc="training (TTD)", unit="it") as bar:
+        run_logged(cmd, log_path, bar, "tools/train_net.py")
     lora = output_dir / "model_lora_final.pth"
     if not lora.is_file():
         raise RuntimeError(f"training finished without writing {lora}; see {log_path}")
