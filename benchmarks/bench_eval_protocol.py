@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import uuid
@@ -44,6 +43,8 @@ if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_eval_proto
     sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
+
+from ttd_d2.data.datasets.label_conversion import write_text_atomic  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 FULL_SCALES = [1.0, 0.5, 1.5, 2.0]
@@ -185,9 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     report = {"settings": vars(args), "window_batch": model_window_batch, "matmul_tflops": rate, "results": results,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump(report, f, indent=1)
+        write_text_atomic(args.output, json.dumps(report, indent=1))
     return report
 
 

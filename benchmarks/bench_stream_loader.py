@@ -32,6 +32,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ttd_d2.data.datasets.label_conversion import write_text_atomic  # noqa: E402
+
 CAPTION_WORDS = ("a", "photo", "of", "red", "dog", "running", "on", "the", "beach", "near", "blue", "house", "with")
 
 
@@ -99,9 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         print(f"{workers} workers: {rate:.1f} samples/s ({rate / max(1, workers):.1f} per process)", flush=True)
     report = {"settings": vars(args), "cpu_count": os.cpu_count(), "results": results}
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump(report, f, indent=1)
+        write_text_atomic(args.output, json.dumps(report, indent=1))
     return report
 
 

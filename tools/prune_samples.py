@@ -16,7 +16,6 @@ Images are resized (short side ``INPUT.TRAIN_SIZE``) and centre-cropped, as CLIP
 import argparse
 import json
 import logging
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -35,6 +34,7 @@ from webdataset.tariterators import tarfile_samples
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ttd_d2  # noqa: F401,E402  (registers the backbones and datasets)
 from ttd_d2 import TTDTrainer, add_ttd_config  # noqa: E402
+from ttd_d2.data.datasets.label_conversion import write_text_atomic  # noqa: E402
 from ttd_d2.data.mappers import read_image_checked  # noqa: E402
 from ttd_d2.data.streams import expand_shards, sample_to_record  # noqa: E402
 
@@ -58,14 +58,8 @@ def parse_args(argv=None):
     return args
 
 
-def write_json_atomically(content, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(content), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def score_file(output_dir: Path, shard: str) -> Path:
-    return output_dir / "scores" / (Path(shard.split("::")[0]).stem + ".json")
+    return output_dir / "scores" / (Path(shard).stem + ".json")
 
 
 class PairScorer:
@@ -158,13 +152,13 @@ def main(args) -> Optional[Dict]:
     if todo:
         scorer = PairScorer(cfg)
         for shard in tqdm(todo, desc=f"scoring (rank {comm.get_rank()})", unit="shard", disable=not comm.is_main_process()):
-            write_json_atomically(score_shard(scorer, shard, args.batch_size), score_file(output_dir, shard))
+            write_text_atomic(score_file(output_dir, shard), json.dumps(score_shard(scorer, shard, args.batch_size)))
     comm.synchronize()
     if not comm.is_main_process():
         return None
     results = [json.loads(score_file(output_dir, s).read_text(encoding="utf-8")) for s in shards]
     report = keep_list(results, args.threshold, args.keep_fraction)
-    write_json_atomically(report, output_dir / "keep_list.json")
+    write_text_atomic(output_dir / "keep_list.json", json.dumps(report))
     logger.info("kept %d of %d scored pairs (cosine >= %.4f); not scored: %s; keep-list: %s", report["num_kept"],
                 report["num_scored"], report["threshold"], report["skipped"] or "none", output_dir / "keep_list.json")
     return report

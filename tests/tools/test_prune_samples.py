@@ -52,7 +52,7 @@ def test_an_interrupted_run_resumes(prune, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run(prune, str(tmp_path / "shards" / "*.tar"), tmp_path / "out", "--keep-fraction", "1.0")
     assert len(list((tmp_path / "out" / "scores").glob("*.json"))) == 2 and not (tmp_path / "out" / "keep_list.json").exists()
-    assert not list((tmp_path / "out" / "scores").glob(".*"))  # nothing half-written
+    assert not list((tmp_path / "out" / "scores").glob("*.tmp"))  # nothing half-written
     done = list(calls)
     monkeypatch.setattr(prune, "score_shard", lambda scorer, shard, b: calls.append(shard) or real(scorer, shard, b))
     report = run(prune, str(tmp_path / "shards" / "*.tar"), tmp_path / "out", "--keep-fraction", "1.0")

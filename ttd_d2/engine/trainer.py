@@ -92,14 +92,15 @@ class TTDTrainer(DefaultTrainer):
 
     def build_hooks(self):
         hook_list = super().build_hooks()
+        # Hooks that put scalars go before detectron2's writer, which then writes them the same step.
+        before_writer = []
         if self.cfg.MODEL.TTD.ENABLED:
-            ttd_hook = TTDHook(self.cfg.OUTPUT_DIR, self.cfg.SOLVER.CHECKPOINT_PERIOD)
-            writer_at = next((i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)), len(hook_list))
-            hook_list.insert(writer_at, ttd_hook)
-        if isinstance(self._trainer.data_loader, SkipCountingLoader):  # streamed sources: bad samples counted,
-            writer_at = next((i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)), len(hook_list))
-            hook_list.insert(writer_at, SkipCountsHook(  # before the writer, which then writes them the same step
+            before_writer.append(TTDHook(self.cfg.OUTPUT_DIR, self.cfg.SOLVER.CHECKPOINT_PERIOD))
+        if isinstance(self._trainer.data_loader, SkipCountingLoader):  # streamed sources: bad samples counted
+            before_writer.append(SkipCountsHook(
                 self._trainer.data_loader, self.cfg.DATASETS.IMAGE_TEXT.MAX_BAD_FRACTION, period=20))
+        writer_at = next((i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)), len(hook_list))
+        hook_list[writer_at:writer_at] = before_writer
         if unwrap(self.model).backbone.objective is not None:  # TCL's objective: the TCL in its own format
             hook_list.append(TCLCheckpointHook(self.cfg.OUTPUT_DIR, self.cfg.SOLVER.CHECKPOINT_PERIOD))
         return hook_list
