@@ -10,7 +10,7 @@ about 512 on the long side; random pixels compress worse than photos, so decodin
 as much) under ``--root``, then times ``--samples`` samples after ``--warmup``.
 
     python benchmarks/bench_stream_loader.py --workers 0 2      # this machine: one process, then 2 workers
-    python benchmarks/bench_stream_loader.py --workers 16 --samples 20000   # GPU host's 16 cores
+    python benchmarks/bench_stream_loader.py --workers 15 --samples 20000 --collate trivial packed  # GPU host
 """
 from __future__ import annotations
 
@@ -67,6 +67,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--train-size", type=int, default=448)
     parser.add_argument("--arch", default="ViT-B-16", help="open_clip model whose tokenizer the mapper uses")
     parser.add_argument("--workers", type=int, nargs="+", default=[0], help="loader workers (0 = this process)")
+    parser.add_argument("--collate", nargs="+", choices=("packed", "trivial"), default=["packed"],
+                        help="packed: ttd_d2's packed_batch_collator (the trainer's); trivial: detectron2's")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=100)
@@ -76,6 +78,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     args = parse_args(argv)
+    from detectron2.data.build import trivial_batch_collator
+
+    from ttd_d2.data.collate import packed_batch_collator, stack_field
     from ttd_d2.data.mappers import CaptionTrainMapper
     from ttd_d2.data.streams import ShardStream, expand_shards
     from ttd_d2.modeling.backbone.clip_loading import build_tokenizer
@@ -83,22 +88,26 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     root = write_shards(Path(args.root), args.shards, args.per_shard, args.height, args.width)
     mapper = CaptionTrainMapper(train_size=args.train_size, tokenizer=build_tokenizer(args.arch))
     shards = expand_shards(str(root / "*.tar"))
+    collators = {"packed": packed_batch_collator, "trivial": trivial_batch_collator}
     results = {}
-    for workers in args.workers:
-        stream = ShardStream(shards, mapper, shuffle_buffer=1000)
-        loader = torch.utils.data.DataLoader(stream, batch_size=args.batch_size, num_workers=workers,
-                                             collate_fn=lambda batch: batch)
-        it = iter(loader)
-        for _ in range(max(1, args.warmup // args.batch_size)):
-            next(it)
-        start, seen = time.perf_counter(), 0
-        while seen < args.samples:
-            seen += len(next(it))
-        elapsed = time.perf_counter() - start
-        del it
-        rate = seen / elapsed
-        results[str(workers)] = {"samples_per_s": rate, "per_process": rate / max(1, workers)}
-        print(f"{workers} workers: {rate:.1f} samples/s ({rate / max(1, workers):.1f} per process)", flush=True)
+    for collate in args.collate:
+        for workers in args.workers:
+            stream = ShardStream(shards, mapper, shuffle_buffer=1000)
+            loader = torch.utils.data.DataLoader(stream, batch_size=args.batch_size, num_workers=workers,
+                                                 collate_fn=collators[collate])
+            it = iter(loader)
+            for _ in range(max(1, args.warmup // args.batch_size)):
+                next(it)
+            start, seen = time.perf_counter(), 0
+            while seen < args.samples:  # the main process's part of a step: the batch as one tensor
+                seen += len(stack_field(next(it), "image"))
+            elapsed = time.perf_counter() - start
+            del it
+            rate = seen / elapsed
+            key = str(workers) if len(args.collate) == 1 else f"{collate}/{workers}"
+            results[key] = {"samples_per_s": rate, "per_process": rate / max(1, workers), "collate": collate}
+            print(f"{collate}, {workers} workers: {rate:.1f} samples/s ({rate / max(1, workers):.1f} per process)",
+                  flush=True)
     report = {"settings": vars(args), "cpu_count": os.cpu_count(), "results": results}
     if args.output:
         write_text_atomic(args.output, json.dumps(report, indent=1))

@@ -174,6 +174,11 @@ def add_ttd_config(cfg):
     cfg.INPUT.TRAIN_SIZE = 224
     # Images are RGB (open_clip convention).
     cfg.INPUT.FORMAT = "RGB"
+    # Training batches are collated in the loader workers with each array field ("image",
+    # "caption_tokens") stacked once (ttd_d2/data/collate.py), so a batch reaches the main process
+    # as one tensor per field and the step stacks nothing. False: detectron2's per-sample path
+    # (aspect-ratio grouping for record datasets, its trivial collator for streamed ones).
+    cfg.DATALOADER.PACKED_BATCHES = True
 
     # ---------------------------------------------------------------- streamed image-text data
     # Training sources read as webdataset tar shards (ttd_d2/data/streams; docs/DATASETS.md):

@@ -11,6 +11,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluators
 
 from conftest import load_script, make_tiny_cfg, make_tiny_train_cfg
+from ttd_d2.data.collate import stack_field
 from ttd_d2.data.datasets.synthetic import register_synthetic
 from ttd_d2.data import mappers
 from ttd_d2.data.synthetic.writer import generate
@@ -163,11 +164,21 @@ def test_train_loader_batches(synthetic, tmp_path):
     assert len(batch) == 4
     tokenizer = build_tokenizer(cfg.MODEL.CLIP.ARCH)
     for x in batch:
-        assert x["image"].shape == (3, 32, 32) and x["image"].dtype == np.uint8
+        assert x["image"].shape == (3, 32, 32) and x["image"].dtype == torch.uint8
         assert isinstance(x["caption"], str) and x["caption"]
         # tokenised in the loader workers, as the model's tokenizer does it
-        assert x["caption_tokens"].dtype == np.int64
-        assert np.array_equal(x["caption_tokens"], tokenizer([x["caption"]])[0].numpy())
+        assert x["caption_tokens"].dtype == torch.int64
+        assert torch.equal(x["caption_tokens"], tokenizer([x["caption"]])[0])
+    # packed in the workers (ttd_d2.data.collate): the step takes the batch without a copy
+    assert stack_field(batch, "image").data_ptr() == batch[0]["image"].data_ptr()
+
+
+def test_train_loader_per_sample_path(synthetic, tmp_path):
+    """DATALOADER.PACKED_BATCHES False: detectron2's own path, the mapper's arrays as they are."""
+    cfg = train_cfg(synthetic, tmp_path)
+    cfg.DATALOADER.PACKED_BATCHES = False
+    batch = next(iter(TTDTrainer.build_train_loader(cfg)))
+    assert len(batch) == 4 and all(isinstance(x["image"], np.ndarray) for x in batch)
 
 
 def test_caption_train_mapper_skips_unreadable_image(synthetic, tmp_path):

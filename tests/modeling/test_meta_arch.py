@@ -757,3 +757,28 @@ def test_encode_token_ids_matches_encode_text(tiny_cfg):
     backbone = build(tiny_cfg).backbone
     texts = ["a red circle", "x", "a photo of a star near a moon and an arrow"]
     assert torch.allclose(backbone.encode_token_ids(backbone.tokenizer(texts)), backbone.encode_text(texts), atol=1e-6)
+
+
+@pytest.mark.parametrize("ttd", [False, True])
+def test_packed_batches_give_the_same_losses(tiny_cfg, ttd):
+    """A batch packed in the loader workers (ttd_d2.data.collate, after a pickling round trip as
+    between processes) gives exactly the losses of the same samples as separate arrays."""
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    from ttd_d2.data.collate import packed_batch_collator
+
+    opts = {"MODEL.CLIP.CONTRASTIVE_WEIGHT": 1.0, **(ttd_opts() if ttd else {})}
+    model = build(tiny_cfg, train=True, **opts)
+    batch = caption_batch(["a red circle and a blue square", "a green star", "two circles near a square"])
+    tokens = model.backbone.tokenizer([x["caption"] for x in batch]).numpy()
+    samples = [dict(x, image=x["image"].numpy(), caption_tokens=t) for x, t in zip(batch, tokens)]
+    packed = pickle.loads(ForkingPickler.dumps(packed_batch_collator(samples)))
+    assert packed.stacks.keys() == {"image", "caption_tokens"}
+    torch.manual_seed(1)
+    from_packed = model(packed)
+    torch.manual_seed(1)
+    from_arrays = model(samples)
+    assert from_packed.keys() == from_arrays.keys()
+    for name in from_arrays:
+        assert torch.equal(from_packed[name], from_arrays[name]), name

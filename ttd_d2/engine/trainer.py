@@ -12,6 +12,7 @@ from detectron2.solver import build as solver_build
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from ..config_checks import check_trainable, check_training_config
+from ..data.collate import packed_batch_collator
 from ..data.mappers import CaptionTrainMapper, TestMapper
 from ..data.streams import SkipCountingLoader, SkipCountsHook
 from ..data.streams.loader import build_stream_loader, uses_streams
@@ -52,10 +53,16 @@ class TTDTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         """Record datasets through detectron2's loader; shard sources streamed
-        (:func:`~ttd_d2.data.streams.loader.build_stream_loader`, bad samples counted)."""
+        (:func:`~ttd_d2.data.streams.loader.build_stream_loader`, bad samples counted); batches
+        packed in the workers unless ``DATALOADER.PACKED_BATCHES`` is False."""
         if uses_streams(cfg):
             return build_stream_loader(cfg, CaptionTrainMapper(cfg, True))
-        return build_detection_train_loader(cfg, mapper=CaptionTrainMapper(cfg, True))
+        if not cfg.DATALOADER.PACKED_BATCHES:
+            return build_detection_train_loader(cfg, mapper=CaptionTrainMapper(cfg, True))
+        # Every training sample is a TRAIN_SIZE square: aspect-ratio grouping has nothing to group,
+        # and without it whole batches are collated (packed) in the workers.
+        return build_detection_train_loader(cfg, mapper=CaptionTrainMapper(cfg, True), aspect_ratio_grouping=False,
+                                            collate_fn=packed_batch_collator)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

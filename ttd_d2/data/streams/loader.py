@@ -6,6 +6,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.utils import comm
 
+from ..collate import packed_batch_collator
 from ..datasets.image_text import is_shard_source
 from .shards import MixedStream, ShardStream, expand_shards
 from .skips import SkipCountingLoader
@@ -73,6 +74,8 @@ def build_stream_loader(cfg, mapper: Callable[[Dict], Optional[Dict]]) -> SkipCo
         raise ValueError(f"DATASETS.IMAGE_TEXT.WEIGHTS has {len(weights)} weights for {len(streams)} sources "
                          f"({', '.join(s.name for s in streams)})")
     dataset = streams[0] if len(streams) == 1 else MixedStream(streams, weights, seed)
+    collate = packed_batch_collator if cfg.DATALOADER.PACKED_BATCHES else None  # None: detectron2's trivial one
     loader = build_detection_train_loader(dataset, mapper=None, total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
-                                          aspect_ratio_grouping=False, num_workers=cfg.DATALOADER.NUM_WORKERS)
+                                          aspect_ratio_grouping=False, num_workers=cfg.DATALOADER.NUM_WORKERS,
+                                          collate_fn=collate)
     return SkipCountingLoader(loader, dataset, cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())

@@ -3,7 +3,6 @@ import logging
 import math
 from typing import Dict, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
@@ -13,6 +12,7 @@ from open_clip.loss import ClipLoss
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ...data.collate import stack_field
 from ..backbone.clip_loading import resolve_arch
 from ..masker import Masker, build_masker
 from ..pamr import PAMR
@@ -211,7 +211,7 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
     def forward(self, batched_inputs: Sequence[Dict]):
         if not self.training:
             return self.inference(batched_inputs)
-        images = self.normalize(torch.stack([torch.as_tensor(x["image"]) for x in batched_inputs]))
+        images = self.normalize(stack_field(batched_inputs, "image"))
         captions = [x["caption"] for x in batched_inputs]
         # With TTD the base weights are frozen: leading image blocks without adapters need no
         # graph and are shared by student and teacher.
@@ -241,7 +241,7 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
     def _encode_captions(self, batched_inputs: Sequence[Dict]) -> torch.Tensor:
         """Caption embeddings [B, D], from the loader's "caption_tokens" when every input has them."""
         if all("caption_tokens" in x for x in batched_inputs):
-            tokens = torch.as_tensor(np.stack([x["caption_tokens"] for x in batched_inputs]))
+            tokens = stack_field(batched_inputs, "caption_tokens")
             return self.backbone.encode_token_ids(tokens)
         return self.backbone.encode_text([x["caption"] for x in batched_inputs])
 
