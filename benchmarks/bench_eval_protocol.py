@@ -82,6 +82,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--matmul-size", type=int, default=8192, help="side of the square matmul timed for the rate")
     parser.add_argument("--settings", nargs="+", help="only these settings (default: all five)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile N images of each setting (ttd_d2.utils.profiling)")
     parser.add_argument("--output", help="also write the results as JSON")
     return parser.parse_args(argv)
 
@@ -170,6 +172,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         model = build(args, opts)
         model_window_batch = model.window_batch
         r = measure(model, inputs, args.warmup, device)
+        if args.profile:
+            from ttd_d2.utils.profiling import profile_steps
+
+            images = iter(range(args.profile))
+            with torch.no_grad():
+                profiled = profile_steps(lambda: model([inputs[next(images) % len(inputs)]]), args.profile, device)
+            r["profile"] = profiled.to_dict()
+            print(f"[{name}] " + profiled.table(), flush=True)
         r["floor_ms_per_image"] = r["gflop_per_image"] / rate  # GFLOP / (TFLOP/s) = ms
         r["times_floor"] = r["ms_per_image"] / r["floor_ms_per_image"]
         results[name] = r

@@ -42,7 +42,6 @@ import json
 import logging
 import os
 import platform
-import random
 import sys
 import time
 import warnings
@@ -58,83 +57,17 @@ if "NLTK_DATA" not in os.environ and (REPO_ROOT.parent / "shared" / "nltk_data")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks.ttd_step_inputs import CONTENT_WORDS, make_captions, make_images  # noqa: E402,F401
+from benchmarks.ttd_step_report import FLOP_ACCOUNTING, results_table  # noqa: E402
+
 logger = logging.getLogger("bench_ttd_step")
 
 DEFAULT_CONFIG = "configs/Base-TTD.yaml"
-TARGET_RATIO = 0.9
+# Issue "performance": TTD / plain >= 1.0 with the default adapters, >= 1.2 with
+# MODEL.TTD.LORA.IMAGE_LAYERS 2 (adapters only in the last two image blocks).
+TARGET_RATIO = 1.0
+TARGET_RATIO_LATE_ADAPTERS = 1.2
 GIB = float(1 << 30)
-
-FLOP_ACCOUNTING = (
-    "FLOPs = 2 x multiply-adds of matrix products (linear, matmul, conv, attention), counted by "
-    "fvcore FlopCountAnalysis on the forward pieces: image tower (CLIPDense forward at the "
-    "benchmark size, with or without the vanilla last block as the step needs it) and text "
-    "tower (captions; tag prompts; at the shortest context, as the model runs them). "
-    "plain step = 3 x (image + caption forward) [backward = 2 x forward]. "
-    "TTD step = teacher forward (frozen/ema: image tower with adapters off/EMA, plus the text "
-    "tower on tag prompts the teacher encodes in that step: cache misses for 'frozen', all "
-    "for 'ema'; none for 'self') + 3 x student forward (image + caption + tag prompts, adapters "
-    "on) [same backward = 2 x forward convention; LoRA skips the weight gradients of frozen, "
-    "non-parametrised weights, so this overstates the TTD step's executed FLOPs]. Norms, "
-    "elementwise ops, losses and the optimizer are not counted. 'executed' = "
-    "torch.utils.flop_counter.FlopCounterMode over one whole warm-up step (forward + backward, "
-    "matrix products as executed)."
-)
-
-# Deterministic caption material. Content words are common concrete nouns and adjectives, none
-# of them an NLTK stopword; joiners are made of stopwords only, so a caption built from k
-# distinct content words has exactly k candidate tags (checked by the smoke test).
-CONTENT_WORDS = tuple(
-    """
-    dog cat horse cow sheep bird duck chicken goat pig rabbit mouse fish shark whale dolphin
-    elephant giraffe zebra lion tiger bear monkey deer fox wolf snake turtle frog butterfly bee
-    spider owl eagle parrot penguin camel kangaroo squirrel man woman child boy girl baby person
-    people crowd player chef doctor soldier student farmer tourist dancer singer car truck bus
-    bicycle motorcycle train airplane boat ship tractor scooter taxi van helicopter rocket
-    skateboard surfboard snowboard kite ball racket bat glove helmet umbrella backpack handbag
-    suitcase bottle cup glass bowl plate fork knife spoon pizza sandwich burger cake donut apple
-    banana orange lemon grape strawberry carrot tomato potato broccoli salad bread cheese egg
-    coffee tea wine beer chair table sofa bed desk lamp clock vase mirror window door curtain
-    pillow blanket carpet shelf book laptop computer keyboard phone camera television remote
-    guitar piano violin drum microphone house building tower bridge church castle temple barn
-    fence wall roof stairs road street sidewalk highway tunnel station airport harbor beach
-    ocean lake river waterfall mountain hill valley forest tree flower grass garden park field
-    desert island cave rock sand snow ice cloud sky sun moon star rainbow storm fog sunset
-    sunrise night city village market shop restaurant kitchen bathroom bedroom office classroom
-    stadium museum library red blue green yellow black white purple pink brown gray golden
-    silver wooden metal plastic ceramic old new small large tiny huge tall short long round
-    square bright dark colorful vintage modern rustic cozy sunny rainy snowy foggy wet dry
-    empty busy quiet beautiful happy smiling sleeping running jumping flying swimming sitting
-    standing walking eating playing reading cooking painting
-    """.split()
-)
-ARTICLES = ("a", "the", "a", "the", "")
-JOINERS = ("and", "with", "on", "in", "at", "by", "of", "over", "under", "from", "into", "and then")
-
-
-def make_captions(batch_size: int, tags_per_caption: int, seed: int, step: int) -> List[str]:
-    """``batch_size`` captions of ``tags_per_caption`` distinct content words each, joined by
-    stopwords, e.g. "a dog with the red umbrella on a beach ..." (deterministic per seed/step)."""
-    if not 0 < tags_per_caption <= len(CONTENT_WORDS):
-        raise ValueError(f"--tags-per-caption must be in [1, {len(CONTENT_WORDS)}]")
-    rng = random.Random(f"{seed}-{step}")
-    captions = []
-    for _ in range(batch_size):
-        words = rng.sample(CONTENT_WORDS, tags_per_caption)
-        parts = []
-        for i, word in enumerate(words):
-            if i:
-                parts.append(rng.choice(JOINERS))
-            article = rng.choice(ARTICLES)
-            parts.append(f"{article} {word}" if article else word)
-        captions.append(" ".join(parts) + ".")
-    return captions
-
-
-def make_images(batch_size: int, size: int, device: torch.device, seed: int) -> List[torch.Tensor]:
-    """Random uint8 RGB images [3, size, size], already on ``device``."""
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (batch_size, 3, size, size), generator=gen, dtype=torch.uint8)
-    return list(images.to(device).unbind(0))
 
 
 # ---------------------------------------------------------------------------------- config
@@ -161,6 +94,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda", help="MODEL.DEVICE (cuda, cuda:1, cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, images and captions")
     parser.add_argument("--skip-flops", action="store_true", help="do not count FLOPs")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after timing, profile N more steps of each model (ttd_d2.utils.profiling)")
+    parser.add_argument("--trace-dir", default="", help="with --profile: write each model's Chrome trace here")
     parser.add_argument("--output", default="", help="write all numbers to this JSON file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
@@ -295,6 +231,16 @@ def measure(step: str, args: argparse.Namespace, images: List[torch.Tensor],
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None,
         "losses": {k: float(v.detach()) for k, v in losses.items()},
     })
+    if args.profile:
+        from ttd_d2.utils.profiling import profile_steps
+
+        trace = os.path.join(args.trace_dir, f"{step}.json") if args.trace_dir else None
+        if trace:
+            os.makedirs(args.trace_dir, exist_ok=True)
+        steps = iter(range(args.profile))
+        profiled = profile_steps(lambda: run(warm.stop + next(steps) % args.steps), args.profile, device, trace)
+        result["profile"] = profiled.to_dict()
+        print(f"[{step}] " + profiled.table(), flush=True)
     if step == "ttd":
         stats = getattr(model, "tag_statistics", {}) or {}
         for key in ("candidates_per_caption", "selected_per_caption"):
@@ -310,24 +256,6 @@ def measure(step: str, args: argparse.Namespace, images: List[torch.Tensor],
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
-
-
-def _table(results: Dict[str, Dict]) -> str:
-    from tabulate import tabulate
-
-    def fmt(x, spec):
-        return "-" if x is None else format(x, spec)
-
-    rows = []
-    for name, r in results.items():
-        f = r.get("flops") or {}
-        rows.append([
-            name, fmt(r["images_per_s"], ".1f"), fmt(r["step_time_ms"], ".1f"), fmt(r["peak_memory_gib"], ".2f"),
-            fmt(r["trainable_params"] / 1e6, ".3g"), fmt(f["step_per_image"] / 1e9 if f else None, ".4g"),
-            fmt(r.get("tflops_per_s"), ".4g"), fmt(r.get("tflops_per_s_executed"), ".4g"),
-        ])
-    headers = ["step", "img/s", "ms/step", "peak GiB", "trainable M", "GFLOP/img", "TFLOP/s", "TFLOP/s exec"]
-    return tabulate(rows, headers=headers, tablefmt="github")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
@@ -352,6 +280,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                     step, args.warmup, args.steps)
         results[step] = measure(step, args, images, caption_batches)
     ratio = results["ttd"]["images_per_s"] / results["plain"]["images_per_s"]
+    late = build_cfg(args, "ttd").MODEL.TTD.LORA.IMAGE_LAYERS
+    target = TARGET_RATIO_LATE_ADAPTERS if 0 < late <= 2 else TARGET_RATIO
     report = {
         "benchmark": "ttd_d2 training step: TTD vs plain CLIP contrastive full fine-tune",
         "settings": {
@@ -371,12 +301,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         },
         "results": results,
         "ttd_over_plain_throughput": ratio,
-        "target_ratio": TARGET_RATIO,
-        "meets_target": ratio >= TARGET_RATIO,
+        "target_ratio": target,
+        "meets_target": ratio >= target,
         "flop_accounting": FLOP_ACCOUNTING,
     }
-    print(_table(results))
-    print(f"TTD / plain throughput: {ratio:.3f} (target >= {TARGET_RATIO})"
+    print(results_table(results))
+    print(f"TTD / plain throughput: {ratio:.3f} (target >= {target})"
           f"  [{args.arch}, {args.image_size} px, batch {args.batch_size}, teacher {args.teacher},"
           f" {results['ttd']['precision']}]")
     if not args.skip_flops:

@@ -39,3 +39,11 @@ def test_floor_is_the_flops_at_the_matmul_rate(monkeypatch):
     r = report["results"]["single"]
     assert abs(r["floor_ms_per_image"] - r["gflop_per_image"] / 100.0) < 1e-12  # 1 GFLOP at 100 TFLOP/s = 0.01 ms
     assert abs(r["times_floor"] - r["ms_per_image"] / r["floor_ms_per_image"]) < 1e-9
+
+
+def test_profile_per_setting():
+    bench = load_script("benchmarks/bench_eval_protocol.py")
+    report = bench.main(TINY + ["--settings", "single", "+slide", "--profile", "2"])
+    for name in ("single", "+slide"):
+        profile = report["results"][name]["profile"]
+        assert profile["steps"] == 2 and profile["wall_ms"] > 0 and profile["top"]

@@ -51,3 +51,15 @@ def test_smoke_tiny_cpu(bench, tmp_path):
     assert ttd["candidates_per_caption"] == 3
     assert ttd["flops"]["teacher_forward"] > 0 and plain["flops"]["teacher_forward"] == 0
     assert report["settings"]["opts"] == ["MODEL.TTD.LORA.RANK", "4"]
+
+
+def test_profile_and_late_adapter_target(bench, tmp_path):
+    report = bench.main(TINY_ARGS + ["--skip-flops", "--profile", "2", "--trace-dir", str(tmp_path),
+                                     "MODEL.TTD.LORA.IMAGE_LAYERS", "2"])
+    assert report["target_ratio"] == bench.TARGET_RATIO_LATE_ADAPTERS == 1.2
+    for step in ("ttd", "plain"):
+        profile = report["results"][step]["profile"]
+        assert profile["steps"] == 2 and profile["wall_ms"] > 0
+        assert profile["device_busy_ms"] is None and profile["top"]  # CPU: top operators, no kernels
+        assert (tmp_path / f"{step}.json").stat().st_size > 0  # the Chrome trace
+        assert set(profile["sync_counts"]) == {"aten::_local_scalar_dense"}  # CPU: host reads

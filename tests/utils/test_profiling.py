@@ -1,0 +1,45 @@
+"""ttd_d2.utils.profiling: the interval union by hand, and a CPU profile of a known step."""
+import pytest
+import torch
+
+from ttd_d2.utils.profiling import ProfileSummary, busy_time, profile_steps
+
+
+@pytest.mark.parametrize("intervals, expected", [
+    ([], 0.0),
+    ([(0, 2)], 2.0),
+    ([(0, 2), (3, 4)], 3.0),  # disjoint: a host gap of 1 between them
+    ([(0, 4), (1, 2)], 4.0),  # nested: counted once
+    ([(2, 5), (0, 3)], 5.0),  # overlapping, out of order
+    ([(0, 1), (1, 2)], 2.0),  # touching
+])
+def test_busy_time_is_the_union_length(intervals, expected):
+    assert busy_time(intervals) == pytest.approx(expected)
+
+
+def test_derived_fractions():
+    s = ProfileSummary(steps=2, wall_ms=10.0, device="cuda", device_busy_ms=7.5)
+    assert s.device_busy_fraction == pytest.approx(0.75)
+    assert s.host_gap_ms == pytest.approx(2.5)
+    assert ProfileSummary(steps=1, wall_ms=1.0, device="cpu").host_gap_ms is None
+
+
+def test_cpu_profile_counts_syncs_and_ranks_the_matmul_first():
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+
+    def step():
+        c = a @ b
+        c.sum().item()  # one host read per step, as .item() on a GPU tensor would be
+        c.sum().item()
+
+    step()
+    summary = profile_steps(step, steps=3, device=torch.device("cpu"))
+    assert summary.steps == 3 and summary.wall_ms > 0
+    assert summary.device_busy_ms is None  # no device kernels on CPU
+    assert summary.sync_counts["aten::_local_scalar_dense"] == pytest.approx(2.0)
+    assert summary.syncs == pytest.approx(2.0)
+    assert summary.top[0][0] in ("aten::mm", "aten::matmul")
+    assert summary.top[0][2] == pytest.approx(1.0)  # one call per step
+    text = summary.table()
+    assert "host reads of scalars per step: 2" in text and "aten::mm" in text
+    assert summary.to_dict()["host_gap_ms"] is None

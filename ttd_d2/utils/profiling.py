@@ -1,0 +1,132 @@
+"""Where a step's time goes: ``torch.profiler`` over a few calls of a step function, summarised
+as the numbers issue "performance" asks for before and after each change: wall time per step,
+the device's busy fraction (the union of its kernels' intervals over the wall time; the rest is
+host gaps), device-to-host synchronisations per step (on CPU: host reads of scalars), and the top kernels (CPU: top operators).
+
+Used by ``benchmarks/bench_ttd_step.py --profile`` and ``benchmarks/bench_eval_protocol.py
+--profile``. The interval arithmetic is a pure function (:func:`busy_time`), tested on its own.
+"""
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+__all__ = ["HOST_READ_EVENT", "SYNC_EVENTS", "ProfileSummary", "busy_time", "profile_steps", "summarize_events"]
+
+# CUDA runtime calls that block the host until the device catches up (``.item()``, ``bool(t)``,
+# ``.cpu()`` of a device tensor end in ``cudaStreamSynchronize``).
+SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+# On CPU nothing synchronises; the report counts the host reads of scalars instead (what would
+# sync on a GPU if the tensor were there; CPU-side ones such as AdamW's step counters included).
+HOST_READ_EVENT = "aten::_local_scalar_dense"
+
+
+def busy_time(intervals: Sequence[Tuple[float, float]]) -> float:
+    """Length of the union of ``[start, end)`` intervals (any unit): overlapping kernels (several
+    streams) are counted once."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end <= reach:
+            continue
+        total += end - max(start, reach)
+        reach = end
+    return total
+
+
+@dataclass
+class ProfileSummary:
+    """One profiled run of ``steps`` calls; times in ms per step."""
+
+    steps: int
+    wall_ms: float
+    device: str
+    device_busy_ms: Optional[float] = None  # union of kernel intervals (None on CPU)
+    syncs: float = 0.0  # SYNC_EVENTS per step (CPU: HOST_READ_EVENT per step)
+    sync_counts: Dict[str, float] = field(default_factory=dict)
+    top: List[Tuple[str, float, float]] = field(default_factory=list)  # (name, ms per step, calls per step)
+
+    @property
+    def device_busy_fraction(self) -> Optional[float]:
+        return None if self.device_busy_ms is None else self.device_busy_ms / max(self.wall_ms, 1e-9)
+
+    @property
+    def host_gap_ms(self) -> Optional[float]:
+        return None if self.device_busy_ms is None else max(0.0, self.wall_ms - self.device_busy_ms)
+
+    def to_dict(self) -> Dict:
+        out = asdict(self)
+        out.update(device_busy_fraction=self.device_busy_fraction, host_gap_ms=self.host_gap_ms)
+        return out
+
+    def table(self) -> str:
+        """A short text report: the headline numbers, then the top kernels (operators on CPU)."""
+        lines = [f"profile over {self.steps} steps on {self.device}: {self.wall_ms:.2f} ms/step wall"]
+        if self.device_busy_ms is not None:
+            lines.append(f"  device busy {self.device_busy_ms:.2f} ms/step ({100 * self.device_busy_fraction:.1f} %), "
+                         f"host gaps {self.host_gap_ms:.2f} ms/step")
+        counts = ", ".join(f"{k} {v:g}" for k, v in self.sync_counts.items() if v) or "none"
+        what = "device-to-host syncs" if self.device_busy_ms is not None else "host reads of scalars"
+        lines.append(f"  {what} per step: {self.syncs:g} ({counts})")
+        lines.append(f"  top {'kernels' if self.device_busy_ms is not None else 'operators (self time)'}:")
+        lines += [f"    {ms:8.3f} ms  {calls:6.1f} x  {name[:100]}" for name, ms, calls in self.top]
+        return "\n".join(lines)
+
+
+def _is_device_event(event) -> bool:
+    return str(getattr(event, "device_type", "")).endswith(("CUDA", "PrivateUse1"))
+
+
+def summarize_events(events, steps: int, wall_ms: float, device: str, top: int = 12) -> ProfileSummary:
+    """:class:`ProfileSummary` of a profiler's ``events()`` (``torch.autograd.profiler_util.
+    FunctionEvent`` list) recorded over ``steps`` steps lasting ``wall_ms`` in all."""
+    on_device = [e for e in events if _is_device_event(e)]
+    syncs = {name: 0.0 for name in (SYNC_EVENTS if on_device else (HOST_READ_EVENT,))}
+    for e in events:
+        if e.name in syncs and not _is_device_event(e):
+            syncs[e.name] += 1.0 / steps
+    by_name: Dict[str, List[float]] = defaultdict(lambda: [0.0, 0.0])
+    if on_device:
+        for e in on_device:
+            by_name[e.name][0] += (e.time_range.end - e.time_range.start) / 1e3 / steps
+            by_name[e.name][1] += 1.0 / steps
+        busy = busy_time([(e.time_range.start, e.time_range.end) for e in on_device]) / 1e3 / steps
+    else:
+        for e in events:
+            if e.cpu_parent is None or e.name.startswith("aten::"):
+                by_name[e.name][0] += e.self_cpu_time_total / 1e3 / steps
+                by_name[e.name][1] += 1.0 / steps
+        busy = None
+    ranked = sorted(((n, ms, calls) for n, (ms, calls) in by_name.items()), key=lambda r: -r[1])[:top]
+    return ProfileSummary(steps=steps, wall_ms=wall_ms / steps, device=device, device_busy_ms=busy,
+                          syncs=sum(syncs.values()), sync_counts=syncs, top=ranked)
+
+
+def profile_steps(step: Callable[[], object], steps: int, device: torch.device,
+                  trace_path: Optional[str] = None, top: int = 12) -> ProfileSummary:
+    """Run ``step()`` ``steps`` times under ``torch.profiler`` (CPU, and CUDA on a CUDA device)
+    and summarise it; ``trace_path`` also writes the Chrome trace (chrome://tracing, Perfetto).
+    Warm the step up before calling this: the first calls' allocations and autotuning would
+    otherwise be profiled."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.device(device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize(device)
+        wall_ms = 1e3 * (time.perf_counter() - start)
+    if trace_path:
+        prof.export_chrome_trace(trace_path)
+    summary = summarize_events(prof.events(), steps, wall_ms, str(device), top=top)
+    if cuda:  # the two torch.cuda.synchronize above are the timing's, not the step's
+        own = min(2.0 / steps, summary.sync_counts.get("cudaDeviceSynchronize", 0.0))
+        summary.sync_counts["cudaDeviceSynchronize"] -= own
+        summary.syncs -= own
+    return summary
