@@ -8,6 +8,7 @@ from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from .clip_loading import build_tokenizer, load_clip
+from .token_cache import CachedTokenizer
 from .dense_heads import DENSE_MODES, dense_last_block
 from .prompt_templates import resolve_prompt_templates
 from .text_encoding import encode_tokens, round_up, shortest_context
@@ -73,6 +74,8 @@ class CLIPDense(Backbone):
             raise ValueError(f"MODEL.CLIP.PROMPT_TEMPLATES must be non-empty strings with '{{}}': {prompt_templates}")
         self.clip = clip_model
         self.tokenizer = tokenizer
+        # Prompted words (tags, class names: a bounded vocabulary) are tokenised once per run.
+        self.prompt_tokenizer = CachedTokenizer(tokenizer)
         self.dense_mode = dense_mode
         self.attn_scale = attn_scale
         self.naclip_sigma = naclip_sigma
@@ -215,7 +218,8 @@ class CLIPDense(Backbone):
         prompts = [t.format(text) for text in texts for t in templates]
         if not prompts:
             return torch.zeros(0, self.embed_dim, device=self.clip.logit_scale.device)
-        emb = self.encode_token_ids(self.tokenizer(prompts), chunk_size)  # tokenised on CPU
+        tokenizer = self.prompt_tokenizer if use_templates else self.tokenizer
+        emb = self.encode_token_ids(tokenizer(prompts), chunk_size)  # tokenised on CPU
         emb = emb.view(len(texts), len(templates), -1).mean(1)
         return F.normalize(emb, dim=-1)
 

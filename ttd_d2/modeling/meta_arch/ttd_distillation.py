@@ -36,7 +36,9 @@ class TTDDistillation:
         [B, K] and valid [B, K]."""
         tags = self.candidate_tags(captions)
         unique, index, valid = pad_tag_batch(tags)
-        return {"tags": tags, "unique": unique, "index": index.to(self.device), "valid": valid.to(self.device)}
+        # non_blocking: a blocking host-to-device copy waits for the GPU to drain (a sync per step each)
+        return {"tags": tags, "unique": unique, "index": index.to(self.device, non_blocking=True),
+                "valid": valid.to(self.device, non_blocking=True)}
 
     def _tag_embeddings(self, tag_batch: Dict, encode, dim: int) -> torch.Tensor:
         """[B, K, D] tag embeddings, each distinct tag encoded once by ``encode``."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -221,17 +221,13 @@ def pad_tag_batch(
         valid: BoolTensor[B, Kmax], True for real tags, False for padding.
     Kmax is the longest tag list (0 if every caption has no tags).
     """
-    unique_tags: List[str] = []
-    position_of = {}
-    batch_size = len(tags_per_caption)
+    position_of: Dict[str, int] = {}
     max_tags = max((len(tags) for tags in tags_per_caption), default=0)
-    index = torch.zeros(batch_size, max_tags, dtype=torch.long)
-    valid = torch.zeros(batch_size, max_tags, dtype=torch.bool)
-    for b, tags in enumerate(tags_per_caption):
-        for k, tag in enumerate(tags):
-            if tag not in position_of:
-                position_of[tag] = len(unique_tags)
-                unique_tags.append(tag)
-            index[b, k] = position_of[tag]
-            valid[b, k] = True
+    # Python lists, then one tensor each: element-wise tensor writes cost microseconds apiece,
+    # which adds up to milliseconds of host time per step at batch 1024.
+    rows = [[position_of.setdefault(tag, len(position_of)) for tag in tags] for tags in tags_per_caption]
+    index = torch.tensor([row + [0] * (max_tags - len(row)) for row in rows], dtype=torch.long).view(len(rows), max_tags)
+    valid = torch.tensor([[True] * len(row) + [False] * (max_tags - len(row)) for row in rows],
+                         dtype=torch.bool).view(len(rows), max_tags)
+    unique_tags = list(position_of)
     return unique_tags, index, valid
