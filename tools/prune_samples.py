@@ -66,6 +66,9 @@ class PairScorer:
     """Cosine similarity of the base model's global image embedding and caption embedding."""
 
     def __init__(self, cfg):
+        # Weights a checkpoint does not set (all of them with PRETRAINED "") are drawn from SEED
+        # (0 when random), alike on every process, so that every shard is scored by one model.
+        torch.manual_seed(cfg.SEED if cfg.SEED >= 0 else 0)
         self.model = TTDTrainer.build_model(cfg).eval()
         size = cfg.INPUT.TRAIN_SIZE
         self.resize, self.size, self.format = T.ResizeShortestEdge(size, sys.maxsize), size, cfg.INPUT.FORMAT

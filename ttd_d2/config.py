@@ -198,5 +198,6 @@ def add_ttd_config(cfg):
     # Records held by each loader worker's shuffle buffer (compressed images, before decoding).
     cfg.DATASETS.IMAGE_TEXT.SHUFFLE_BUFFER = 2000
     # Training stops with an error once more than this fraction of the samples read are bad
-    # (corrupt images, missing or empty captions, unreadable shards; counted from 1000 samples on).
+    # (corrupt images, missing or empty captions, unreadable shards; counted from 1000 samples on),
+    # for every training source: shard streams and record datasets (folders) alike.
     cfg.DATASETS.IMAGE_TEXT.MAX_BAD_FRACTION = 0.05

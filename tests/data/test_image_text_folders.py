@@ -54,6 +54,15 @@ def test_builtin_names_and_training_through_train_net(tmp_path):
 
         train_net.main(default_argument_parser().parse_args(["--config-file", str(tmp_path / "config.yaml")]))
         assert (tmp_path / "out" / "model_lora_final.pth").is_file()  # the corrupt image was skipped, not fatal
+        # every bad pair reaches the EventStorage, as the shard streams' do: those skipped when the
+        # records were loaded, and the corrupt image each time it is drawn (the first 7 of the 12
+        # draws are a permutation of the 7 records, so at least once)
+        last = [json.loads(line) for line in (tmp_path / "out" / "metrics.json").read_text().splitlines()][-1]
+        expected = {"no_image": 1, "no_caption": 2, "empty_caption": 1, "caption_json_invalid": 1,
+                    "caption_not_utf8": 1, "shard_error": 0}
+        assert {kind: last[f"data/skipped_{kind}"] for kind in expected} == expected
+        assert last["data/skipped_corrupt_image"] >= 1
+        assert "training data: 12 samples used; skipped:" in (tmp_path / "out" / "log.txt").read_text()
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)

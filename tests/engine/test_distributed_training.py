@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
-from conftest import make_tiny_train_cfg
+from conftest import REPO, TINY_ARCH, load_script, make_tiny_train_cfg
 from shard_fixtures import write_shards
 from ttd_d2.data.datasets.image_text import register_shard_source
 from ttd_d2.data.datasets.synthetic import register_synthetic
@@ -96,6 +96,26 @@ def run_case(dataset, output_dir, opts):
             "final": trainable(model), "captions": captions}
 
 
+PRUNE = "prune-samples"
+PRUNE_TINY = ["MODEL.CLIP.ARCH", TINY_ARCH, "MODEL.CLIP.PRETRAINED", "", "MODEL.DEVICE", "cpu", "INPUT.TRAIN_SIZE", "32"]
+
+
+def run_prune(shards, output_dir):
+    """tools/prune_samples.py's ``main`` in this rank (as ``launch`` runs it): {"report": the
+    keep-list on rank 0 (None elsewhere), "scored": the shards this rank scored}."""
+    prune = load_script("tools/prune_samples.py")
+    real, scored = prune.score_shard, []
+
+    def recording(scorer, shard, batch_size):
+        scored.append(os.path.basename(shard))
+        return real(scorer, shard, batch_size)
+
+    prune.score_shard = recording
+    args = prune.parse_args(["--config-file", str(REPO / "configs" / "synthetic" / "maskclip.yaml"), "--shards", shards,
+                             "--output-dir", output_dir, "--batch-size", "4", "--keep-fraction", "0.5", *PRUNE_TINY])
+    return {"report": prune.main(args), "scored": scored}
+
+
 def worker(rank, port, root, dataset, out_dir, shards):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -113,6 +133,11 @@ def worker(rank, port, root, dataset, out_dir, shards):
         except Exception as e:  # reported by the case's test; both ranks raise alike
             results[name] = f"{type(e).__name__}: {e}"
         dist.barrier()
+    try:
+        results[PRUNE] = run_prune(shards, os.path.join(out_dir, PRUNE))
+    except Exception as e:
+        results[PRUNE] = f"{type(e).__name__}: {e}"
+    dist.barrier()
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()
     # Leave without tearing gloo down: with torch 2.14 its teardown at exit now and then
@@ -155,3 +180,21 @@ def test_two_ranks_and_their_workers_train_on_disjoint_samples(ranks):
     loader workers) read the same sample: 3 steps x 2 ranks x 2 samples = 12 distinct captions."""
     captions = [c for r in ranks for step in r["streamed-shards-2-workers"]["captions"] for c in step]
     assert len(captions) == ITERATIONS * WORLD_SIZE * 2 and len(set(captions)) == len(captions)
+
+
+def test_pruning_spreads_the_shards_over_the_ranks(ranks, tmp_path):
+    """tools/prune_samples.py under 2 processes: each shard scored by exactly one rank, the
+    keep-list written once (rank 0) and equal to a one-process run's on the same shards."""
+    results = [r[PRUNE] for r in ranks]
+    for rank, result in enumerate(results):
+        assert isinstance(result, dict), f"rank {rank}: {result}"
+    first, second = results
+    assert second["report"] is None and first["report"] is not None
+    assert first["scored"] and second["scored"] and not set(first["scored"]) & set(second["scored"])
+    assert len(first["scored"]) + len(second["scored"]) == 8  # the module's 8 shards
+    shards = tmp_path / "shards"
+    write_shards(shards, num_shards=8, good_per_shard=4)  # the same fixture, written again
+    one = run_prune(str(shards / "*.tar"), str(tmp_path / "one_process"))["report"]
+    for key in ("keys", "num_scored", "num_kept", "skipped"):
+        assert first["report"][key] == one[key], key
+    assert abs(first["report"]["threshold"] - one["threshold"]) < 1e-6

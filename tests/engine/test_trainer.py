@@ -191,6 +191,8 @@ def test_caption_train_mapper_skips_unreadable_image(synthetic, tmp_path):
     good = DatasetCatalog.get(synthetic["train"])[0]
     out = mapper(good)
     assert out["image"].shape == (3, 32, 32) and out["caption"] == good["caption"]
+    assert out["skipped"] == {"corrupt_image": 2}  # the next sample carries the count, once
+    assert "skipped" not in mapper(good)
 
 
 def test_test_mapper_raises_naming_the_file(synthetic, tmp_path):

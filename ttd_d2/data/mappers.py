@@ -43,13 +43,13 @@ class CaptionTrainMapper:
 
     Images are resized (short side S) and randomly cropped to S x S, optionally flipped.
     Captions are tokenised here, in the loader workers: in the main process, tokenising a
-    batch of 1024 captions costs tens of milliseconds per step. Image and tokens stay numpy
-    arrays: batches of hundreds of small tensors are slow to pass from loader workers (one
-    shared-memory segment each); the model stacks them once.
+    batch of 1024 captions costs tens of milliseconds per step. Image and tokens are numpy
+    arrays, which the trainer's collator packs into one tensor per batch (``data/collate.py``).
     Records of streamed shards carry the image's bytes (``"image_bytes"``), decoded here.
     A sample whose image cannot be read is skipped with a warning (returns None, so
     detectron2's MapDataset, or the shard stream, draws another one): one bad file must not stop
-    a long run.
+    a long run. The next sample carries the count (``"skipped": {"corrupt_image": n}``), which
+    the trainer's ``SkipCountingLoader`` takes off and counts (shard streams count their own).
     """
 
     @configurable
@@ -69,6 +69,7 @@ class CaptionTrainMapper:
         self.augmentations = T.AugmentationList(augs)
         self.image_format = image_format
         self.tokenizer = tokenizer
+        self._unreadable = 0  # per loader worker: each has its copy of the mapper
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -84,6 +85,7 @@ class CaptionTrainMapper:
             image = read_image_checked(record["file_name"], self.image_format, record.get("image_bytes"))
         except OSError as e:
             logger.warning("skipping a training sample: %s", e)
+            self._unreadable += 1
             return None
         aug = T.AugInput(image)
         self.augmentations(aug)
@@ -96,6 +98,9 @@ class CaptionTrainMapper:
         }
         if self.tokenizer is not None:
             sample["caption_tokens"] = self.tokenizer([record["caption"]])[0].numpy()
+        if self._unreadable:  # the images skipped since the last sample, for SkipCountingLoader
+            sample["skipped"] = {"corrupt_image": self._unreadable}
+            self._unreadable = 0
         return sample
 
 

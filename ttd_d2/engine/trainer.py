@@ -1,5 +1,6 @@
 """The Detectron2 trainer of ttd_d2: caption data for training, evaluators by dataset type."""
 import os
+from collections import Counter
 from unittest import mock
 
 import torch
@@ -10,9 +11,11 @@ from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.solver import build as solver_build
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils import comm
 
 from ..config_checks import check_trainable, check_training_config
 from ..data.collate import packed_batch_collator
+from ..data.datasets.image_text import LOAD_SKIPPED
 from ..data.mappers import CaptionTrainMapper, TestMapper
 from ..data.streams import SkipCountingLoader, SkipCountsHook
 from ..data.streams.loader import build_stream_loader, uses_streams
@@ -53,16 +56,25 @@ class TTDTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         """Record datasets through detectron2's loader; shard sources streamed
-        (:func:`~ttd_d2.data.streams.loader.build_stream_loader`, bad samples counted); batches
-        packed in the workers unless ``DATALOADER.PACKED_BATCHES`` is False."""
+        (:func:`~ttd_d2.data.streams.loader.build_stream_loader`); bad samples counted for both
+        (:class:`SkipCountingLoader`); batches packed in the workers unless
+        ``DATALOADER.PACKED_BATCHES`` is False."""
         if uses_streams(cfg):
             return build_stream_loader(cfg, CaptionTrainMapper(cfg, True))
         if not cfg.DATALOADER.PACKED_BATCHES:
-            return build_detection_train_loader(cfg, mapper=CaptionTrainMapper(cfg, True))
-        # Every training sample is a TRAIN_SIZE square: aspect-ratio grouping has nothing to group,
-        # and without it whole batches are collated (packed) in the workers.
-        return build_detection_train_loader(cfg, mapper=CaptionTrainMapper(cfg, True), aspect_ratio_grouping=False,
-                                            collate_fn=packed_batch_collator)
+            loader = build_detection_train_loader(cfg, mapper=CaptionTrainMapper(cfg, True))
+        else:
+            # Every training sample is a TRAIN_SIZE square: aspect-ratio grouping has nothing to
+            # group, and without it whole batches are collated (packed) in the workers.
+            loader = build_detection_train_loader(cfg, mapper=CaptionTrainMapper(cfg, True), aspect_ratio_grouping=False,
+                                                  collate_fn=packed_batch_collator)
+        # Bad samples counted as for streams: the pairs folder sources skipped when loaded (once,
+        # on rank 0: every rank loads them), and the unreadable images the mapper skips.
+        load_skipped = Counter()
+        if comm.is_main_process():
+            for name in cfg.DATASETS.TRAIN:
+                load_skipped.update(LOAD_SKIPPED.get(name, {}))
+        return SkipCountingLoader(loader, skipped=load_skipped)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -103,7 +115,7 @@ class TTDTrainer(DefaultTrainer):
         before_writer = []
         if self.cfg.MODEL.TTD.ENABLED:
             before_writer.append(TTDHook(self.cfg.OUTPUT_DIR, self.cfg.SOLVER.CHECKPOINT_PERIOD))
-        if isinstance(self._trainer.data_loader, SkipCountingLoader):  # streamed sources: bad samples counted
+        if isinstance(self._trainer.data_loader, SkipCountingLoader):  # bad samples counted
             before_writer.append(SkipCountsHook(
                 self._trainer.data_loader, self.cfg.DATASETS.IMAGE_TEXT.MAX_BAD_FRACTION, period=20))
         writer_at = next((i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)), len(hook_list))

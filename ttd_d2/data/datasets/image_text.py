@@ -71,12 +71,18 @@ def _folder_caption(path: Path) -> tuple:
     return (caption, None) if caption else (None, "empty_caption")
 
 
+# The pairs each folder source skipped when its records were last loaded in this process, by
+# name: the trainer adds them to the bad-sample counts (SkipCountsHook) once.
+LOAD_SKIPPED: Dict[str, Dict[str, int]] = {}
+
+
 def load_image_json_folder(root: Union[str, Path], name: str = "") -> List[Dict]:
     """Records ``{"file_name", "caption", "image_id"}`` of ``<root>/image/<stem>.<ext>`` and
     ``<root>/json/<stem>.json`` (``{"caption": str, ...}``; other fields ignored), in stem order.
     A pair with a missing image or JSON, or a caption that is missing, empty, not UTF-8 or in an
-    invalid JSON is skipped and counted; the counts by kind are logged. Corrupt images are found,
-    skipped and logged when training reads them (``CaptionTrainMapper``)."""
+    invalid JSON is skipped and counted; the counts by kind are logged (and kept in
+    ``LOAD_SKIPPED[name]``). Corrupt images are found, skipped and counted when training reads
+    them (``CaptionTrainMapper``)."""
     root = Path(root)
     image_dir, json_dir = root / "image", root / "json"
     for folder in (image_dir, json_dir):
@@ -95,6 +101,8 @@ def load_image_json_folder(root: Union[str, Path], name: str = "") -> List[Dict]
             continue
         records.append({"file_name": str(images[stem]), "caption": caption, "image_id": stem})
     bad = {k: v for k, v in skipped.items() if v}
+    if name:
+        LOAD_SKIPPED[name] = bad
     logger.info("%s: %d image-caption pairs from %s; skipped: %s", name or root, len(records), root,
                 ", ".join(f"{k} {v}" for k, v in bad.items()) or "none")
     if not records:

@@ -3,7 +3,7 @@ detectron2's ``EventStorage`` (``data/skipped_<kind>``, totals over all ranks), 
 end, and a stop with a clear error when they pass ``DATASETS.IMAGE_TEXT.MAX_BAD_FRACTION``."""
 import logging
 from collections import Counter
-from typing import Dict, Iterable, Iterator, List
+from typing import Dict, Iterable, Iterator, List, Optional
 
 from detectron2.engine import HookBase
 from detectron2.utils import comm
@@ -24,9 +24,10 @@ class SkipCountingLoader:
     off (the model never sees them) and adds them to :attr:`skipped`; :attr:`used` counts the
     samples handed on."""
 
-    def __init__(self, loader: Iterable[List[Dict]], dataset=None, batch_size: int = 0):
+    def __init__(self, loader: Iterable[List[Dict]], dataset=None, batch_size: int = 0,
+                 skipped: Optional[Dict[str, int]] = None):
         self.loader, self.dataset, self.batch_size = loader, dataset, batch_size
-        self.skipped: Counter = Counter()
+        self.skipped: Counter = Counter(skipped or {})  # e.g. the pairs a folder source skipped when loaded
         self.used = 0
 
     def resume(self, iterations: int) -> None:
@@ -75,8 +76,8 @@ class SkipCountsHook(HookBase):
         if read >= self.min_samples and fraction > self.max_bad_fraction:
             raise TooManyBadSamples(
                 f"{bad} of {read} samples read were bad ({fraction:.1%} > DATASETS.IMAGE_TEXT.MAX_BAD_FRACTION "
-                f"{self.max_bad_fraction:.1%}): {self._by_kind(total)}. Check the shards (the log names every shard "
-                "error), or raise the key")
+                f"{self.max_bad_fraction:.1%}): {self._by_kind(total)}. Check the data (the log names every bad "
+                "file and shard error), or raise the key")
         return total
 
     @staticmethod
