@@ -11,8 +11,11 @@ Each one is trained exactly as ``TTDTrainer`` does (``model.train(); losses = mo
 sum(losses.values()).backward(); opt.step(); opt.zero_grad(set_to_none=True)``, optimizer from
 ``TTDTrainer.build_optimizer``) on synthetic uint8 images that sit on the device already (data
 loading is not measured) and deterministic synthetic captions (``--tags-per-caption`` candidate
-tags each after stopword removal). After ``--warmup`` steps, ``--steps`` steps are timed between
-two ``torch.cuda.synchronize()``.
+tags each after stopword removal). Each sample also carries what the trainer's loader workers
+add (``CaptionTrainMapper``: ``caption_tokens``, and ``candidate_tags`` for TTD), so the step
+does in the main process what a training step does there; ``--text-in-step`` leaves both to
+the step, as measured before 2026-12-02. After ``--warmup`` steps, ``--steps`` steps are timed
+between two ``torch.cuda.synchronize()``.
 
 FLOPs (see benchmarks/README.md, "FLOP accounting"): fvcore's ``FlopCountAnalysis`` counts the
 forward pieces (image tower at the benchmark size, text tower on captions and tag prompts);
@@ -94,6 +97,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda", help="MODEL.DEVICE (cuda, cuda:1, cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, images and captions")
     parser.add_argument("--skip-flops", action="store_true", help="do not count FLOPs")
+    parser.add_argument("--text-in-step", action="store_true",
+                        help="tokenise captions and extract tags in the step (before 2026-12-02) instead of "
+                             "giving the batches the loader workers' caption_tokens and candidate_tags")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after timing, profile N more steps of each model (ttd_d2.utils.profiling)")
     parser.add_argument("--trace-dir", default="", help="with --profile: write each model's Chrome trace here")
@@ -198,6 +204,14 @@ def measure(step: str, args: argparse.Namespace, images: List[torch.Tensor],
         result["flop_count_seconds"] = time.perf_counter() - t0
     optimizer = TTDTrainer.build_optimizer(cfg, model)
     batches = [[{"image": img, "caption": cap} for img, cap in zip(images, caps)] for caps in caption_batches]
+    if not args.text_in_step:  # what TTDTrainer's loader workers add to each sample (CaptionTrainMapper)
+        for batch in batches:
+            captions = [x["caption"] for x in batch]
+            tags = model.candidate_tags(captions) if step == "ttd" else [None] * len(batch)
+            for x, tokens, caption_tags in zip(batch, model.backbone.tokenizer(captions).numpy(), tags):
+                x["caption_tokens"] = tokens
+                if caption_tags is not None:
+                    x["candidate_tags"] = caption_tags
     teacher_cache = getattr(model, "_teacher_text_cache", None)
 
     def run(i: int) -> Dict[str, torch.Tensor]:
@@ -289,6 +303,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
             "steps": args.steps, "warmup": args.warmup, "teacher": results["ttd"]["teacher"],
             "lora_targets": results["ttd"]["lora_targets"], "tags_per_caption": args.tags_per_caption,
             "cold_teacher_cache": args.cold_teacher_cache, "no_cudnn_sdpa": args.no_cudnn_sdpa,
+            "text_in_step": args.text_in_step,
             "device": args.device, "seed": args.seed,
             "config_file": args.config_file, "opts": list(args.opts),
             "optimizer": "TTDTrainer.build_optimizer (SOLVER.OPTIMIZER of the config)",

@@ -198,3 +198,25 @@ def test_prompt_template_set_imagenet80_replaces_the_templates(tiny_cfg):
     assert len(templates) == 80 and len(set(templates)) == 80 and all("{}" in t for t in templates)
     assert "a photo of a {}." in templates and "itap of a {}." in templates
     assert build(tiny_cfg).backbone.prompt_templates == ["a photo of a {}."]
+
+
+def test_resized_positional_embedding_is_kept_while_unchanged_and_frozen(tiny_cfg):
+    """The positional embedding resized to a new grid is computed once per grid while it cannot
+    change (no gradient) and again after any in-place update; with a gradient it is not kept."""
+    from ttd_d2.modeling.backbone.clip_dense import interpolate_pos_embed
+
+    backbone = build(tiny_cfg)
+    visual = backbone.clip.visual
+    grid = (visual.grid_size[0] + 3, visual.grid_size[1] + 1)
+    with torch.no_grad():
+        first = backbone._positional_embedding(grid)
+        assert torch.equal(first, interpolate_pos_embed(visual.positional_embedding, visual.grid_size, grid))
+        assert backbone._positional_embedding(grid) is first  # kept
+        visual.positional_embedding.add_(1.0)  # an optimizer step or a checkpoint load: a new version
+        updated = backbone._positional_embedding(grid)
+        assert updated is not first
+        assert torch.equal(updated, interpolate_pos_embed(visual.positional_embedding, visual.grid_size, grid))
+    trainable = backbone._positional_embedding(grid)  # grad enabled, requires_grad: computed with its graph
+    assert trainable.requires_grad and trainable is not updated
+    trainable.sum().backward()
+    assert visual.positional_embedding.grad is not None

@@ -782,3 +782,30 @@ def test_packed_batches_give_the_same_losses(tiny_cfg, ttd):
     assert from_packed.keys() == from_arrays.keys()
     for name in from_arrays:
         assert torch.equal(from_packed[name], from_arrays[name]), name
+
+
+def test_worker_side_tags_equal_the_models_and_give_the_same_losses(tiny_cfg, tmp_path):
+    """CaptionTrainMapper extracts the candidate tags in the loader workers; they are exactly the
+    model's (stopwords, the text window's cut, MAX_TAGS) and the losses from them are the same."""
+    from ttd_d2.data.mappers import CaptionTrainMapper
+
+    cfg = tiny_cfg.clone()
+    cfg.merge_from_list([x for k, v in ttd_opts(**{"MODEL.TTD.MAX_TAGS": 3}).items() for x in (k, v)])
+    model = build(cfg, train=True)
+    mapper = CaptionTrainMapper(cfg, True)
+    captions = ["a red circle and a blue square", "a green star", "the", "two circles near a square on a wide "
+                "striped background with many more words than the tiny text window holds at all"]
+    assert mapper.tokenizer.context_length == model.backbone.clip.context_length
+    image = tmp_path / "image.png"
+    cv2.imwrite(str(image), np.zeros((40, 48, 3), dtype=np.uint8))
+    worker_tags = [mapper({"file_name": str(image), "caption": c})["candidate_tags"] for c in captions]
+    assert worker_tags == model.candidate_tags(captions)
+    assert worker_tags[2] == [] and len(worker_tags[0]) == 3  # stopwords only; MAX_TAGS
+    batch = caption_batch(captions)
+    torch.manual_seed(1)
+    from_workers = model([dict(x, candidate_tags=t) for x, t in zip(batch, worker_tags)])
+    torch.manual_seed(1)
+    here = model(batch)
+    for name in here:
+        assert torch.equal(from_workers[name], here[name]), name
+

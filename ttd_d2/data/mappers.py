@@ -3,7 +3,7 @@ import copy
 import io
 import logging
 import sys
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ from detectron2.data import transforms as T
 from PIL import Image
 
 from ..modeling.backbone.clip_loading import build_tokenizer
+from ..modeling.ttd.tags import candidate_tags, token_window
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ class CaptionTrainMapper:
     """
 
     @configurable
-    def __init__(self, *, train_size: int, image_format: str = "RGB", flip: str = "horizontal", tokenizer=None):
+    def __init__(self, *, train_size: int, image_format: str = "RGB", flip: str = "horizontal", tokenizer=None,
+                 tag_options: Optional[Tuple[bool, int]] = None):
         """
         Args:
             train_size: side S of the square training crop.
@@ -61,6 +63,11 @@ class CaptionTrainMapper:
             flip: "horizontal", "vertical" or "none" (random flip).
             tokenizer: the model's open_clip tokenizer (list[str] -> [N, L] ids), or None to
                 leave tokenisation to the model.
+            tag_options: (remove_stopwords, max_tags) of TTD's candidate tags
+                (``MODEL.TTD.REMOVE_STOPWORDS``, ``MAX_TAGS``): each sample then carries its
+                caption's candidate tags (``"candidate_tags"``, the model's
+                ``candidate_tags`` exactly), extracted here rather than in the main process.
+                None (TTD off, or no tokenizer): none.
         """
         augs = [T.ResizeShortestEdge(train_size, sys.maxsize), T.RandomCrop("absolute", (train_size, train_size))]
         if flip != "none":
@@ -69,6 +76,8 @@ class CaptionTrainMapper:
         self.augmentations = T.AugmentationList(augs)
         self.image_format = image_format
         self.tokenizer = tokenizer
+        self.tag_options = tag_options if tokenizer is not None else None
+        self._fits = token_window(tokenizer, tokenizer.context_length) if self.tag_options else None
         self._unreadable = 0  # per loader worker: each has its copy of the mapper
 
     @classmethod
@@ -78,6 +87,7 @@ class CaptionTrainMapper:
             "image_format": cfg.INPUT.FORMAT,
             "flip": cfg.INPUT.RANDOM_FLIP,
             "tokenizer": build_tokenizer(cfg.MODEL.CLIP.ARCH),
+            "tag_options": (cfg.MODEL.TTD.REMOVE_STOPWORDS, cfg.MODEL.TTD.MAX_TAGS) if cfg.MODEL.TTD.ENABLED else None,
         }
 
     def __call__(self, record: Dict) -> Optional[Dict]:
@@ -98,6 +108,8 @@ class CaptionTrainMapper:
         }
         if self.tokenizer is not None:
             sample["caption_tokens"] = self.tokenizer([record["caption"]])[0].numpy()
+        if self.tag_options is not None:
+            sample["candidate_tags"] = candidate_tags([record["caption"]], self._fits, *self.tag_options)[0]
         if self._unreadable:  # the images skipped since the last sample, for SkipCountingLoader
             sample["skipped"] = {"corrupt_image": self._unreadable}
             self._unreadable = 0

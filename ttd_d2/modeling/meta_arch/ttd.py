@@ -220,7 +220,9 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
             tokens, grid = self.backbone.forward_trunk(images, shared)
         tag_batch = teacher = None
         if self.ttd_enabled:
-            tag_batch = self._tag_batch(captions)
+            given = [x["candidate_tags"] for x in batched_inputs] if all(
+                "candidate_tags" in x for x in batched_inputs) else None  # extracted by the loader workers
+            tag_batch = self._tag_batch(captions, given)
             if self.teacher != "self":
                 teacher = self._teacher_views(tokens, grid, shared, captions, tag_batch)
         # Only the contrastive loss reads the global embedding with grad; the self teacher's

@@ -1,6 +1,6 @@
 """TTD training of the meta-architecture: tag batches, teacher views, distillation losses and
 the statistics the TTD hook logs (docs/METHOD.md, "Self-distillation")."""
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -31,10 +31,10 @@ class TTDDistillation:
     def _scoring_needs_caption(self) -> bool:
         return self.tag_scoring in ("s_text", "image_text")
 
-    def _tag_batch(self, captions: List[str]) -> Dict:
-        """Candidate tags per caption (``candidate_tags``), the batch's distinct tags, index
-        [B, K] and valid [B, K]."""
-        tags = self.candidate_tags(captions)
+    def _tag_batch(self, captions: List[str], given: Optional[List[List[str]]] = None) -> Dict:
+        """Candidate tags per caption (``given``: the loader workers' ``"candidate_tags"``, else
+        ``candidate_tags`` here), the batch's distinct tags, index [B, K] and valid [B, K]."""
+        tags = [list(t) for t in given] if given is not None else self.candidate_tags(captions)
         unique, index, valid = pad_tag_batch(tags)
         # non_blocking: a blocking host-to-device copy waits for the GPU to drain (a sync per step each)
         return {"tags": tags, "unique": unique, "index": index.to(self.device, non_blocking=True),

@@ -96,6 +96,20 @@ def caption_to_tags(caption: str, remove_stopwords: bool = True) -> List[str]:
     return tags
 
 
+class _TokenWindow:
+    """``fits`` of :func:`token_window`: a class, not a closure, so that a training mapper that
+    holds one can be sent to loader worker processes (pickled)."""
+
+    def __init__(self, tokenizer, context_length: int):
+        self.tokenizer, self.context_length = tokenizer, context_length
+
+    def __call__(self, texts: Sequence[str]) -> List[bool]:
+        if not texts:
+            return []
+        tokens = self.tokenizer(list(texts), context_length=self.context_length + 1)
+        return (tokens[:, -1] == 0).tolist()
+
+
 def token_window(tokenizer, context_length: int) -> FitsWindow:
     """``fits(texts) -> [bool]``: whether each text, as SOT + tokens + EOT, fits in
     ``context_length`` positions, i.e. the text tower sees all of it.
@@ -105,14 +119,7 @@ def token_window(tokenizer, context_length: int) -> FitsWindow:
     fits iff that last position is padding (at ``context_length`` itself a text of exactly
     the window and a truncated one look the same).
     """
-
-    def fits(texts: Sequence[str]) -> List[bool]:
-        if not texts:
-            return []
-        tokens = tokenizer(list(texts), context_length=context_length + 1)
-        return (tokens[:, -1] == 0).tolist()
-
-    return fits
+    return _TokenWindow(tokenizer, context_length)
 
 
 def _cut_points(caption: str) -> List[int]:
