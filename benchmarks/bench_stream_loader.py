@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Throughput of the streamed training loader: samples/s of tar reading + JPEG decoding + resize
-and crop to ``--train-size`` + caption tokenisation (``ShardStream`` with ``CaptionTrainMapper``,
-the work every loader worker does), per worker process, and for ``--workers`` workers through
-detectron2's batched loader.
+and crop to ``--train-size`` + caption tokenisation + candidate tags (``ShardStream`` with
+``CaptionTrainMapper`` as the TTD trainer builds it: the work every loader worker does), per
+worker process, and for ``--workers`` workers through a DataLoader with the trainer's collator.
 
 It first writes ``--shards`` shards of ``--per-shard`` random JPEGs of ``--height`` x ``--width``
 (CC3M's images as img2dataset writes them with ``--image_size 512 --resize_mode keep_ratio`` are
@@ -67,6 +67,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--train-size", type=int, default=448)
     parser.add_argument("--arch", default="ViT-B-16", help="open_clip model whose tokenizer the mapper uses")
     parser.add_argument("--workers", type=int, nargs="+", default=[0], help="loader workers (0 = this process)")
+    parser.add_argument("--no-tags", action="store_true",
+                        help="no candidate tags (TTD off; every run before 2026-12-02's tag extraction)")
     parser.add_argument("--collate", nargs="+", choices=("packed", "trivial"), default=["packed"],
                         help="packed: ttd_d2's packed_batch_collator (the trainer's); trivial: detectron2's")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -86,7 +88,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     from ttd_d2.modeling.backbone.clip_loading import build_tokenizer
 
     root = write_shards(Path(args.root), args.shards, args.per_shard, args.height, args.width)
-    mapper = CaptionTrainMapper(train_size=args.train_size, tokenizer=build_tokenizer(args.arch))
+    # the TTD trainer's mapper: tokens and candidate tags (MODEL.TTD defaults) made in the workers
+    mapper = CaptionTrainMapper(train_size=args.train_size, tokenizer=build_tokenizer(args.arch),
+                                tag_options=None if args.no_tags else (True, 32))
     shards = expand_shards(str(root / "*.tar"))
     collators = {"packed": packed_batch_collator, "trivial": trivial_batch_collator}
     results = {}
