@@ -188,6 +188,10 @@ def add_ttd_config(cfg):
     # Extra sources from any path: one brace / glob pattern of tar shards per source
     # (e.g. ["/data/cc3m/{00000..00331}.tar"]), read after the DATASETS.TRAIN ones.
     cfg.DATASETS.IMAGE_TEXT.SHARDS = []
+    # Extra folder sources from any path: folders each holding image/ and json/ (the TTD authors'
+    # layout, docs/DATASETS.md), read as map-style datasets after the DATASETS.TRAIN ones (record
+    # datasets only: not mixed with shard sources).
+    cfg.DATASETS.IMAGE_TEXT.FOLDERS = []
     # Mixing weights, one per source (DATASETS.TRAIN's shard sources, then SHARDS); [] = each
     # source in proportion to its number of shards.
     cfg.DATASETS.IMAGE_TEXT.WEIGHTS = []

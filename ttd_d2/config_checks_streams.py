@@ -6,10 +6,17 @@ from typing import List
 from .config_checks import Problem, _number
 
 
+FOLDERS_WITH_SHARDS = ("DATASETS.IMAGE_TEXT.FOLDERS with shard sources: train on one kind (folders are map-style "
+                       "datasets, shards are streamed); write the folders as shards, or drop one")
+
+
 def stream_problems(stream) -> List[Problem]:
     """``DATASETS.IMAGE_TEXT``: the streamed sources' keys."""
-    weights, shards, keep = stream.WEIGHTS, stream.SHARDS, stream.KEEP_LISTS
+    weights, shards, keep, folders = stream.WEIGHTS, stream.SHARDS, stream.KEEP_LISTS, stream.FOLDERS
     return [
+        None if isinstance(folders, (list, tuple)) and all(isinstance(p, str) and p for p in folders) else
+        f"DATASETS.IMAGE_TEXT.FOLDERS = {folders!r}: must be a list of folder paths, each holding image/ and json/",
+        None if not (folders and shards) else FOLDERS_WITH_SHARDS,
         None if isinstance(keep, (list, tuple)) and all(isinstance(p, str) for p in keep) else
         f"DATASETS.IMAGE_TEXT.KEEP_LISTS = {keep!r}: must be a list of keep-list paths, '' for a source not pruned",
         None if isinstance(shards, (list, tuple)) and all(isinstance(p, str) and p for p in shards) else

@@ -66,3 +66,24 @@ def test_builtin_names_and_training_through_train_net(tmp_path):
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+def test_folders_from_any_path_through_the_config(tmp_path):
+    """DATASETS.IMAGE_TEXT.FOLDERS: folders trained on without registering them; a missing one
+    is named before anything is built; folders with shards are refused."""
+    from ttd_d2.engine import TTDTrainer
+    from ttd_d2.engine.preflight import missing_inputs
+
+    root = write_folder(tmp_path / "mine")
+    cfg = make_tiny_train_cfg("unused", tmp_path / "out", **{"MODEL.TTD.ENABLED": True})
+    cfg.DATASETS.TRAIN = ()
+    cfg.DATASETS.IMAGE_TEXT.FOLDERS = [str(root), str(tmp_path / "missing")]
+    assert [p for p in missing_inputs(cfg, training=True) if "FOLDERS" in p] == [
+        f"DATASETS.IMAGE_TEXT.FOLDERS[1]: '{tmp_path / 'missing'}/{sub}' does not exist: give folders holding "
+        "image/ and json/ (docs/DATASETS.md, 'Image-text folders')" for sub in ("image", "json")]
+    cfg.DATASETS.IMAGE_TEXT.FOLDERS = [str(root)]
+    batch = next(iter(TTDTrainer.build_train_loader(cfg)))
+    assert len(batch) == 4 and all(x["file_name"].startswith(str(root)) for x in batch)
+    cfg.DATASETS.IMAGE_TEXT.SHARDS = [str(tmp_path / "*.tar")]
+    with pytest.raises(ValueError, match="train on one kind"):
+        TTDTrainer.build_train_loader(cfg)

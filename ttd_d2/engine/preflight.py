@@ -64,6 +64,10 @@ def missing_inputs(cfg, training: bool) -> List[str]:
     keep_lists = cfg.DATASETS.IMAGE_TEXT.KEEP_LISTS if training else ()
     problems += [f"DATASETS.IMAGE_TEXT.KEEP_LISTS[{i}]: '{p}' does not exist: give a keep-list of sample keys "
                  "(docs/DATASETS.md), or '' for that source" for i, p in enumerate(keep_lists) if p and not os.path.isfile(p)]
+    folders = cfg.DATASETS.IMAGE_TEXT.FOLDERS if training else ()
+    problems += [f"DATASETS.IMAGE_TEXT.FOLDERS[{i}]: '{p}/{sub}' does not exist: give folders holding image/ and "
+                 "json/ (docs/DATASETS.md, 'Image-text folders')" for i, p in enumerate(folders)
+                 for sub in ("image", "json") if not os.path.isdir(os.path.join(p, sub))]
     for key, names in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN if training else ()), ("DATASETS.TEST", cfg.DATASETS.TEST)):
         for name in names:
             problems += _dataset_problems(name, key)

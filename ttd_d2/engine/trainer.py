@@ -14,8 +14,9 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.utils import comm
 
 from ..config_checks import check_trainable, check_training_config
+from ..config_checks_streams import FOLDERS_WITH_SHARDS
 from ..data.collate import packed_batch_collator
-from ..data.datasets.image_text import LOAD_SKIPPED
+from ..data.datasets.image_text import LOAD_SKIPPED, folder_source_names
 from ..data.mappers import CaptionTrainMapper, TestMapper
 from ..data.streams import SkipCountingLoader, SkipCountsHook
 from ..data.streams.loader import build_stream_loader, uses_streams
@@ -60,7 +61,14 @@ class TTDTrainer(DefaultTrainer):
         (:class:`SkipCountingLoader`); batches packed in the workers unless
         ``DATALOADER.PACKED_BATCHES`` is False."""
         if uses_streams(cfg):
+            if cfg.DATASETS.IMAGE_TEXT.FOLDERS:
+                raise ValueError(FOLDERS_WITH_SHARDS)
             return build_stream_loader(cfg, CaptionTrainMapper(cfg, True))
+        if cfg.DATASETS.IMAGE_TEXT.FOLDERS:  # folders from any path, after the listed datasets
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.DATASETS.TRAIN = tuple(cfg.DATASETS.TRAIN) + tuple(folder_source_names(cfg.DATASETS.IMAGE_TEXT.FOLDERS))
+            cfg.freeze()
         if not cfg.DATALOADER.PACKED_BATCHES:
             loader = build_detection_train_loader(cfg, mapper=CaptionTrainMapper(cfg, True))
         else:

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Union
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 __all__ = ["SHARD_SOURCES", "FOLDER_SOURCES", "register_shard_source", "is_shard_source", "load_image_json_folder",
-           "register_folder_source", "register_builtin_shard_sources"]
+           "register_folder_source", "folder_source_names", "register_builtin_shard_sources"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,18 @@ def register_folder_source(name: str, root: Union[str, Path]) -> str:
                                   prepare="put the images in <root>/image/ and one JSON with a \"caption\" per image "
                                           "in <root>/json/ (docs/DATASETS.md)")
     return name
+
+
+def folder_source_names(roots: Sequence[Union[str, Path]]) -> List[str]:
+    """Dataset names of the folders ``roots`` (``DATASETS.IMAGE_TEXT.FOLDERS``), each registered
+    once as ``ttd_folder:<absolute path>`` (:func:`register_folder_source`)."""
+    names = []
+    for root in roots:
+        name = f"ttd_folder:{os.path.abspath(root)}"
+        if name not in DatasetCatalog.list():
+            register_folder_source(name, os.path.abspath(root))
+        names.append(name)
+    return names
 
 
 def register_builtin_shard_sources(root: Optional[Union[str, Path]] = None) -> None:
