@@ -195,9 +195,10 @@ def add_ttd_config(cfg):
     # Mixing weights, one per source (DATASETS.TRAIN's shard sources, then SHARDS); [] = each
     # source in proportion to its number of shards.
     cfg.DATASETS.IMAGE_TEXT.WEIGHTS = []
-    # Sample-level pruning: one keep-list file per source (DATASETS.TRAIN's shard sources, then
-    # SHARDS; "" = that source unpruned), each the sample keys to train on, one per line (or a
-    # JSON object with a "keys" list); [] = no pruning. Other samples are skipped (counted as not_kept).
+    # Sample-level pruning: one keep-list file per source (DATASETS.TRAIN's datasets, then SHARDS'
+    # patterns or FOLDERS' folders; "" = that source unpruned), each the sample keys to train on
+    # (a shard's __key__, a record's image_id: a folder's file stems), one per line (or a JSON
+    # object with a "keys" list); [] = no pruning. Other samples are skipped (counted as not_kept).
     cfg.DATASETS.IMAGE_TEXT.KEEP_LISTS = []
     # Records held by each loader worker's shuffle buffer (compressed images, before decoding).
     cfg.DATASETS.IMAGE_TEXT.SHUFFLE_BUFFER = 2000

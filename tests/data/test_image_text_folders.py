@@ -87,3 +87,25 @@ def test_folders_from_any_path_through_the_config(tmp_path):
     cfg.DATASETS.IMAGE_TEXT.SHARDS = [str(tmp_path / "*.tar")]
     with pytest.raises(ValueError, match="train on one kind"):
         TTDTrainer.build_train_loader(cfg)
+
+
+def test_keep_list_prunes_a_folder_source(tmp_path):
+    """DATASETS.IMAGE_TEXT.KEEP_LISTS on record datasets: the keys are the folder's file stems;
+    the records left out are counted as not_kept, and a list that keeps none is an error."""
+    from ttd_d2.engine import TTDTrainer
+
+    root = write_folder(tmp_path / "mine")
+    keep = tmp_path / "keep.txt"
+    keep.write_text("# kept\n000001\n000004\n")
+    cfg = make_tiny_train_cfg("unused", tmp_path / "out", **{"MODEL.TTD.ENABLED": True})
+    cfg.DATASETS.TRAIN = ()
+    cfg.DATASETS.IMAGE_TEXT.FOLDERS = [str(root)]
+    cfg.DATASETS.IMAGE_TEXT.KEEP_LISTS = [str(keep)]
+    loader = TTDTrainer.build_train_loader(cfg)
+    batches = iter(loader)
+    seen = {x["file_name"].rsplit("/", 1)[-1] for _ in range(3) for x in next(batches)}
+    assert seen == {"000001.jpg", "000004.jpg"}
+    assert loader.skipped["not_kept"] == 5  # of the 7 loaded records (6 good + the corrupt one)
+    keep.write_text("nothing-like-this\n")
+    with pytest.raises(ValueError, match="keeps none of its 7 records"):
+        TTDTrainer.build_train_loader(cfg)

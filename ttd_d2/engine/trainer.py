@@ -1,22 +1,19 @@
 """The Detectron2 trainer of ttd_d2: caption data for training, evaluators by dataset type."""
 import os
-from collections import Counter
 from unittest import mock
 
 import torch
 
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.solver import build as solver_build
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
-from detectron2.utils import comm
 
 from ..config_checks import check_trainable, check_training_config
 from ..config_checks_streams import FOLDERS_WITH_SHARDS
-from ..data.collate import packed_batch_collator
-from ..data.datasets.image_text import LOAD_SKIPPED, folder_source_names
+from ..data.records import build_record_loader
 from ..data.mappers import CaptionTrainMapper, TestMapper
 from ..data.streams import SkipCountingLoader, SkipCountsHook
 from ..data.streams.loader import build_stream_loader, uses_streams
@@ -56,33 +53,14 @@ class TTDTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        """Record datasets through detectron2's loader; shard sources streamed
-        (:func:`~ttd_d2.data.streams.loader.build_stream_loader`); bad samples counted for both
-        (:class:`SkipCountingLoader`); batches packed in the workers unless
-        ``DATALOADER.PACKED_BATCHES`` is False."""
+        """Shard sources streamed (:func:`~ttd_d2.data.streams.loader.build_stream_loader`),
+        record datasets through detectron2's loader (:func:`~ttd_d2.data.records.build_record_loader`);
+        both count their bad samples (:class:`SkipCountingLoader`)."""
         if uses_streams(cfg):
             if cfg.DATASETS.IMAGE_TEXT.FOLDERS:
                 raise ValueError(FOLDERS_WITH_SHARDS)
             return build_stream_loader(cfg, CaptionTrainMapper(cfg, True))
-        if cfg.DATASETS.IMAGE_TEXT.FOLDERS:  # folders from any path, after the listed datasets
-            cfg = cfg.clone()
-            cfg.defrost()
-            cfg.DATASETS.TRAIN = tuple(cfg.DATASETS.TRAIN) + tuple(folder_source_names(cfg.DATASETS.IMAGE_TEXT.FOLDERS))
-            cfg.freeze()
-        if not cfg.DATALOADER.PACKED_BATCHES:
-            loader = build_detection_train_loader(cfg, mapper=CaptionTrainMapper(cfg, True))
-        else:
-            # Every training sample is a TRAIN_SIZE square: aspect-ratio grouping has nothing to
-            # group, and without it whole batches are collated (packed) in the workers.
-            loader = build_detection_train_loader(cfg, mapper=CaptionTrainMapper(cfg, True), aspect_ratio_grouping=False,
-                                                  collate_fn=packed_batch_collator)
-        # Bad samples counted as for streams: the pairs folder sources skipped when loaded (once,
-        # on rank 0: every rank loads them), and the unreadable images the mapper skips.
-        load_skipped = Counter()
-        if comm.is_main_process():
-            for name in cfg.DATASETS.TRAIN:
-                load_skipped.update(LOAD_SKIPPED.get(name, {}))
-        return SkipCountingLoader(loader, skipped=load_skipped)
+        return build_record_loader(cfg, CaptionTrainMapper(cfg, True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -11,7 +11,7 @@ from ..datasets.image_text import is_shard_source
 from .shards import MixedStream, ShardStream, expand_shards
 from .skips import SkipCountingLoader
 
-__all__ = ["uses_streams", "stream_sources", "read_keep_list", "build_stream_loader"]
+__all__ = ["uses_streams", "stream_sources", "read_keep_list", "keep_lists", "build_stream_loader"]
 
 
 def uses_streams(cfg) -> bool:
@@ -49,7 +49,8 @@ def read_keep_list(path: str) -> frozenset:
     return frozenset(keys)
 
 
-def _keep_lists(cfg, num_sources: int) -> List[Optional[frozenset]]:
+def keep_lists(cfg, num_sources: int) -> List[Optional[frozenset]]:
+    """``DATASETS.IMAGE_TEXT.KEEP_LISTS`` read, one key set per source (None: not pruned)."""
     paths = list(cfg.DATASETS.IMAGE_TEXT.KEEP_LISTS)
     if not paths:
         return [None] * num_sources
@@ -68,7 +69,7 @@ def build_stream_loader(cfg, mapper: Callable[[Dict], Optional[Dict]]) -> SkipCo
                    rank=comm.get_rank(), world_size=comm.get_world_size())
     sources = stream_sources(cfg)
     streams = [ShardStream(expand_shards(p), mapper, name=name, keep=keep, **options)
-               for (name, p), keep in zip(sources, _keep_lists(cfg, len(sources)))]
+               for (name, p), keep in zip(sources, keep_lists(cfg, len(sources)))]
     weights = list(cfg.DATASETS.IMAGE_TEXT.WEIGHTS) or [len(s.shards) for s in streams]
     if len(weights) != len(streams):
         raise ValueError(f"DATASETS.IMAGE_TEXT.WEIGHTS has {len(weights)} weights for {len(streams)} sources "
