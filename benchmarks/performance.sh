@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The performance measurements of benchmarks/README.md in one run, on the GPU host (one GPU,
+# ~8 min): the TTD and plain training steps with profiles (default adapters, the last two image
+# blocks only, and the step doing its own tokenisation and tag extraction as before 2026-12-02),
+# the test-time protocol part by part with a profile of its two ends, and the streamed loader
+# with 15 workers. Every JSON lands in $OUT_DIR (default output/performance); a file that exists
+# is not measured again, so an interrupted run resumes.
+#   bash benchmarks/performance.sh [OUT_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+OUT_DIR=${1:-output/performance}
+mkdir -p "$OUT_DIR"
+run() {
+  local name=$1; shift
+  [ -f "$OUT_DIR/$name.json" ] && return 0
+  echo "== $name"
+  "$PY" "$@" --output "$OUT_DIR/$name.json"
+}
+run step_default benchmarks/bench_ttd_step.py --profile 5
+run step_layers2 benchmarks/bench_ttd_step.py --skip-flops --profile 5 MODEL.TTD.LORA.IMAGE_LAYERS 2
+run step_text_in_step benchmarks/bench_ttd_step.py --skip-flops --text-in-step
+run eval_protocol benchmarks/bench_eval_protocol.py --config-file configs/Base-Paper-Eval.yaml --images 10 --warmup 2
+run eval_profile benchmarks/bench_eval_protocol.py --config-file configs/Base-Paper-Eval.yaml --settings single +pamr \
+  --images 6 --warmup 2 --profile 3
+run stream_loader benchmarks/bench_stream_loader.py --workers 0 15 --samples 20000 --warmup 1000
