@@ -733,11 +733,12 @@ def test_ema_teacher_survives_checkpoint(tiny_cfg):
     assert all(torch.equal(restored.ema_state[k], v) for k, v in model.ema_state.items())
 
 
-@pytest.mark.parametrize("ttd", [False, True])
-def test_loader_tokens_give_the_same_losses_as_captions(tiny_cfg, ttd):
+@pytest.mark.parametrize("ttd, scoring", [(False, None), (True, "s_pixel"), (True, "s_text")])
+def test_loader_tokens_give_the_same_losses_as_captions(tiny_cfg, ttd, scoring):
     """The training loader tokenises captions in its workers ("caption_tokens"); the model's
-    losses from them equal its losses from the caption strings."""
-    opts = {"MODEL.CLIP.CONTRASTIVE_WEIGHT": 1.0, **(ttd_opts() if ttd else {})}
+    losses from them equal its losses from the caption strings (s_text: the frozen teacher
+    encodes the captions too, from the same tokens)."""
+    opts = {"MODEL.CLIP.CONTRASTIVE_WEIGHT": 1.0, **(ttd_opts(**{"MODEL.TTD.TAG_SCORING": scoring}) if ttd else {})}
     model = build(tiny_cfg, train=True, **opts)
     batch = caption_batch(["a red circle and a blue square", "a green star", "two circles near a square"])
     tokens = model.backbone.tokenizer([x["caption"] for x in batch]).numpy()

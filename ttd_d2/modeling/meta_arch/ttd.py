@@ -224,7 +224,7 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
                 "candidate_tags" in x for x in batched_inputs) else None  # extracted by the loader workers
             tag_batch = self._tag_batch(captions, given)
             if self.teacher != "self":
-                teacher = self._teacher_views(tokens, grid, shared, captions, tag_batch)
+                teacher = self._teacher_views(tokens, grid, shared, batched_inputs, tag_batch)
         # Only the contrastive loss reads the global embedding with grad; the self teacher's
         # tag scoring reads it detached, so it is computed without a graph (see ttd_lora).
         need_global = self._global_grad or (self.teacher == "self" and self._scoring_needs_global)

@@ -54,7 +54,7 @@ class TTDDistillation:
             return self._encode_tags(tags)
 
     @torch.no_grad()
-    def _teacher_views(self, tokens, grid, first_block: int, captions: List[str], tag_batch: Dict) -> Dict:
+    def _teacher_views(self, tokens, grid, first_block: int, batched_inputs, tag_batch: Dict) -> Dict:
         """From trunk ``tokens`` [B, 1 + h*w, C] (blocks before ``first_block`` done), the
         frozen (adapters off) or EMA (W + EMA of the adapters' deltas) teacher's tag cos maps
         [B, K, h, w], tag embeddings [B, K, D], and global/caption embeddings when scoring needs them."""
@@ -65,7 +65,8 @@ class TTDDistillation:
         with context:
             feats = self.backbone.forward_head(tokens, grid, first_block, with_global=self._scoring_needs_global)
             tag_emb = self._tag_embeddings(tag_batch, encode_tags, self.backbone.embed_dim)
-            caption_emb = self.backbone.encode_text(captions) if self._scoring_needs_caption else None
+            # the loader's caption tokens when it gave them (``TTD._encode_captions``)
+            caption_emb = self._encode_captions(batched_inputs) if self._scoring_needs_caption else None
         return {
             "tag_cos": cosine_maps(feats["dense"], tag_emb),
             "tag_emb": tag_emb,
