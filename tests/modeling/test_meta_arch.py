@@ -226,6 +226,14 @@ def test_slide_inference_batches_images_like_one_at_a_time():
     together = slide_inference(predict, images, crop=8, stride=5, batch_size=5)
     alone = torch.cat([slide_inference(predict, im[None], crop=8, stride=5) for im in images])
     torch.testing.assert_close(together, alone)
+    # bitwise what concatenating every prediction and adding window by window gives
+    windows = sliding_windows(13, 21, 8, 5)
+    preds = predict(torch.cat([images[..., y0:y1, x0:x1] for y0, x0, y1, x1 in windows])).view(len(windows), 3, 2, 8, 8)
+    total, count = torch.zeros(3, 2, 13, 21), torch.zeros(13, 21)
+    for pred, (y0, x0, y1, x1) in zip(preds, windows):
+        total[..., y0:y1, x0:x1] += pred
+        count[y0:y1, x0:x1] += 1
+    assert torch.equal(together, total / count)
     assert torch.equal(slide_inference(predict, images, crop=0, stride=0), predict(images))
 
 
@@ -471,7 +479,8 @@ def test_frozen_teacher_is_the_base_model(tiny_cfg, scoring):
     D = model.backbone.embed_dim
     with torch.no_grad():
         tokens, grid = model.backbone.forward_trunk(images, model.shared_image_blocks)
-        teacher = model._teacher_views(tokens, grid, model.shared_image_blocks, captions, tag_batch)
+        teacher = model._teacher_views(tokens, grid, model.shared_image_blocks, [{"caption": c} for c in captions],
+                                       tag_batch)
         ref = base.backbone(images)
         ref_tags = base._tag_embeddings(tag_batch, base._encode_tags, D)
         ref_cos = cosine_maps(ref["dense"], ref_tags)
@@ -581,7 +590,7 @@ def test_teachers_two_steps(tiny_cfg, teacher):
         live_state = lora_state_dict(model.backbone.clip)
         with torch.no_grad():
             tokens, grid = model.backbone.forward_trunk(images, 0)
-            t = model._teacher_views(tokens, grid, 0, captions, tag_batch)
+            t = model._teacher_views(tokens, grid, 0, batch, tag_batch)
             live_tags = model._tag_embeddings(tag_batch, model._encode_tags, model.backbone.embed_dim)
             live_cos = cosine_maps(model.backbone.forward_head(tokens, grid, 0, False)["dense"], live_tags)
         # the teacher is W + EMA(delta): the same model with the EMA added to its base weights
