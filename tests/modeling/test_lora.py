@@ -98,8 +98,11 @@ def test_names_and_trainable_params(pair):
 
 
 def test_zero_init_is_noop(pair, inputs):
+    """A fresh adapter adds exactly 0; the adapted attention runs as side branches through
+    scaled_dot_product_attention (lora/side_branch.py), nn.MultiheadAttention's own kernels
+    order the same sums differently, so the outputs agree to rounding."""
     ref, model, _ = pair
-    assert _equal(_outputs(model, inputs), _outputs(ref, inputs))
+    assert _close(_outputs(model, inputs), _outputs(ref, inputs), atol=1e-6)
     assert _close(_outputs(model, inputs), _outputs(_tiny_clip(), inputs))
 
 

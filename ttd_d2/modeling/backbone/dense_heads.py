@@ -5,7 +5,8 @@ import math
 from typing import Tuple
 
 import torch
-import torch.nn.functional as F
+
+from ..lora.side_branch import lora_linear
 
 DENSE_MODES = ("vanilla", "maskclip", "sclip", "clearclip", "naclip")
 
@@ -25,7 +26,7 @@ def merge_heads(t: torch.Tensor) -> torch.Tensor:
 def qkv_projections(block, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v [B, heads, N, d] of ``block.ln_1(x)`` through the block's attention weights."""
     attn = block.attn
-    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    qkv = lora_linear(attn, "in_proj_weight", block.ln_1(x), attn.in_proj_bias)  # LoRA as a side branch
     return tuple(split_heads(t, attn.num_heads) for t in qkv.chunk(3, dim=-1))
 
 
@@ -45,8 +46,14 @@ def _attend(logits: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return merge_heads(logits.softmax(dim=-1) @ v)
 
 
+def out_projection(block, attn_out: torch.Tensor) -> torch.Tensor:
+    """The attention's output projection W_o of ``attn_out`` [B, N, C] (LoRA as a side branch)."""
+    out_proj = block.attn.out_proj
+    return lora_linear(out_proj, "weight", attn_out, out_proj.bias)
+
+
 def _residual_ffn(block, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-    y = x + block.ls_1(block.attn.out_proj(attn_out))
+    y = x + block.ls_1(out_projection(block, attn_out))
     return y + block.ls_2(block.mlp(block.ln_2(y)))
 
 
@@ -68,8 +75,8 @@ def dense_last_block(
         attn = (q @ q.transpose(-1, -2) * s).softmax(-1) + (k @ k.transpose(-1, -2) * s).softmax(-1)
         return _residual_ffn(block, x, merge_heads(attn @ v))
     if mode == "clearclip":
-        return block.ls_1(block.attn.out_proj(_attend(q @ q.transpose(-1, -2) * s, v)))
+        return block.ls_1(out_projection(block, _attend(q @ q.transpose(-1, -2) * s, v)))
     if mode == "naclip":
         bias = gaussian_grid_bias(grid_hw, naclip_sigma, device=x.device).to(q.dtype)
-        return block.ls_1(block.attn.out_proj(_attend(k @ k.transpose(-1, -2) * s + bias, v)))
+        return block.ls_1(out_projection(block, _attend(k @ k.transpose(-1, -2) * s + bias, v)))
     raise ValueError(f"MODEL.CLIP.DENSE_MODE '{mode}' unknown; choose one of {DENSE_MODES}")

@@ -6,7 +6,8 @@
   as raw tensors by ``nn.MultiheadAttention.forward`` (it never calls ``out_proj``) and by the
   custom last-block forwards of the dense heads. They get a :mod:`torch.nn.utils.parametrize`
   parametrization :class:`~.layers.LoRAParametrization`, so every attribute access sees the
-  adapted weight.
+  adapted weight; the blocks' own attention and the dense heads compute them as side branches
+  instead (:mod:`.side_branch`: no full-size weight gradient).
 
 After :func:`add_lora` the model's own ``state_dict()`` names the adapted base weights
 ``...attn.parametrizations.in_proj_weight.original``, ``...out_proj.parametrizations.weight.original``
@@ -22,6 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .layers import VALID_TARGETS, VALID_TOWERS, LoRALinear, LoRAParametrization
+from .side_branch import remove_side_branches, use_side_branches
 from .state import iter_lora_modules
 
 
@@ -154,6 +156,8 @@ def add_lora_to_blocks(blocks: Iterable[nn.Module], rank: int, alpha: float,
                 _add_hook(wrapped, {"weight": "base.weight", "bias": "base.bias"})
                 setattr(mlp, child, wrapped)
                 names.append(bp + t + ".weight")
+        if any(t.startswith("attn.") for t in targets) and hasattr(block, "attention"):
+            use_side_branches(block)  # the adapted projections as side branches (side_branch.py)
     return names
 
 
@@ -211,6 +215,7 @@ def merge_lora(model: nn.Module) -> List[str]:
                 parametrize.remove_parametrizations(mod, tname, leave_parametrized=True)
                 merged.append(pre + tname)
             _remove_hooks(mod)
+        remove_side_branches(mod)
         for cname, child in list(mod.named_children()):
             if isinstance(child, LoRALinear):
                 with torch.no_grad():
