@@ -7,7 +7,7 @@ cleans each text with ftfy and runs BPE in Python, ~0.2 ms per text, so a batch 
 spends tens of milliseconds of the main process on it. Token ids of a text never change, so
 they are memoised; the tensors returned are exactly the tokenizer's.
 """
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 
