@@ -101,6 +101,7 @@ TRAINING_CASES = [
     ({"DATASETS.IMAGE_TEXT.SHARDS": [""]}, "DATASETS.IMAGE_TEXT.SHARDS = ['']: must be a list of shard patterns"),
     ({"DATASETS.IMAGE_TEXT.WEIGHTS": [1.0, 0.0]}, "DATASETS.IMAGE_TEXT.WEIGHTS = [1.0, 0.0]: must be positive numbers"),
     ({"DATASETS.IMAGE_TEXT.KEEP_LISTS": [1]}, "DATASETS.IMAGE_TEXT.KEEP_LISTS = [1]: must be a list of keep-list paths"),
+    ({"DATALOADER.PACKED_BATCHES": 1}, "DATALOADER.PACKED_BATCHES = 1: must be True or False"),
     ({"DATASETS.IMAGE_TEXT.FOLDERS": [""]}, "DATASETS.IMAGE_TEXT.FOLDERS = ['']: must be a list of folder paths"),
     ({"DATASETS.IMAGE_TEXT.FOLDERS": ["/a"], "DATASETS.IMAGE_TEXT.SHARDS": ["/b/*.tar"]},
      "DATASETS.IMAGE_TEXT.FOLDERS with shard sources: train on one kind"),

@@ -277,6 +277,7 @@ def check_training_config(cfg) -> None:
                 f"> 0 and a multiple of the patch size{patch_text}", integer=True,
                 fix=" (the patch embedding drops the pixels past the last whole patch)"),
         _choice("INPUT.RANDOM_FLIP", cfg.INPUT.RANDOM_FLIP, RANDOM_FLIPS),
+        _flag("DATALOADER.PACKED_BATCHES", cfg.DATALOADER.PACKED_BATCHES),
         None if len(cfg.DATASETS.TRAIN) or cfg.DATASETS.IMAGE_TEXT.SHARDS or cfg.DATASETS.IMAGE_TEXT.FOLDERS else
         "DATASETS.TRAIN = (): name at least one image-caption dataset (e.g. ('synth_image_text_train',)), "
         "or give DATASETS.IMAGE_TEXT.SHARDS or FOLDERS",
