@@ -24,3 +24,9 @@ run eval_protocol benchmarks/bench_eval_protocol.py --config-file configs/Base-P
 run eval_profile benchmarks/bench_eval_protocol.py --config-file configs/Base-Paper-Eval.yaml --settings single +pamr \
   --images 6 --warmup 2 --profile 3
 run stream_loader benchmarks/bench_stream_loader.py --workers 0 15 --samples 20000 --warmup 1000
+# the synthetic tiny CLIP's pretraining step (the plain step) at 64 and 128 px: the 128 px lever of
+# docs/RESULTS.md trained 15x slower than 64 px for 3.4x the FLOPs
+for size in 64 128; do
+  run "step_tiny$size" benchmarks/bench_ttd_step.py --config-file configs/synthetic/pretrain_tiny_clip.yaml \
+    --arch "TinyCLIP-ViT-8-$size-avg.json" --image-size "$size" --batch-size 1024 --steps 10 --skip-flops --profile 3
+done
