@@ -819,3 +819,36 @@ def test_worker_side_tags_equal_the_models_and_give_the_same_losses(tiny_cfg, tm
     for name in here:
         assert torch.equal(from_workers[name], here[name]), name
 
+
+
+def test_the_loader_workers_share_changes_no_loss(tiny_cfg, tmp_path):
+    """Issue "performance": the same losses on a fixed batch whether the step gets bare samples
+    (images and caption strings, tokenised and tagged in the step, as before 2026-12-02) or what
+    the trainer's loader workers now send (tokens, candidate tags, one packed tensor per field,
+    through the pickling between processes)."""
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    from ttd_d2.data.collate import packed_batch_collator
+    from ttd_d2.data.mappers import CaptionTrainMapper
+
+    cfg = tiny_cfg.clone()
+    cfg.merge_from_list(["MODEL.TTD.ENABLED", True, "INPUT.TRAIN_SIZE", 32, "INPUT.RANDOM_FLIP", "none",
+                         "MODEL.TTD.TAG_SCORING", "image_text"])
+    model = build(cfg, train=True)
+    mapper = CaptionTrainMapper(cfg, True)
+    captions = ["a red circle and a blue square", "a green star on a striped background", "two circles"]
+    samples = []
+    for i, caption in enumerate(captions):
+        path = tmp_path / f"{i}.png"
+        cv2.imwrite(str(path), random_image(i, 32, 32).permute(1, 2, 0).numpy())
+        samples.append(mapper({"file_name": str(path), "caption": caption}))
+    bare = [{"image": torch.from_numpy(x["image"].copy()), "caption": x["caption"]} for x in samples]
+    sent = pickle.loads(ForkingPickler.dumps(packed_batch_collator(samples)))
+    torch.manual_seed(3)
+    before = model(bare)
+    torch.manual_seed(3)
+    after = model(sent)
+    assert before.keys() == after.keys() == {"loss_distill", "loss_tag"}
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
