@@ -191,8 +191,14 @@ def test_caption_train_mapper_skips_unreadable_image(synthetic, tmp_path):
     good = DatasetCatalog.get(synthetic["train"])[0]
     out = mapper(good)
     assert out["image"].shape == (3, 32, 32) and out["caption"] == good["caption"]
-    assert out["skipped"] == {"corrupt_image": 2}  # the next sample carries the count, once
-    assert "skipped" not in mapper(good)
+    assert "skipped" not in out  # the mapper skips; the record loader counts (below)
+    from ttd_d2.data.records import _CountingMapper
+
+    counting = _CountingMapper(mapper)
+    assert counting({"file_name": str(bad), "caption": "x"}) is None
+    assert counting({"file_name": str(tmp_path / "missing.png"), "caption": "x"}) is None
+    assert counting(good)["skipped"] == {"corrupt_image": 2}  # the next sample carries the count, once
+    assert "skipped" not in counting(good)
 
 
 def test_test_mapper_raises_naming_the_file(synthetic, tmp_path):

@@ -49,8 +49,7 @@ class CaptionTrainMapper:
     Records of streamed shards carry the image's bytes (``"image_bytes"``), decoded here.
     A sample whose image cannot be read is skipped with a warning (returns None, so
     detectron2's MapDataset, or the shard stream, draws another one): one bad file must not stop
-    a long run. The next sample carries the count (``"skipped": {"corrupt_image": n}``), which
-    the trainer's ``SkipCountingLoader`` takes off and counts (shard streams count their own).
+    a long run (the training loaders count the skips: ``data/records.py``, ``data/streams``).
     """
 
     @configurable
@@ -78,7 +77,6 @@ class CaptionTrainMapper:
         self.tokenizer = tokenizer
         self.tag_options = tag_options if tokenizer is not None else None
         self._fits = token_window(tokenizer, tokenizer.context_length) if self.tag_options else None
-        self._unreadable = 0  # per loader worker: each has its copy of the mapper
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -95,7 +93,6 @@ class CaptionTrainMapper:
             image = read_image_checked(record["file_name"], self.image_format, record.get("image_bytes"))
         except OSError as e:
             logger.warning("skipping a training sample: %s", e)
-            self._unreadable += 1
             return None
         aug = T.AugInput(image)
         self.augmentations(aug)
@@ -110,9 +107,6 @@ class CaptionTrainMapper:
             sample["caption_tokens"] = self.tokenizer([record["caption"]])[0].numpy()
         if self.tag_options is not None:
             sample["candidate_tags"] = candidate_tags([record["caption"]], self._fits, *self.tag_options)[0]
-        if self._unreadable:  # the images skipped since the last sample, for SkipCountingLoader
-            sample["skipped"] = {"corrupt_image": self._unreadable}
-            self._unreadable = 0
         return sample
 
 

@@ -6,7 +6,7 @@ streams' are (``streams.SkipCountingLoader``)."""
 from collections import Counter
 from typing import Callable, Dict, List, Optional
 
-from detectron2.data import DatasetCatalog, build_detection_train_loader
+from detectron2.data import build_detection_train_loader
 from detectron2.data.build import get_detection_dataset_dicts
 from detectron2.utils import comm
 
@@ -34,33 +34,41 @@ def _kept(name: str, records: List[Dict], keep: Optional[frozenset]) -> List[Dic
     return kept
 
 
+class _CountingMapper:
+    """``mapper``, counting the records it skips (None: an unreadable image; detectron2's
+    MapDataset then draws another) and handing the count on with the next sample
+    (``"skipped"``, which ``SkipCountingLoader`` takes off). One per loader worker (a copy each)."""
+
+    def __init__(self, mapper: Callable[[Dict], Optional[Dict]]):
+        self.mapper, self.unreadable = mapper, 0
+
+    def __call__(self, record: Dict) -> Optional[Dict]:
+        sample = self.mapper(record)
+        if sample is None:
+            self.unreadable += 1
+        elif self.unreadable:
+            sample["skipped"], self.unreadable = {"corrupt_image": self.unreadable}, 0
+        return sample
+
+
 def build_record_loader(cfg, mapper: Callable[[Dict], Optional[Dict]]) -> SkipCountingLoader:
     """Batches of ``SOLVER.IMS_PER_BATCH / world size`` mapped records per rank (detectron2's
     sampler and workers), packed in the workers unless ``DATALOADER.PACKED_BATCHES`` is False.
-    Bad samples counted: the pairs folder sources skipped when loaded (once, on rank 0: every rank
-    loads them), the records a keep-list leaves out (``not_kept``), the unreadable images the
+    Bad samples counted: the pairs folder sources skipped when loaded, the records a keep-list
+    leaves out (``not_kept``), both once (rank 0: every rank loads them), and the records the
     mapper skips."""
     names = record_sources(cfg)
-    keeps = keep_lists(cfg, len(names))
+    records, skipped = [], Counter()
+    for name, keep in zip(names, keep_lists(cfg, len(names))):
+        mine = get_detection_dataset_dicts(name)
+        kept = _kept(name, mine, keep)
+        skipped["not_kept"] += len(mine) - len(kept)
+        skipped.update(LOAD_SKIPPED.get(name, {}))
+        records += kept
     options = {}
     if cfg.DATALOADER.PACKED_BATCHES:
         # Every training sample is a TRAIN_SIZE square: aspect-ratio grouping has nothing to
         # group, and without it whole batches are collated (packed) in the workers.
         options = {"aspect_ratio_grouping": False, "collate_fn": packed_batch_collator}
-    skipped = Counter()
-    if any(k is not None for k in keeps):
-        records = []
-        for name, keep in zip(names, keeps):
-            mine = DatasetCatalog.get(name)
-            kept = _kept(name, mine, keep)
-            skipped["not_kept"] += len(mine) - len(kept)
-            records += kept
-        loader = build_detection_train_loader(cfg, mapper=mapper, dataset=records, **options)
-    else:
-        loader = build_detection_train_loader(cfg, mapper=mapper, dataset=get_detection_dataset_dicts(names), **options)
-    if not comm.is_main_process():
-        skipped = Counter()
-    else:
-        for name in names:
-            skipped.update(LOAD_SKIPPED.get(name, {}))
-    return SkipCountingLoader(loader, skipped=skipped)
+    loader = build_detection_train_loader(cfg, mapper=_CountingMapper(mapper), dataset=records, **options)
+    return SkipCountingLoader(loader, skipped=skipped if comm.is_main_process() else None)

@@ -12,7 +12,6 @@ from detectron2.solver import build as solver_build
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from ..config_checks import check_trainable, check_training_config
-from ..config_checks_streams import FOLDERS_WITH_SHARDS
 from ..data.records import build_record_loader
 from ..data.mappers import CaptionTrainMapper, TestMapper
 from ..data.streams import SkipCountingLoader, SkipCountsHook
@@ -57,8 +56,6 @@ class TTDTrainer(DefaultTrainer):
         record datasets through detectron2's loader (:func:`~ttd_d2.data.records.build_record_loader`);
         both count their bad samples (:class:`SkipCountingLoader`)."""
         if uses_streams(cfg):
-            if cfg.DATASETS.IMAGE_TEXT.FOLDERS:
-                raise ValueError(FOLDERS_WITH_SHARDS)
             return build_stream_loader(cfg, CaptionTrainMapper(cfg, True))
         return build_record_loader(cfg, CaptionTrainMapper(cfg, True))
 

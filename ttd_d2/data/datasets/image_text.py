@@ -82,7 +82,7 @@ def load_image_json_folder(root: Union[str, Path], name: str = "") -> List[Dict]
     A pair with a missing image or JSON, or a caption that is missing, empty, not UTF-8 or in an
     invalid JSON is skipped and counted; the counts by kind are logged (and kept in
     ``LOAD_SKIPPED[name]``). Corrupt images are found, skipped and counted when training reads
-    them (``CaptionTrainMapper``)."""
+    them (``CaptionTrainMapper``, ``data/records.py``)."""
     root = Path(root)
     image_dir, json_dir = root / "image", root / "json"
     for folder in (image_dir, json_dir):

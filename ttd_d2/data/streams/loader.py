@@ -6,6 +6,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.utils import comm
 
+from ...config_checks_streams import FOLDERS_WITH_SHARDS
 from ..collate import packed_batch_collator
 from ..datasets.image_text import is_shard_source
 from .shards import MixedStream, ShardStream, expand_shards
@@ -21,6 +22,8 @@ def uses_streams(cfg) -> bool:
 
 def stream_sources(cfg) -> List[Tuple[str, List[str]]]:
     """(name, shard patterns) of every streamed source, DATASETS.TRAIN's then SHARDS'."""
+    if cfg.DATASETS.IMAGE_TEXT.FOLDERS:
+        raise ValueError(FOLDERS_WITH_SHARDS)
     listed = [n for n in cfg.DATASETS.TRAIN if not is_shard_source(n)]
     if listed:
         raise ValueError(f"DATASETS.TRAIN mixes shard sources with record datasets ({', '.join(listed)}): train on "

@@ -234,7 +234,6 @@ def pad_tag_batch(
     # which adds up to milliseconds of host time per step at batch 1024.
     rows = [[position_of.setdefault(tag, len(position_of)) for tag in tags] for tags in tags_per_caption]
     index = torch.tensor([row + [0] * (max_tags - len(row)) for row in rows], dtype=torch.long).view(len(rows), max_tags)
-    valid = torch.tensor([[True] * len(row) + [False] * (max_tags - len(row)) for row in rows],
-                         dtype=torch.bool).view(len(rows), max_tags)
+    valid = torch.arange(max_tags) < torch.tensor([len(row) for row in rows], dtype=torch.long)[:, None]
     unique_tags = list(position_of)
     return unique_tags, index, valid
