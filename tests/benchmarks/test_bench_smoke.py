@@ -54,9 +54,10 @@ def test_smoke_tiny_cpu(bench, tmp_path):
 
 
 def test_profile_and_late_adapter_target(bench, tmp_path):
-    report = bench.main(TINY_ARGS + ["--skip-flops", "--profile", "2", "--trace-dir", str(tmp_path),
+    report = bench.main(TINY_ARGS + ["--skip-flops", "--profile", "2", "--trace-dir", str(tmp_path), "--text-in-step",
                                      "MODEL.TTD.LORA.IMAGE_LAYERS", "2"])
     assert report["target_ratio"] == bench.TARGET_RATIO_LATE_ADAPTERS == 1.2
+    assert report["settings"]["text_in_step"] and report["results"]["ttd"]["candidates_per_caption"] == 3
     for step in ("ttd", "plain"):
         profile = report["results"][step]["profile"]
         assert profile["steps"] == 2 and profile["wall_ms"] > 0

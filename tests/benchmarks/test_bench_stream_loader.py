@@ -19,6 +19,6 @@ def test_both_collators(tmp_path):
     bench = load_script("benchmarks/bench_stream_loader.py")
     report = bench.main(["--root", str(tmp_path / "shards"), "--shards", "2", "--per-shard", "6", "--height", "40",
                          "--width", "48", "--train-size", "32", "--samples", "8", "--warmup", "4", "--batch-size", "4",
-                         "--workers", "1", "--collate", "trivial", "packed"])
-    assert set(report["results"]) == {"trivial/1", "packed/1"}
+                         "--workers", "1", "--collate", "trivial", "packed", "--no-tags"])
+    assert set(report["results"]) == {"trivial/1", "packed/1"} and report["settings"]["no_tags"]
     assert {r["collate"] for r in report["results"].values()} == {"trivial", "packed"}
