@@ -59,6 +59,7 @@ if "NLTK_DATA" not in os.environ and (REPO_ROOT.parent / "shared" / "nltk_data")
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.profiler import record_function  # noqa: E402
 
 from benchmarks.ttd_step_inputs import CONTENT_WORDS, make_captions, make_images  # noqa: E402,F401
 from benchmarks.ttd_step_config import build_cfg  # noqa: E402
@@ -124,10 +125,14 @@ def _synchronize(device: torch.device) -> None:
 
 
 def train_step(model: nn.Module, optimizer, batch: List[Dict]) -> Dict[str, torch.Tensor]:
-    losses = model(batch)
-    sum(losses.values()).backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    """One step, its parts labelled for ``--profile`` (the model labels its own stages inside)."""
+    with record_function("ttd.forward"):
+        losses = model(batch)
+    with record_function("ttd.backward"):
+        sum(losses.values()).backward()
+    with record_function("ttd.optimizer"):
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
     return losses
 
 

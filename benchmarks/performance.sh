@@ -15,7 +15,8 @@ run() {
   local name=$1; shift
   [ -f "$OUT_DIR/$name.json" ] && return 0
   echo "== $name"
-  "$PY" "$@" --output "$OUT_DIR/$name.json"
+  local script=$1; shift
+  "$PY" "$script" --output "$OUT_DIR/$name.json" "$@"
 }
 run step_default benchmarks/bench_ttd_step.py --profile 5
 run step_layers2 benchmarks/bench_ttd_step.py --skip-flops --profile 5 MODEL.TTD.LORA.IMAGE_LAYERS 2

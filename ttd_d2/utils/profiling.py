@@ -1,7 +1,10 @@
 """Where a step's time goes: ``torch.profiler`` over a few calls of a step function, summarised
 as the numbers issue "performance" asks for before and after each change: wall time per step,
 the device's busy fraction (the union of its kernels' intervals over the wall time; the rest is
-host gaps), device-to-host synchronisations per step (on CPU: host reads of scalars), and the top kernels (CPU: top operators).
+host gaps), device-to-host synchronisations per step (on CPU: host reads of scalars), the top
+kernels (CPU: top operators), and the host time of each labelled stage of the step (the
+``torch.profiler.record_function`` ranges named ``STAGE_PREFIX...`` that the TTD step opens:
+which part of the step keeps the host busy while the device waits).
 
 Used by ``benchmarks/bench_ttd_step.py --profile`` and ``benchmarks/bench_eval_protocol.py
 --profile``. The interval arithmetic is a pure function (:func:`busy_time`), tested on its own.
@@ -13,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["HOST_READ_EVENT", "SYNC_EVENTS", "ProfileSummary", "busy_time", "profile_steps", "summarize_events"]
+__all__ = ["HOST_READ_EVENT", "STAGE_PREFIX", "SYNC_EVENTS", "ProfileSummary", "busy_time", "profile_steps", "summarize_events"]
 
 # CUDA runtime calls that block the host until the device catches up (``.item()``, ``bool(t)``,
 # ``.cpu()`` of a device tensor end in ``cudaStreamSynchronize``).
@@ -21,6 +24,8 @@ SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynch
 # On CPU nothing synchronises; the report counts the host reads of scalars instead (what would
 # sync on a GPU if the tensor were there; CPU-side ones such as AdamW's step counters included).
 HOST_READ_EVENT = "aten::_local_scalar_dense"
+# Names of the step's labelled stages (``record_function(STAGE_PREFIX + "teacher")`` ...).
+STAGE_PREFIX = "ttd."
 
 
 def busy_time(intervals: Sequence[Tuple[float, float]]) -> float:
@@ -46,6 +51,7 @@ class ProfileSummary:
     syncs: float = 0.0  # SYNC_EVENTS per step (CPU: HOST_READ_EVENT per step)
     sync_counts: Dict[str, float] = field(default_factory=dict)
     top: List[Tuple[str, float, float]] = field(default_factory=list)  # (name, ms per step, calls per step)
+    stages: List[Tuple[str, float]] = field(default_factory=list)  # (stage, host ms per step), in order
 
     @property
     def device_busy_fraction(self) -> Optional[float]:
@@ -71,6 +77,9 @@ class ProfileSummary:
         lines.append(f"  {what} per step: {self.syncs:g} ({counts})")
         lines.append(f"  top {'kernels' if self.device_busy_ms is not None else 'operators (self time)'}:")
         lines += [f"    {ms:8.3f} ms  {calls:6.1f} x  {name[:100]}" for name, ms, calls in self.top]
+        if self.stages:
+            lines.append("  host time of the labelled stages (nested stages inside their parent's):")
+            lines += [f"    {ms:8.3f} ms  {name}" for name, ms in self.stages]
         return "\n".join(lines)
 
 
@@ -78,10 +87,22 @@ def _is_device_event(event) -> bool:
     return str(getattr(event, "device_type", "")).endswith(("CUDA", "PrivateUse1"))
 
 
+def _stage_times(events, steps: int) -> List[Tuple[str, float]]:
+    """(stage name, host ms per step) of the ``STAGE_PREFIX`` ranges, in order of first start."""
+    first: Dict[str, float] = {}
+    total: Dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.name.startswith(STAGE_PREFIX) and not _is_device_event(e):
+            first.setdefault(e.name, e.time_range.start)
+            total[e.name] += (e.time_range.end - e.time_range.start) / 1e3 / steps
+    return [(name, total[name]) for name in sorted(first, key=first.get)]
+
+
 def summarize_events(events, steps: int, wall_ms: float, device: str, top: int = 12) -> ProfileSummary:
     """:class:`ProfileSummary` of a profiler's ``events()`` (``torch.autograd.profiler_util.
     FunctionEvent`` list) recorded over ``steps`` steps lasting ``wall_ms`` in all."""
-    on_device = [e for e in events if _is_device_event(e)]
+    # a labelled stage's device-side annotation spans its gaps too: not a kernel
+    on_device = [e for e in events if _is_device_event(e) and not e.name.startswith(STAGE_PREFIX)]
     syncs = {name: 0.0 for name in (SYNC_EVENTS if on_device else (HOST_READ_EVENT,))}
     for e in events:
         if e.name in syncs and not _is_device_event(e):
@@ -100,7 +121,8 @@ def summarize_events(events, steps: int, wall_ms: float, device: str, top: int =
         busy = None
     ranked = sorted(((n, ms, calls) for n, (ms, calls) in by_name.items()), key=lambda r: -r[1])[:top]
     return ProfileSummary(steps=steps, wall_ms=wall_ms / steps, device=device, device_busy_ms=busy,
-                          syncs=sum(syncs.values()), sync_counts=syncs, top=ranked)
+                          syncs=sum(syncs.values()), sync_counts=syncs, top=ranked,
+                          stages=_stage_times(events, steps))
 
 
 def profile_steps(step: Callable[[], object], steps: int, device: torch.device,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .layers import LoRAParametrization
+from .layers import LoRAParametrization, add_low_rank
 
 __all__ = ["lora_linear", "self_attention", "use_side_branches", "remove_side_branches"]
 
@@ -40,11 +40,7 @@ def lora_linear(module: nn.Module, name: str, x: torch.Tensor, bias: Optional[to
     if lora is None:
         return F.linear(x, getattr(module, name), bias)
     y = F.linear(x, module.parametrizations[name].original, bias)
-    if not lora.enabled:
-        return y
-    if lora.delta_override is not None:
-        return y + F.linear(x, lora.delta_override)
-    return y + lora.scaling * F.linear(F.linear(x, lora.lora_A), lora.lora_B)
+    return add_low_rank(y, x, lora) if lora.enabled else y
 
 
 def self_attention(attn: nn.MultiheadAttention, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -11,6 +11,7 @@ from detectron2.utils import comm
 from open_clip.loss import ClipLoss
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.profiler import record_function
 
 from ...data.collate import stack_field
 from ..backbone.clip_loading import resolve_arch
@@ -211,33 +212,41 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
     def forward(self, batched_inputs: Sequence[Dict]):
         if not self.training:
             return self.inference(batched_inputs)
-        images = self.normalize(stack_field(batched_inputs, "image"))
-        captions = [x["caption"] for x in batched_inputs]
-        # With TTD the base weights are frozen: leading image blocks without adapters need no
-        # graph and are shared by student and teacher.
-        shared = self.shared_image_blocks if self.ttd_enabled else 0
-        with torch.set_grad_enabled(not self.ttd_enabled):
-            tokens, grid = self.backbone.forward_trunk(images, shared)
+        # The ``ttd.*`` ranges label the step's stages for profiles (ttd_d2/utils/profiling.py);
+        # without a profiler they cost a microsecond each.
+        with record_function("ttd.trunk"):
+            images = self.normalize(stack_field(batched_inputs, "image"))
+            captions = [x["caption"] for x in batched_inputs]
+            # With TTD the base weights are frozen: leading image blocks without adapters need no
+            # graph and are shared by student and teacher.
+            shared = self.shared_image_blocks if self.ttd_enabled else 0
+            with torch.set_grad_enabled(not self.ttd_enabled):
+                tokens, grid = self.backbone.forward_trunk(images, shared)
         tag_batch = teacher = None
         if self.ttd_enabled:
-            given = [x["candidate_tags"] for x in batched_inputs] if all(
-                "candidate_tags" in x for x in batched_inputs) else None  # extracted by the loader workers
-            tag_batch = self._tag_batch(captions, given)
+            with record_function("ttd.tags"):
+                given = [x["candidate_tags"] for x in batched_inputs] if all(
+                    "candidate_tags" in x for x in batched_inputs) else None  # extracted by the loader workers
+                tag_batch = self._tag_batch(captions, given)
             if self.teacher != "self":
-                teacher = self._teacher_views(tokens, grid, shared, batched_inputs, tag_batch)
+                with record_function("ttd.teacher"):
+                    teacher = self._teacher_views(tokens, grid, shared, batched_inputs, tag_batch)
         # Only the contrastive loss reads the global embedding with grad; the self teacher's
         # tag scoring reads it detached, so it is computed without a graph (see ttd_lora).
         need_global = self._global_grad or (self.teacher == "self" and self._scoring_needs_global)
         # Adapted weights (W + BA) are built once per step instead of at every access.
         with parametrize.cached():
             with_dense = self.ttd_enabled or self.backbone.objective is not None
-            student = self.backbone.forward_head(
-                tokens, grid, shared, with_global=need_global, with_dense=with_dense, global_grad=self._global_grad
-            )
-            caption_emb = self._encode_captions(batched_inputs)
-            losses = self._losses(captions, tag_batch, student, caption_emb, teacher)
-            if self.backbone.objective is not None:  # the backbone's own (TCL's, modeling/tcl)
-                losses.update(self.backbone.training_losses(images, student["dense"], caption_emb, self.masker))
+            with record_function("ttd.student_image"):
+                student = self.backbone.forward_head(
+                    tokens, grid, shared, with_global=need_global, with_dense=with_dense, global_grad=self._global_grad
+                )
+            with record_function("ttd.student_captions"):
+                caption_emb = self._encode_captions(batched_inputs)
+            with record_function("ttd.losses"):
+                losses = self._losses(captions, tag_batch, student, caption_emb, teacher)
+                if self.backbone.objective is not None:  # the backbone's own (TCL's, modeling/tcl)
+                    losses.update(self.backbone.training_losses(images, student["dense"], caption_emb, self.masker))
             return losses
 
     def _encode_captions(self, batched_inputs: Sequence[Dict]) -> torch.Tensor:

@@ -4,6 +4,7 @@ from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from ..lora import lora_delta_override, lora_disabled, lora_ema_update
 from ..ttd.losses import distillation_targets, ttd_losses
@@ -81,7 +82,8 @@ class TTDDistillation:
         ``teacher``: ``_teacher_views`` output, or None for the model's own (detached) views.
         """
         dense, valid = student["dense"], tag_batch["valid"]
-        tag_emb = self._tag_embeddings(tag_batch, self._encode_tags, dense.shape[1])
+        with record_function("ttd.student_tags"):
+            tag_emb = self._tag_embeddings(tag_batch, self._encode_tags, dense.shape[1])
         caption_mask = self.masker(cosine_maps(dense, caption_emb[:, None])[:, 0])  # [B, h, w]
         tag_cos = cosine_maps(dense, tag_emb)  # [B, K, h, w]
         tag_masks = self.masker(tag_cos)

@@ -1,0 +1,32 @@
+"""CPU smoke test of benchmarks/bench_train_step.py: the trainer's own iterations on a tiny
+image-JSON folder, timed and profiled, with the labelled stages of the TTD step reported."""
+import json
+
+from conftest import TINY_ARCH, load_script
+from shard_fixtures import jpeg
+
+
+def test_smoke_with_profile(tmp_path):
+    root = tmp_path / "folder"
+    (root / "image").mkdir(parents=True)
+    (root / "json").mkdir()
+    for i in range(8):
+        (root / "image" / f"{i:03d}.jpg").write_bytes(jpeg(i))
+        (root / "json" / f"{i:03d}.json").write_text(json.dumps({"caption": f"a red circle and a blue square {i}"}))
+    bench = load_script("benchmarks/bench_train_step.py")
+    out = tmp_path / "train_step.json"
+    report = bench.main([
+        "--config-file", "configs/synthetic/ttd_maskclip.yaml", "--warmup", "1", "--steps", "2", "--profile", "1",
+        "--output", str(out),
+        "MODEL.DEVICE", "cpu", "MODEL.CLIP.ARCH", TINY_ARCH, "MODEL.CLIP.PRETRAINED", "", "MODEL.WEIGHTS", "",
+        "DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "DATASETS.IMAGE_TEXT.FOLDERS", f"['{root}']",
+        "INPUT.TRAIN_SIZE", "32", "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "4",
+    ])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report["seconds_per_iter"] > 0 and report["images_per_s"] == 4 / report["seconds_per_iter"]
+    assert 0 <= report["data_time_s"] < report["seconds_per_iter"]
+    stages = [name for name, ms in report["profile"]["stages"]]
+    # the model's stages, in the order the step runs them
+    assert stages[:4] == ["ttd.trunk", "ttd.tags", "ttd.teacher", "ttd.student_image"], stages
+    assert {"ttd.student_captions", "ttd.losses", "ttd.student_tags"} <= set(stages)
+    assert all(ms > 0 for _, ms in report["profile"]["stages"])
