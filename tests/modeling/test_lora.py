@@ -433,3 +433,20 @@ def test_add_low_rank_is_y_plus_the_delta_product(override):
             assert g is None or not g.abs().any()
         else:
             torch.testing.assert_close(g, r)
+
+
+def test_add_low_rank_under_bf16_autocast_matches_the_unfused_branch():
+    """Under CPU bf16 autocast (the training step's setting on a GPU) the in-place add casts its
+    factors itself: the same values as the textbook branch, within bf16 rounding."""
+    from ttd_d2.modeling.lora.layers import LoRALinear
+
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(16, 8), rank=4, alpha=8.0)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(3, 5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x)
+        expected = layer.base(x) + 2.0 * F.linear(F.linear(x, layer.lora_A), layer.lora_B)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected.float(), atol=0.05, rtol=0.02)

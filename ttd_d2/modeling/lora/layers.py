@@ -20,20 +20,20 @@ VALID_TOWERS: Tuple[str, ...] = ("image", "text")
 
 def add_low_rank(y: torch.Tensor, x: torch.Tensor, lora: "_LoRAMixin") -> torch.Tensor:
     """``y + x D^T`` for the adapter's delta ``D`` (``scaling * B A``, or ``delta_override``):
-    ``y`` [..., out] the frozen projection of ``x`` [..., in] (dropout already applied to ``x``
-    for the low-rank branch is the caller's).
+    ``y`` [..., out] the frozen projection of ``x`` [..., in], fresh from ``F.linear`` (its
+    backward does not read it, so it is updated in place); dropout of ``x`` is the caller's.
 
-    The low-rank product goes through ``torch.addmm`` with ``y`` as its accumulator, and the
-    scaling is applied to ``B`` [out, r] rather than to the [..., out] product: on a GPU the
-    add is then the matrix product's epilogue, not two full-size elementwise kernels per
-    adapted layer in the forward and again in the backward (one step of TTD adapts ~100 layers).
+    The low-rank product is accumulated into ``y`` by ``addmm_`` and the scaling is applied to
+    ``B`` [out, r], not to the [..., out] product: on a GPU the add is then the matrix product's
+    epilogue instead of two full-size elementwise kernels per adapted layer, forward and
+    backward (a TTD step runs ~100 adapted layers), and no copy of ``y`` is made.
     """
-    flat_x = x.reshape(-1, x.shape[-1])
-    if lora.delta_override is not None:
-        out = torch.addmm(y.reshape(-1, y.shape[-1]), flat_x, lora.delta_override.t())
-    else:
-        out = torch.addmm(y.reshape(-1, y.shape[-1]), flat_x @ lora.lora_A.t(), (lora.scaling * lora.lora_B).t())
-    return out.view(y.shape)
+    if lora.delta_override is not None:  # the EMA teacher: no graph, any dtype (autocast casts)
+        return torch.addmm(y.reshape(-1, y.shape[-1]), x.reshape(-1, x.shape[-1]), lora.delta_override.t()).view(y.shape)
+    low = torch.nn.functional.linear(x, lora.lora_A)  # [..., r]; autocast's dtype under autocast
+    # in-place ops are outside autocast: both factors in y's dtype
+    y.view(-1, y.shape[-1]).addmm_(low.reshape(-1, low.shape[-1]).to(y.dtype), (lora.scaling * lora.lora_B).t().to(y.dtype))
+    return y
 
 
 class _LoRAMixin:
