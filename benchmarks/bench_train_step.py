@@ -40,6 +40,7 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 import ttd_d2  # noqa: E402,F401  (registers the backbone, meta-architecture and datasets)
 from ttd_d2 import TTDTrainer, add_ttd_config  # noqa: E402
 from ttd_d2.data.datasets.label_conversion import write_text_atomic  # noqa: E402
+from ttd_d2.engine.deferred_scalars import DeferredMetricsHook  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -96,6 +97,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                 iteration()
             _synchronize(device)
             seconds = (time.perf_counter() - start) / max(args.steps, 1)
+            for hook in trainer._hooks:  # SOLVER.DEFER_METRICS: the steps' metrics still on the device
+                if isinstance(hook, DeferredMetricsHook):
+                    hook.scalars.flush(hook.write)
             data_times = trainer.storage.history("data_time").values()[-args.steps:] if args.steps else []
             report = {
                 "config_file": args.config_file,

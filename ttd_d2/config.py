@@ -168,6 +168,11 @@ def add_ttd_config(cfg):
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     # AdamW betas.
     cfg.SOLVER.BETAS = (0.9, 0.98)
+    # Read each step's losses and TTD statistics on the host once per writer period (20 steps),
+    # in one copy, and write them at their own iterations (ttd_d2/engine/deferred_scalars.py):
+    # the step never waits for the GPU. A non-finite loss then stops training at the next write,
+    # naming its iteration. False: detectron2's read of every loss every step.
+    cfg.SOLVER.DEFER_METRICS = True
 
     # ---------------------------------------------------------------- data
     # Input size (square) of TTD / contrastive training images after augmentation.

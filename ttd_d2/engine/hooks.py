@@ -5,6 +5,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..modeling.lora import lora_state_dict
+from .deferred_scalars import DeferredScalars, writes_now
 from ..modeling.lora.file import make_lora_file, save_lora_file
 from ..modeling.meta_arch.ttd_lora import ttd_trained_parameters
 
@@ -28,35 +29,44 @@ def lora_checkpoint(model) -> dict:
 class TTDHook(HookBase):
     """Added by the trainer when ``MODEL.TTD.ENABLED``.
 
-    After every step: advances the EMA teacher, writes tag statistics (candidate and
-    selected tags per caption, IoU of the distillation target with the caption mask, a
-    histogram of tag scores) to the EventStorage. Every ``period`` steps and at the end:
-    saves the LoRA files ``model_lora_<iter>.pth`` / ``model_lora_final.pth`` in ``output_dir``
-    (a few MB; with an EMA teacher as large as the adapted weights, see docs/LORA_FILES.md).
+    After every step: advances the EMA teacher and keeps the step's tag statistics (candidate
+    and selected tags per caption, IoU of the distillation target with the caption mask) on the
+    device; they reach the EventStorage at their own iterations every ``write_period`` steps,
+    read in one copy (:mod:`.deferred_scalars`: the step never waits for the GPU; 1 = every
+    step), and every ``histogram_period`` steps a histogram of tag scores. Every ``period`` steps
+    and at the end: saves the LoRA files ``model_lora_<iter>.pth`` / ``model_lora_final.pth`` in
+    ``output_dir`` (a few MB; with an EMA teacher as large as the adapted weights, see
+    docs/LORA_FILES.md). Placed before detectron2's writer, which writes the same step.
     """
 
-    def __init__(self, output_dir: str, period: int, histogram_period: int = 20):
+    def __init__(self, output_dir: str, period: int, histogram_period: int = 20, write_period: int = 1):
         self.output_dir = output_dir
         self.period = period
         self.histogram_period = histogram_period
+        self.write_period = write_period
+        self._statistics = DeferredScalars()
+
+    def _put(self, values, extras):
+        self.trainer.storage.put_scalars(**{f"ttd/{k}": v for k, v in values.items()}, smoothing_hint=True)
 
     def after_step(self):
         model = unwrap(self.trainer.model)
         model.update_teacher()
         stats = model.tag_statistics
-        if not stats:
-            return
-        storage = self.trainer.storage
-        scalars = {f"ttd/{k}": float(v) for k, v in stats.items() if k not in ("scores", "valid")}
-        storage.put_scalars(**scalars, smoothing_hint=True)
-        scores = stats["scores"][stats["valid"]]
-        if self.trainer.iter % self.histogram_period == 0 and scores.numel():
-            storage.put_histogram("ttd/tag_scores", scores.cpu(), bins=20)
+        if stats:
+            self._statistics.add(self.trainer.iter, {k: v for k, v in stats.items() if k not in ("scores", "valid")})
+            if self.trainer.iter % self.histogram_period == 0:
+                scores = stats["scores"][stats["valid"]]  # boolean indexing reads the mask: only here
+                if scores.numel():
+                    self.trainer.storage.put_histogram("ttd/tag_scores", scores.cpu(), bins=20)
+        if writes_now(self.trainer.iter, self.trainer.max_iter, self.write_period):
+            self._statistics.flush(self._put)
         next_iter = self.trainer.iter + 1  # named like detectron2's PeriodicCheckpointer does
         if self.period > 0 and next_iter % self.period == 0 and next_iter != self.trainer.max_iter:
             self._save(f"model_lora_{self.trainer.iter:07d}.pth")
 
     def after_train(self):
+        self._statistics.flush(self._put)
         if self.trainer.iter + 1 >= self.trainer.max_iter:
             self._save("model_lora_final.pth")
 

@@ -19,6 +19,7 @@ from ..data.streams.loader import build_stream_loader, uses_streams
 from ..evaluation import SemSegRatesEvaluator, build_caption_evaluators
 from .checkpoint import TTDCheckpointer
 from .ddp import create_ddp_model
+from .deferred_scalars import defer_loss_metrics, writer_period
 from .delayed_start import DelayedStartLRMultiplier, delay_parameters
 from .hooks import TTDHook, unwrap
 from .tcl_hook import TCLCheckpointHook
@@ -96,8 +97,12 @@ class TTDTrainer(DefaultTrainer):
         hook_list = super().build_hooks()
         # Hooks that put scalars go before detectron2's writer, which then writes them the same step.
         before_writer = []
+        # SOLVER.DEFER_METRICS: per-step scalars read once per writer period (deferred_scalars)
+        read_period = writer_period(hook_list) if self.cfg.SOLVER.DEFER_METRICS else 1
+        if self.cfg.SOLVER.DEFER_METRICS:
+            before_writer.append(defer_loss_metrics(self._trainer, read_period))
         if self.cfg.MODEL.TTD.ENABLED:
-            before_writer.append(TTDHook(self.cfg.OUTPUT_DIR, self.cfg.SOLVER.CHECKPOINT_PERIOD))
+            before_writer.append(TTDHook(self.cfg.OUTPUT_DIR, self.cfg.SOLVER.CHECKPOINT_PERIOD, write_period=read_period))
         if isinstance(self._trainer.data_loader, SkipCountingLoader):  # bad samples counted
             before_writer.append(SkipCountsHook(
                 self._trainer.data_loader, self.cfg.DATASETS.IMAGE_TEXT.MAX_BAD_FRACTION, period=20))

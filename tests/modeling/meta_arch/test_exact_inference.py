@@ -143,3 +143,13 @@ def test_images_on_the_patch_grid_are_unchanged_bit_for_bit(backbone_cfg, datase
     assert torch.equal(sem, bilinear(scores, (64, 80)))
     assert torch.equal(cap["caption_cos"], bilinear(caption_cos, (64, 80))[0])
     assert torch.equal(cap["caption_mask"], caption_mask)
+
+
+def test_class_owner_is_cached_beside_the_embeddings(tiny_cfg, dataset):
+    """The synonym -> class index lives with the embeddings, so no pass of the test-time
+    protocol copies it to the device again (a blocking copy per pass on a GPU)."""
+    model = build(tiny_cfg)
+    text_emb, owner, num_classes, _ = model.class_embeddings(dataset)
+    assert owner.tolist() == [0, 0, 1, 2] and num_classes == 3
+    assert owner.device == text_emb.device
+    assert model.class_embeddings(dataset)[1] is owner  # cached, not rebuilt per call

@@ -23,8 +23,11 @@ class TTDInference:
     # ------------------------------------------------------------------ class embeddings
     def class_embeddings(self, dataset_name: str) -> Tuple[torch.Tensor, torch.Tensor, int, bool]:
         """(synonym embeddings [S, D], owner [S], number of text classes, has_background) for a
-        dataset's ``stuff_classes``, cached per dataset. A dataset has a background class
-        (index 0, scored by a constant) when its metadata has ``background_threshold``."""
+        dataset's ``stuff_classes``, cached per dataset, both tensors on the model's device (a
+        CPU ``owner`` would be copied to the GPU by every pass of the test-time protocol, and a
+        host-to-device copy of pageable memory blocks the host: the 8 syncs per image that
+        ``bench_eval_protocol --profile`` found). A dataset has a background class (index 0,
+        scored by a constant) when its metadata has ``background_threshold``."""
         if dataset_name in self._class_cache:
             return self._class_cache[dataset_name]
         meta = MetadataCatalog.get(dataset_name)
@@ -35,7 +38,8 @@ class TTDInference:
         if has_background:
             classes = classes[1:]
         names, owner = split_synonyms(classes)
-        entry = (self.backbone.encode_text(names, use_templates=True), owner, len(classes), has_background)
+        embeddings = self.backbone.encode_text(names, use_templates=True)
+        entry = (embeddings, owner.to(embeddings.device), len(classes), has_background)
         self._class_cache[dataset_name] = entry
         return entry
 
