@@ -25,8 +25,8 @@ class TTDInference:
         """(synonym embeddings [S, D], owner [S], number of text classes, has_background) for a
         dataset's ``stuff_classes``, cached per dataset, both tensors on the model's device (a
         CPU ``owner`` would be copied to the GPU by every pass of the test-time protocol, and a
-        host-to-device copy of pageable memory blocks the host: the 8 syncs per image that
-        ``bench_eval_protocol --profile`` found). A dataset has a background class (index 0,
+        host-to-device copy of pageable memory blocks the host; one per pass matches the 8
+        syncs per image of ``bench_eval_protocol --profile``). A dataset has a background class (index 0,
         scored by a constant) when its metadata has ``background_threshold``."""
         if dataset_name in self._class_cache:
             return self._class_cache[dataset_name]
