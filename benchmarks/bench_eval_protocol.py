@@ -84,6 +84,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--settings", nargs="+", help="only these settings (default: all five)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also profile N images of each setting (ttd_d2.utils.profiling)")
+    parser.add_argument("--compile", default="", metavar="MODE",
+                        help="MODEL.CLIP.COMPILE.MODE (e.g. reduce-overhead: CUDA graphs); the warm-up compiles")
     parser.add_argument("--output", help="also write the results as JSON")
     return parser.parse_args(argv)
 
@@ -122,6 +124,8 @@ def build(args: argparse.Namespace, opts: List):
                          "MODEL.SEG_INFERENCE.FLIP", False, "MODEL.SEG_INFERENCE.PAMR.NUM_ITER", 0, *opts])
     if args.window_batch is not None:
         cfg.merge_from_list(["MODEL.SEG_INFERENCE.WINDOW_BATCH", args.window_batch])
+    if args.compile:
+        cfg.merge_from_list(["MODEL.CLIP.COMPILE.MODE", args.compile])
     cfg.freeze()
     return build_model(cfg).eval()
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The performance measurements of benchmarks/README.md in one run, on the GPU host (one GPU,
-# ~8 min): the TTD and plain training steps with profiles (default adapters, the last two image
-# blocks only, and the step doing its own tokenisation and tag extraction as before 2026-12-02),
-# the test-time protocol part by part with a profile of its two ends, and the streamed loader
-# with 15 workers. Every JSON lands in $OUT_DIR (default output/performance); a file that exists
-# is not measured again, so an interrupted run resumes.
+# ~6 min eager, plus the compiled rows' compilation): the TTD and plain training steps with
+# profiles (default adapters, the last two image blocks only, and the step doing its own
+# tokenisation and tag extraction as before 2026-12-02), the same compiled, the test-time
+# protocol part by part with a profile of its two ends (and under CUDA graphs), the streamed
+# loader with 15 workers, and the tiny CLIP's step. Every JSON lands in $OUT_DIR (default
+# output/performance); a file that exists is not measured again, so an interrupted run resumes
+# (run it again under a device command's 10-minute limit).
 #   bash benchmarks/performance.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +26,12 @@ run step_text_in_step benchmarks/bench_ttd_step.py --skip-flops --text-in-step
 run eval_protocol benchmarks/bench_eval_protocol.py --config-file configs/Base-Paper-Eval.yaml --images 10 --warmup 2
 run eval_profile benchmarks/bench_eval_protocol.py --config-file configs/Base-Paper-Eval.yaml --settings single +pamr \
   --images 6 --warmup 2 --profile 3
+# torch.compile of the towers' blocks (MODEL.CLIP.COMPILE; the warm-up steps compile): inductor,
+# then CUDA graphs (reduce-overhead), for the host-bound steps and the protocol's window forwards
+run step_default_compiled benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 8 MODEL.CLIP.COMPILE.MODE default
+run step_default_cudagraphs benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 8 MODEL.CLIP.COMPILE.MODE reduce-overhead
+run step_layers2_cudagraphs benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 8 MODEL.CLIP.COMPILE.MODE reduce-overhead MODEL.TTD.LORA.IMAGE_LAYERS 2
+run eval_cudagraphs benchmarks/bench_eval_protocol.py --config-file configs/Base-Paper-Eval.yaml --images 10 --warmup 4 --compile reduce-overhead
 run stream_loader benchmarks/bench_stream_loader.py --workers 0 15 --samples 20000 --warmup 1000
 # the synthetic tiny CLIP's pretraining step (the plain step) at 64 and 128 px: the 128 px lever of
 # docs/RESULTS.md trained 15x slower than 64 px for 3.4x the FLOPs

@@ -31,6 +31,15 @@ def add_ttd_config(cfg):
     cfg.MODEL.CLIP.CONTRASTIVE_WEIGHT = 0.0
     # Run the towers under bf16 autocast on CUDA (CPU always runs fp32).
     cfg.MODEL.CLIP.BF16 = True
+    # torch.compile of both towers' transformer blocks (ttd_d2/modeling/backbone/compile.py; a
+    # block whose compilation fails runs eagerly, with a warning).
+    cfg.MODEL.CLIP.COMPILE = CN()
+    # "" (eager) | default | reduce-overhead (CUDA graphs: no per-kernel launch cost) |
+    # max-autotune | max-autotune-no-cudagraphs (torch.compile's modes, read by inductor).
+    cfg.MODEL.CLIP.COMPILE.MODE = ""
+    # torch.compile backend: inductor (generates kernels; on CPU it needs a C++ compiler) or any
+    # other registered one (aot_eager: traced but not optimised, what the tests use).
+    cfg.MODEL.CLIP.COMPILE.BACKEND = "inductor"
 
     # ---------------------------------------------------------------- TCL backbone
     # Read when MODEL.BACKBONE.NAME is "TCL" (docs/BACKBONES.md); MODEL.CLIP gives its frozen CLIP.

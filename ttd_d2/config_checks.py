@@ -23,6 +23,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 
 from .modeling.backbone.clip_dense import CLIPDense
 from .modeling.backbone.clip_loading import vision_config
+from .modeling.backbone.compile import COMPILE_MODES, compile_backends
 from .modeling.backbone.dense_heads import DENSE_MODES
 from .modeling.backbone.tcl import TCL
 from .modeling.lora import VALID_TARGETS, VALID_TOWERS
@@ -195,6 +196,8 @@ def check_model_config(cfg) -> None:
         _templates("MODEL.CLIP.PROMPT_TEMPLATES", clip.PROMPT_TEMPLATES),
         _number("MODEL.CLIP.CONTRASTIVE_WEIGHT", clip.CONTRASTIVE_WEIGHT, *non_negative),
         _flag("MODEL.CLIP.BF16", clip.BF16),
+        _choice("MODEL.CLIP.COMPILE.MODE", clip.COMPILE.MODE, COMPILE_MODES, " ('' = eager)"),
+        _choice("MODEL.CLIP.COMPILE.BACKEND", clip.COMPILE.BACKEND, compile_backends()) if clip.COMPILE.MODE else None,
         *_tcl_problems(cfg),
         *tcl_objective_problems(cfg),
         # MODEL.MASKER: sigmoid(w * cos + b) must grow with the similarity

@@ -8,6 +8,7 @@ from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from .clip_loading import build_tokenizer, load_clip
+from .compile import compile_blocks
 from .token_cache import CachedTokenizer
 from .dense_heads import DENSE_MODES, dense_last_block
 from .prompt_templates import resolve_prompt_templates
@@ -107,6 +108,13 @@ class CLIPDense(Backbone):
             "prompt_templates": resolve_prompt_templates(cfg.MODEL.CLIP.PROMPT_TEMPLATE_SET, cfg.MODEL.CLIP.PROMPT_TEMPLATES),
             "bf16": cfg.MODEL.CLIP.BF16,
         }
+
+    def compile_towers(self, mode: str, backend: str = "inductor") -> int:
+        """``torch.compile`` the image and text towers' transformer blocks (``MODEL.CLIP.COMPILE``,
+        :mod:`.compile`: with a fallback to eager per block); returns the number of blocks."""
+        text_blocks = getattr(getattr(self.clip, "transformer", None), "resblocks", [])
+        return (compile_blocks(self.clip.visual.transformer.resblocks, "visual.transformer.resblocks", mode, backend)
+                + compile_blocks(text_blocks, "transformer.resblocks", mode, backend))
 
     @property
     def size_divisibility(self) -> int:

@@ -73,6 +73,8 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
         logit_scale: float = 40.0,
         prob_threshold: float = 0.0,
         default_dataset: str = "",
+        compile_mode: str = "",
+        compile_backend: str = "inductor",
     ):
         """
         Args:
@@ -100,6 +102,8 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
             class_scores: ttd (masker probabilities) | softmax (softmax over the names of
                 ``logit_scale`` x cosine, background = ``prob_threshold``): docs/EVALUATION.md.
             default_dataset: metadata used when an input carries no "dataset_name".
+            compile_mode, compile_backend: ``torch.compile`` of the towers' blocks
+                (``MODEL.CLIP.COMPILE``; "" = eager), applied last, over the adapters.
         """
         super().__init__()
         if tag_scoring not in SCORING_METHODS + ("nltk",):
@@ -143,6 +147,7 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
             self._setup_lora(**(lora or {}))
         if not ttd_enabled and backbone.objective is None:
             masker.requires_grad_(False)  # no loss reads it (see ttd_lora: what trains)
+        backbone.compile_towers(compile_mode, compile_backend)
 
     @classmethod
     def from_config(cls, cfg):
@@ -189,6 +194,8 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
             "logit_scale": test.LOGIT_SCALE,
             "prob_threshold": test.PROB_THRESHOLD,
             "default_dataset": cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "",
+            "compile_mode": cfg.MODEL.CLIP.COMPILE.MODE,
+            "compile_backend": cfg.MODEL.CLIP.COMPILE.BACKEND,
         }
 
     def _setup_lora(self, **lora):

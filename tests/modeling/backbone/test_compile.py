@@ -1,0 +1,155 @@
+"""torch.compile of the towers' blocks (MODEL.CLIP.COMPILE, ttd_d2/modeling/backbone/compile.py):
+the compiled TTD step gives the eager step's losses and adapter gradients, compiled inference
+the eager scores; a block whose compilation fails runs eagerly with a warning; bad keys are
+refused with the fix. The tests trace with ``aot_eager`` (dynamo + AOTAutograd, no codegen);
+one runs inductor itself on a block, as the GPU host does."""
+import copy
+import logging
+import uuid
+
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from conftest import build
+from ttd_d2.modeling.backbone.compile import _CompiledForward, compile_blocks, compile_backends
+
+TTD = {"MODEL.TTD.ENABLED": True, "MODEL.TTD.TEACHER": "frozen", "MODEL.CLIP.DENSE_MODE": "clearclip"}
+
+
+def batch():
+    g = torch.Generator().manual_seed(0)
+    captions = ("a red circle and a blue square", "a green triangle on a striped background")
+    return [{"image": torch.randint(0, 256, (3, 32, 32), generator=g, dtype=torch.uint8), "caption": c} for c in captions]
+
+
+def step(model):
+    losses = model(batch())
+    sum(losses.values()).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return {k: v.detach() for k, v in losses.items()}, grads
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_compiled_step_equals_eager(tiny_cfg):
+    eager = build(tiny_cfg, train=True, **TTD)
+    compiled = build(tiny_cfg, train=True, **TTD, **{"MODEL.CLIP.COMPILE.MODE": "default",
+                                                     "MODEL.CLIP.COMPILE.BACKEND": "aot_eager"})
+    blocks = list(compiled.backbone.clip.visual.transformer.resblocks) + list(compiled.backbone.clip.transformer.resblocks)
+    assert all(isinstance(b.__dict__.get("forward"), _CompiledForward) for b in blocks)
+    with torch.no_grad():  # adapters that do something (B starts at zero)
+        for (_, p), (_, q) in zip(eager.named_parameters(), compiled.named_parameters()):
+            if p.requires_grad:
+                q.copy_(p.normal_(0, 0.05) if p.dim() > 1 else p)
+    for _ in range(2):  # the second call runs the cached graphs
+        (loss_e, grad_e), (loss_c, grad_c) = step(eager), step(compiled)
+        assert loss_e.keys() == loss_c.keys() == {"loss_distill", "loss_tag"}
+        for k in loss_e:
+            torch.testing.assert_close(loss_c[k], loss_e[k], rtol=1e-5, atol=1e-6)
+        assert grad_e.keys() == grad_c.keys() and grad_e
+        for k in grad_e:
+            torch.testing.assert_close(grad_c[k], grad_e[k], rtol=1e-4, atol=1e-6)
+    assert not any(b.forward.failed for b in blocks)
+
+
+@pytest.fixture
+def dataset():
+    name = f"test_compile_{uuid.uuid4().hex[:10]}"
+    DatasetCatalog.register(name, lambda: [])
+    MetadataCatalog.get(name).set(stuff_classes=["circle, round", "square", "triangle"])
+    yield name
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+def test_compiled_inference_equals_eager(tiny_cfg, dataset):
+    """The test-time protocol's windows, scales and flips through compiled blocks."""
+    protocol = {"MODEL.SEG_INFERENCE.SLIDE_CROP": 32, "MODEL.SEG_INFERENCE.SLIDE_STRIDE": 16,
+                "MODEL.SEG_INFERENCE.SCALES": [1.0, 0.5], "MODEL.SEG_INFERENCE.FLIP": True}
+    eager = build(tiny_cfg, **protocol)
+    compiled = build(tiny_cfg, **protocol, **{"MODEL.CLIP.COMPILE.MODE": "reduce-overhead",
+                                              "MODEL.CLIP.COMPILE.BACKEND": "aot_eager"})
+    image = torch.randint(0, 256, (3, 40, 56), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    inputs = [{"image": image, "height": 40, "width": 56, "dataset_name": dataset}]
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(inputs)[0]["sem_seg"], eager(inputs)[0]["sem_seg"], rtol=1e-5, atol=1e-6)
+
+
+def test_failing_compilation_falls_back_to_eager(tiny_cfg, caplog):
+    def broken(gm, example_inputs):
+        raise RuntimeError("this backend cannot compile anything")
+
+    torch._dynamo.register_backend(broken, name="ttd_test_broken")
+    try:
+        model = build(tiny_cfg, **{"MODEL.CLIP.COMPILE.MODE": "default", "MODEL.CLIP.COMPILE.BACKEND": "ttd_test_broken"})
+        reference = build(tiny_cfg)
+        x = torch.randn(2, 3, 32, 32)
+        with caplog.at_level(logging.WARNING, logger="ttd_d2.modeling.backbone.compile"), torch.no_grad():
+            out = model.backbone(x)["dense"]
+        torch.testing.assert_close(out, reference.backbone(x)["dense"])
+        assert "torch.compile of visual.transformer.resblocks.0 failed" in caplog.text
+        assert all(b.forward.failed for b in model.backbone.clip.visual.transformer.resblocks[:-1])
+    finally:
+        torch._dynamo.backends.registry._COMPILER_FNS.pop("ttd_test_broken", None)
+
+
+def test_keys_are_checked(tiny_cfg):
+    with pytest.raises(ValueError, match=r"MODEL.CLIP.COMPILE.MODE = 'fast' is unknown: use one of , default"):
+        build(tiny_cfg, **{"MODEL.CLIP.COMPILE.MODE": "fast"})
+    with pytest.raises(ValueError, match="MODEL.CLIP.COMPILE.BACKEND = 'nope' is unknown: use one of .*inductor"):
+        build(tiny_cfg, **{"MODEL.CLIP.COMPILE.MODE": "default", "MODEL.CLIP.COMPILE.BACKEND": "nope"})
+    assert "aot_eager" in compile_backends() and "inductor" in compile_backends()
+
+
+def test_deep_copy_of_a_compiled_block_runs_the_copy(tiny_cfg):
+    """TCL's head deep-copies the last block: the copy's forward must be its own."""
+    model = build(tiny_cfg)
+    block = model.backbone.clip.visual.transformer.resblocks[0]
+    compile_blocks([block], "b", "default", "aot_eager")
+    twin = copy.deepcopy(block)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(2.0)
+    x = torch.randn(1, 5, block.ln_1.normalized_shape[0])
+    assert twin.forward.eager.__self__ is twin
+    assert not torch.allclose(twin(x), block(x))
+
+
+def test_inductor_compiles_a_block_forward_and_backward(tiny_cfg):
+    """The default backend itself (CPU codegen here, as a CUDA kernel generator on the GPU host)."""
+    model = build(tiny_cfg)
+    block = model.backbone.clip.visual.transformer.resblocks[0]
+    eager = copy.deepcopy(block)
+    compile_blocks([block], "b", "default", "inductor")
+    x = torch.randn(2, 5, block.ln_1.normalized_shape[0], requires_grad=True)
+    out, ref = block(x), eager(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    g, = torch.autograd.grad(out.square().sum(), x)
+    r, = torch.autograd.grad(ref.square().sum(), x)
+    torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+    assert not block.forward.failed
+
+
+def test_a_ttd_step_keeps_every_variant_compiled(tiny_cfg):
+    """Student and teacher, image and text, grad and no-grad: more graphs than dynamo's default
+    of 8 per code object; none may be left to run eagerly."""
+    from torch._dynamo.utils import counters
+
+    model = build(tiny_cfg, train=True, **TTD, **{"MODEL.CLIP.COMPILE.MODE": "default",
+                                                  "MODEL.CLIP.COMPILE.BACKEND": "aot_eager"})
+    counters.clear()
+    for _ in range(2):
+        step(model)
+    model.eval()
+    with torch.no_grad():
+        model.backbone(torch.randn(1, 3, 40, 48))  # a new grid: one more variant
+    assert counters["frames"]["total"] == counters["frames"]["ok"] > 8
+    limit = getattr(torch._dynamo.config, "recompile_limit", None) or torch._dynamo.config.cache_size_limit
+    assert limit >= 64
