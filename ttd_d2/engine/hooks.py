@@ -5,9 +5,9 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..modeling.lora import lora_state_dict
-from .deferred_scalars import DeferredScalars, writes_now
 from ..modeling.lora.file import make_lora_file, save_lora_file
 from ..modeling.meta_arch.ttd_lora import ttd_trained_parameters
+from .deferred_scalars import DeferredScalars, writes_now
 
 
 def unwrap(model):
