@@ -28,5 +28,5 @@ def test_smoke_with_profile(tmp_path):
     stages = [name for name, ms in report["profile"]["stages"]]
     # the model's stages, in the order the step runs them
     assert stages[:4] == ["ttd.trunk", "ttd.tags", "ttd.teacher", "ttd.student_image"], stages
-    assert {"ttd.student_captions", "ttd.losses", "ttd.student_tags"} <= set(stages)
+    assert {"ttd.student_text", "ttd.losses"} <= set(stages)
     assert all(ms > 0 for _, ms in report["profile"]["stages"])

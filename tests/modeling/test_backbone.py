@@ -138,6 +138,38 @@ def test_encode_text_averages_templates(tiny_cfg):
     assert backbone.encode_text([]).shape == (0, 32)
 
 
+def test_captions_and_prompted_words_in_one_pass_equal_two_passes(tiny_cfg):
+    """encode_tokens_and_words: the captions' and the prompted words' embeddings from one text
+    pass equal the two separate passes (the words' rows run at the captions' longer context),
+    values and the text tower's gradients, with adapters on the text tower."""
+    from ttd_d2.modeling.lora import add_lora, lora_parameters
+
+    backbone = build(tiny_cfg, PROMPT_TEMPLATES=["a photo of a {}.", "a {}"])
+    add_lora(backbone.clip, rank=2, alpha=4.0, towers=["text"])
+    with torch.no_grad():
+        for p in lora_parameters(backbone.clip):
+            p.normal_(0, 0.1)
+    captions = ["a big red circle on the left of a small blue square", "a star"]
+    words = ["circle", "blue square", "star"]
+    tokens = backbone.tokenizer(captions)
+
+    def grads(loss):
+        return torch.autograd.grad(loss, list(lora_parameters(backbone.clip)))
+
+    joint_caps, joint_words = backbone.encode_tokens_and_words(tokens, words)
+    caps, word_emb = backbone.encode_token_ids(tokens), backbone.encode_text(words, use_templates=True)
+    assert joint_caps.shape == (2, 32) and joint_words.shape == (3, 32)
+    torch.testing.assert_close(joint_caps, caps, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(joint_words, word_emb, atol=1e-5, rtol=1e-5)
+    weights = torch.randn(5, 32, generator=torch.Generator().manual_seed(0))
+    for g, r in zip(grads((torch.cat([joint_caps, joint_words]) * weights).sum()),
+                    grads((torch.cat([caps, word_emb]) * weights).sum())):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
+    no_words = backbone.encode_tokens_and_words(tokens, [])
+    torch.testing.assert_close(no_words[0], caps, atol=1e-6, rtol=1e-6)
+    assert no_words[1].shape == (0, 32)
+
+
 def test_long_caption_is_truncated_not_rejected(tiny_cfg):
     backbone = build(tiny_cfg)
     with torch.no_grad():

@@ -150,6 +150,7 @@ def test_a_ttd_step_keeps_every_variant_compiled(tiny_cfg):
     model.eval()
     with torch.no_grad():
         model.backbone(torch.randn(1, 3, 40, 48))  # a new grid: one more variant
+        model.backbone.encode_text(["circle", "a small blue square"], use_templates=True)  # text, no grad
     assert counters["frames"]["total"] == counters["frames"]["ok"] > 8
     limit = getattr(torch._dynamo.config, "recompile_limit", None) or torch._dynamo.config.cache_size_limit
     assert limit >= 64

@@ -244,8 +244,27 @@ class CLIPDense(Backbone):
             return torch.zeros(0, self.embed_dim, device=self.clip.logit_scale.device)
         tokenizer = self.prompt_tokenizer if use_templates else self.tokenizer
         emb = self.encode_token_ids(tokenizer(prompts), chunk_size)  # tokenised on CPU
-        emb = emb.view(len(texts), len(templates), -1).mean(1)
-        return F.normalize(emb, dim=-1)
+        return self._average_templates(emb, len(texts))
+
+    def _average_templates(self, emb: torch.Tensor, num_texts: int) -> torch.Tensor:
+        """[num_texts * T, D] normalised prompt embeddings (text-major) -> [num_texts, D]."""
+        return F.normalize(emb.view(num_texts, -1, emb.shape[-1]).mean(1), dim=-1)
+
+    def encode_tokens_and_words(self, tokens: torch.Tensor, words: List[str]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(encode_token_ids(tokens), encode_text(words, use_templates=True))`` in one pass of
+        the text tower: captions' token ids [B, L] and the prompted words' share one batch
+        (run at the context of its longest row; with the causal mask a shorter row's embedding
+        does not depend on the padding after it). One pass instead of two halves the text
+        tower's kernel launches, forward and backward, in a host-bound TTD step; the words'
+        rows cost more FLOPs at the longer context, a few ms per step for ViT-B/16.
+        Returns [B, D] and [len(words), D]."""
+        if not words:
+            return self.encode_token_ids(tokens), torch.zeros(0, self.embed_dim, device=self.clip.logit_scale.device)
+        prompt_tokens = self.prompt_tokenizer([t.format(w) for w in words for t in self.prompt_templates])
+        width = max(tokens.shape[1], prompt_tokens.shape[1])
+        joint = torch.cat([F.pad(t, (0, width - t.shape[1])) for t in (tokens.to(prompt_tokens.device), prompt_tokens)])
+        emb = self.encode_token_ids(joint)
+        return emb[: tokens.shape[0]], self._average_templates(emb[tokens.shape[0]:], len(words))
 
     def encode_token_ids(self, tokens: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
         """L2-normalised embeddings [N, D] of token ids [N, L] from ``self.tokenizer`` (on CPU:

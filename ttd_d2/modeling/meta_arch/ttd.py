@@ -248,27 +248,38 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
                 student = self.backbone.forward_head(
                     tokens, grid, shared, with_global=need_global, with_dense=with_dense, global_grad=self._global_grad
                 )
-            with record_function("ttd.student_captions"):
-                caption_emb = self._encode_captions(batched_inputs)
+            with record_function("ttd.student_text"):
+                caption_emb, student_tag_emb = self._student_text(batched_inputs, tag_batch)
             with record_function("ttd.losses"):
-                losses = self._losses(captions, tag_batch, student, caption_emb, teacher)
+                losses = self._losses(captions, tag_batch, student, caption_emb, teacher, student_tag_emb)
                 if self.backbone.objective is not None:  # the backbone's own (TCL's, modeling/tcl)
                     losses.update(self.backbone.training_losses(images, student["dense"], caption_emb, self.masker))
             return losses
 
-    def _encode_captions(self, batched_inputs: Sequence[Dict]) -> torch.Tensor:
-        """Caption embeddings [B, D], from the loader's "caption_tokens" when every input has them."""
+    def _caption_tokens(self, batched_inputs: Sequence[Dict]) -> torch.Tensor:
+        """Caption token ids [B, L] on the CPU: the loader's "caption_tokens" when every input has them."""
         if all("caption_tokens" in x for x in batched_inputs):
-            tokens = stack_field(batched_inputs, "caption_tokens")
-            return self.backbone.encode_token_ids(tokens)
-        return self.backbone.encode_text([x["caption"] for x in batched_inputs])
+            return stack_field(batched_inputs, "caption_tokens")
+        return self.backbone.tokenizer([x["caption"] for x in batched_inputs])
 
-    def _losses(self, captions, tag_batch, student, caption_emb, teacher) -> Dict[str, torch.Tensor]:
+    def _encode_captions(self, batched_inputs: Sequence[Dict]) -> torch.Tensor:
+        """Caption embeddings [B, D]."""
+        return self.backbone.encode_token_ids(self._caption_tokens(batched_inputs))
+
+    def _student_text(self, batched_inputs: Sequence[Dict], tag_batch: Optional[Dict]):
+        """The student's caption embeddings [B, D] and, with a tag batch, its tag embeddings
+        [B, K, D] (else None), both from one text-tower pass (``encode_tokens_and_words``)."""
+        if tag_batch is None:
+            return self._encode_captions(batched_inputs), None
+        caption_emb, word_emb = self.backbone.encode_tokens_and_words(self._caption_tokens(batched_inputs), tag_batch["unique"])
+        return caption_emb, self._tag_embeddings(tag_batch, lambda _: word_emb, caption_emb.shape[1])
+
+    def _losses(self, captions, tag_batch, student, caption_emb, teacher, tag_emb=None) -> Dict[str, torch.Tensor]:
         losses = {}
         if self.contrastive_weight > 0:
             tau = self.backbone.clip.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
             image_emb = F.normalize(student["global"], dim=-1)
             losses["loss_contrastive"] = self.contrastive_weight * self._contrastive_loss(image_emb, caption_emb, tau)
         if self.ttd_enabled:
-            losses.update(self.distillation_losses(captions, tag_batch, student, caption_emb, teacher))
+            losses.update(self.distillation_losses(captions, tag_batch, student, caption_emb, teacher, tag_emb))
         return losses

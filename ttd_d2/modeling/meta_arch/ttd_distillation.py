@@ -4,7 +4,6 @@ from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-from torch.profiler import record_function
 
 from ..lora import lora_delta_override, lora_disabled, lora_ema_update
 from ..ttd.losses import distillation_targets, ttd_losses
@@ -75,14 +74,17 @@ class TTDDistillation:
             "caption": caption_emb,
         }
 
-    def distillation_losses(self, captions, tag_batch: Dict, student: Dict, caption_emb: torch.Tensor, teacher=None):
+    def distillation_losses(self, captions, tag_batch: Dict, student: Dict, caption_emb: torch.Tensor, teacher=None,
+                            tag_emb: Optional[torch.Tensor] = None):
         """L_distill and L_tag (docs/METHOD.md, "Self-distillation") for one batch.
 
         ``student``: {"dense": [B, D, h, w], "global"?: [B, D]}; ``caption_emb`` [B, D];
-        ``teacher``: ``_teacher_views`` output, or None for the model's own (detached) views.
+        ``teacher``: ``_teacher_views`` output, or None for the model's own (detached) views;
+        ``tag_emb``: the student's tag embeddings [B, K, D] if computed already (``TTD.forward``
+        encodes them with the captions), else encoded here.
         """
         dense, valid = student["dense"], tag_batch["valid"]
-        with record_function("ttd.student_tags"):
+        if tag_emb is None:
             tag_emb = self._tag_embeddings(tag_batch, self._encode_tags, dense.shape[1])
         caption_mask = self.masker(cosine_maps(dense, caption_emb[:, None])[:, 0])  # [B, h, w]
         tag_cos = cosine_maps(dense, tag_emb)  # [B, K, h, w]
