@@ -43,3 +43,24 @@ def test_cpu_profile_counts_syncs_and_ranks_the_matmul_first():
     text = summary.table()
     assert "host reads of scalars per step: 2" in text and "aten::mm" in text
     assert summary.to_dict()["host_gap_ms"] is None
+
+
+def test_cpu_profile_counts_operators_and_labelled_stages():
+    """Operators called from Python per step (``a @ b`` is one ``aten::matmul``, whatever it calls
+    inside; ``relu`` one) and the ``ttd.*`` stages' host time."""
+    from torch.profiler import record_function
+
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+
+    def step():
+        with record_function("ttd.outer"):
+            with record_function("ttd.inner"):
+                torch.relu(a @ b)
+
+    step()
+    summary = profile_steps(step, steps=2, device=torch.device("cpu"))
+    assert summary.launches == pytest.approx(2.0)
+    assert [name for name, _ in summary.stages] == ["ttd.outer", "ttd.inner"]
+    (_, outer), (_, inner) = summary.stages
+    assert outer >= inner > 0
+    assert "operators called from Python per step: 2" in summary.table()

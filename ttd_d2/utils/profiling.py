@@ -52,6 +52,7 @@ class ProfileSummary:
     sync_counts: Dict[str, float] = field(default_factory=dict)
     top: List[Tuple[str, float, float]] = field(default_factory=list)  # (name, ms per step, calls per step)
     stages: List[Tuple[str, float]] = field(default_factory=list)  # (stage, host ms per step), in order
+    launches: float = 0.0  # kernels per step (CPU: aten operators called from Python, the host's dispatches)
 
     @property
     def device_busy_fraction(self) -> Optional[float]:
@@ -75,6 +76,7 @@ class ProfileSummary:
         counts = ", ".join(f"{k} {v:g}" for k, v in self.sync_counts.items() if v) or "none"
         what = "device-to-host syncs" if self.device_busy_ms is not None else "host reads of scalars"
         lines.append(f"  {what} per step: {self.syncs:g} ({counts})")
+        lines.append(f"  {'kernels' if self.device_busy_ms is not None else 'operators called from Python'} per step: {self.launches:g}")
         lines.append(f"  top {'kernels' if self.device_busy_ms is not None else 'operators (self time)'}:")
         lines += [f"    {ms:8.3f} ms  {calls:6.1f} x  {name[:100]}" for name, ms, calls in self.top]
         if self.stages:
@@ -119,10 +121,15 @@ def summarize_events(events, steps: int, wall_ms: float, device: str, top: int =
                 by_name[e.name][0] += e.self_cpu_time_total / 1e3 / steps
                 by_name[e.name][1] += 1.0 / steps
         busy = None
+    if on_device:
+        launches = len(on_device) / steps
+    else:
+        launches = sum(1 for e in events if e.name.startswith("aten::")
+                       and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))) / steps
     ranked = sorted(((n, ms, calls) for n, (ms, calls) in by_name.items()), key=lambda r: -r[1])[:top]
     return ProfileSummary(steps=steps, wall_ms=wall_ms / steps, device=device, device_busy_ms=busy,
                           syncs=sum(syncs.values()), sync_counts=syncs, top=ranked,
-                          stages=_stage_times(events, steps))
+                          stages=_stage_times(events, steps), launches=launches)
 
 
 def profile_steps(step: Callable[[], object], steps: int, device: torch.device,
