@@ -137,6 +137,25 @@ def test_inductor_compiles_a_block_forward_and_backward(tiny_cfg):
     assert not block.forward.failed
 
 
+@pytest.mark.parametrize("mode, copies", [("reduce-overhead", True), ("max-autotune", True), ("default", False)])
+def test_cuda_graph_outputs_are_copied_before_the_next_replay(mode, copies):
+    """CUDA graphs return static buffers that the same graph's next replay overwrites (all blocks
+    of a tower replay one graph). Simulated here (no GPU): a "compiled" function returning one
+    buffer; under CUDA-graph modes block 1's output must survive block 2's call."""
+    static = torch.zeros(3)
+
+    def replay(x):
+        static.copy_(x + 1)
+        return static, {"aux": static}
+
+    wrapper = _CompiledForward(lambda x: (x + 1, {"aux": x + 1}), "b", mode, "inductor")
+    wrapper.compiled = replay
+    first, aux = wrapper(torch.zeros(3))
+    wrapper(torch.full((3,), 5.0))
+    survived = torch.equal(first, torch.ones(3)) and torch.equal(aux["aux"], torch.ones(3))
+    assert survived is copies and wrapper.copy_outputs is copies
+
+
 def test_a_ttd_step_keeps_every_variant_compiled(tiny_cfg):
     """Student and teacher, image and text, grad and no-grad: more graphs than dynamo's default
     of 8 per code object; none may be left to run eagerly."""

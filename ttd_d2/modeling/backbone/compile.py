@@ -13,6 +13,13 @@ Fallback: if compiling a block fails when it is first called (no C++ compiler fo
 CPU, an unsupported op, a backend error), that block logs one warning and runs eagerly from then
 on; a genuine error of the block is then raised by the eager call itself. Errors of the compiled
 backward surface in ``backward()`` and are not caught.
+
+CUDA graphs (modes ``reduce-overhead``, ``max-autotune``) write a graph's outputs into static
+buffers that its next replay overwrites, and all blocks of a tower replay the same graph (their
+weights are its inputs): block k's output would be overwritten by block k+1's call while the
+residual stream still reads it (the GPU host raised exactly that). So under CUDA graphs the
+wrapper returns a copy of each output, torch's documented remedy; it costs one activation copy
+per block call, which the removed kernel launches pay for.
 """
 import copy
 import logging
@@ -26,6 +33,8 @@ __all__ = ["COMPILE_MODES", "check_compile_backend", "compile_backends", "compil
 logger = logging.getLogger(__name__)
 # torch.compile's modes ("" = no compilation).
 COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# Modes whose inductor graphs run as CUDA graphs (their outputs are copied, see above).
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 # Graphs dynamo keeps per code object before it runs new variants eagerly (torch's default is 8).
 # All blocks of a tower share their graphs, but a TTD step has many variants: two towers, adapters
 # on (student) and off (frozen teacher), with and without grad, and a few padded text lengths;
@@ -55,6 +64,7 @@ class _CompiledForward:
         self.eager, self.name, self.mode, self.backend = eager, name, mode, backend
         options = {"mode": mode} if backend == "inductor" else {}  # modes are inductor's
         self.compiled = torch.compile(eager, backend=backend, dynamic=False, **options)
+        self.copy_outputs = backend == "inductor" and mode in CUDAGRAPH_MODES
         self.failed = False
 
     def __deepcopy__(self, memo):
@@ -63,7 +73,8 @@ class _CompiledForward:
     def __call__(self, *args, **kwargs):
         if not self.failed:
             try:
-                return self.compiled(*args, **kwargs)
+                out = self.compiled(*args, **kwargs)
+                return torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, out) if self.copy_outputs else out
             except Exception as error:  # noqa: BLE001 -- any compile failure falls back; eager re-raises real ones
                 self.failed = True
                 logger.warning("torch.compile of %s failed (%s: %s); running it eagerly",
