@@ -86,6 +86,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="also profile N images of each setting (ttd_d2.utils.profiling)")
     parser.add_argument("--compile", default="", metavar="MODE",
                         help="MODEL.CLIP.COMPILE.MODE (e.g. reduce-overhead: CUDA graphs); the warm-up compiles")
+    parser.add_argument("--compile-pamr", action="store_true", help="MODEL.SEG_INFERENCE.PAMR.COMPILE True")
     parser.add_argument("--output", help="also write the results as JSON")
     return parser.parse_args(argv)
 
@@ -126,6 +127,8 @@ def build(args: argparse.Namespace, opts: List):
         cfg.merge_from_list(["MODEL.SEG_INFERENCE.WINDOW_BATCH", args.window_batch])
     if args.compile:
         cfg.merge_from_list(["MODEL.CLIP.COMPILE.MODE", args.compile])
+    if args.compile_pamr:
+        cfg.merge_from_list(["MODEL.SEG_INFERENCE.PAMR.COMPILE", True])
     cfg.freeze()
     return build_model(cfg).eval()
 

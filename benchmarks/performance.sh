@@ -32,6 +32,9 @@ run step_default_compiled benchmarks/bench_ttd_step.py --skip-flops --profile 5 
 run step_default_cudagraphs benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 8 MODEL.CLIP.COMPILE.MODE reduce-overhead
 run step_layers2_cudagraphs benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 8 MODEL.CLIP.COMPILE.MODE reduce-overhead MODEL.TTD.LORA.IMAGE_LAYERS 2
 run eval_cudagraphs benchmarks/bench_eval_protocol.py --config-file configs/Base-Paper-Eval.yaml --images 10 --warmup 4 --compile reduce-overhead
+# PAMR's iterations compiled (MODEL.SEG_INFERENCE.PAMR.COMPILE): a third of the full protocol's kernel time eagerly
+run eval_pamr_compiled benchmarks/bench_eval_protocol.py --config-file configs/Base-Paper-Eval.yaml --settings +flip +pamr \
+  --images 10 --warmup 3 --compile-pamr --profile 3
 run stream_loader benchmarks/bench_stream_loader.py --workers 0 15 --samples 20000 --warmup 1000
 # the synthetic tiny CLIP's pretraining step (the plain step) at 64 and 128 px: the 128 px lever of
 # docs/RESULTS.md trained 15x slower than 64 px for 3.4x the FLOPs

@@ -47,3 +47,10 @@ def test_profile_per_setting():
     for name in ("single", "+slide"):
         profile = report["results"][name]["profile"]
         assert profile["steps"] == 2 and profile["wall_ms"] > 0 and profile["top"]
+
+
+def test_compiled_pamr_runs_the_full_protocol():
+    bench = load_script("benchmarks/bench_eval_protocol.py")
+    report = bench.main(TINY + ["--settings", "+pamr", "--compile-pamr"])
+    assert report["settings"]["compile_pamr"] is True
+    assert report["results"]["+pamr"]["output_shape"] == [4, 32, 40]

@@ -69,3 +69,25 @@ def test_pamr_resizes_masks_and_rejects_bad_arguments():
         PAMR(0, (1,))
     with pytest.raises(ValueError, match="expects image"):
         PAMR(1, (1,))(torch.rand(3, 8, 8), torch.rand(1, 2, 8, 8))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_pamr_matches_the_definition_on_several_sizes(backend):
+    """MODEL.SEG_INFERENCE.PAMR.COMPILE: the compiled iteration (inductor as on the GPU host, with
+    dynamic shapes: image sizes vary) gives the definition's values, for more than one size."""
+    torch._dynamo.reset()
+    pamr = PAMR(num_iter=3, dilations=(1, 2), compile=True, compile_backend=backend)
+    for size, seed in (((5, 6), 0), ((7, 4), 1), ((6, 9), 2)):
+        torch.manual_seed(seed)
+        image, masks = torch.rand(1, 3, *size), torch.rand(1, 2, *size)
+        torch.testing.assert_close(pamr(image, masks).double(), reference_pamr(image, masks, 3, (1, 2)), atol=1e-5, rtol=1e-5)
+    assert not pamr._step.failed
+    torch._dynamo.reset()
+
+
+def test_pamr_compile_key_reaches_the_model(tiny_cfg):
+    from conftest import build
+
+    model = build(tiny_cfg, **{"MODEL.SEG_INFERENCE.PAMR.NUM_ITER": 2, "MODEL.SEG_INFERENCE.PAMR.COMPILE": True})
+    assert model.pamr._step.backend == "inductor" and model.pamr._step.dynamic is None
+    assert build(tiny_cfg, **{"MODEL.SEG_INFERENCE.PAMR.NUM_ITER": 2}).pamr._step.__name__ == "_refine_step"

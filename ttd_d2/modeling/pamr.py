@@ -13,6 +13,12 @@ with sigma_k(p) the (unbiased) standard deviation of channel k over the 9 x len(
 pixels of the dilated windows around p, centre included (one centre per dilation). Dividing by
 the local spread makes the affinity invariant to each channel's scale and offset, so normalised
 and raw images give the same weights.
+
+Eagerly each iteration materialises every neighbour of every score ([B, K, P, H, W]: 1 GB for
+21 classes at 448 x 597) and reads it twice; on the GPU host that made PAMR about a third of the
+full protocol's kernel time (benchmarks/README.md). ``compile=True`` runs the iteration through
+``torch.compile`` (inductor fuses the shifted reads, the weighting and the sum into one kernel;
+shapes are dynamic, as image sizes vary), falling back to eager execution if compiling fails.
 """
 from typing import Sequence
 
@@ -20,10 +26,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbone.compile import CompiledWithFallback
+
 __all__ = ["PAMR"]
 
 # The 8 offsets (dy, dx) of a 3x3 window without its centre, in raster order.
 _OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+
+
+def _refine_step(refined: torch.Tensor, weights: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
+    """One PAMR iteration: [B, K, H, W] scores -> their neighbours' average under ``weights``
+    [B, 1, P, H, W]."""
+    return (_neighbours(refined, dilations, with_centre=False) * weights).sum(dim=2)
 
 
 def _neighbours(x: torch.Tensor, dilations: Sequence[int], with_centre: bool) -> torch.Tensor:
@@ -42,17 +56,23 @@ def _neighbours(x: torch.Tensor, dilations: Sequence[int], with_centre: bool) ->
 class PAMR(nn.Module):
     """Pixel-adaptive mask refinement of score maps by the image's local colour affinities."""
 
-    def __init__(self, num_iter: int = 10, dilations: Sequence[int] = (1, 2, 4, 8, 12, 24)):
+    def __init__(self, num_iter: int = 10, dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
+                 compile: bool = False, compile_backend: str = "inductor"):
         """
         Args:
             num_iter: refinement steps (>= 1; the paper's protocol: 10).
             dilations: dilations of the 3x3 neighbourhoods, positive integers (paper: 1 2 4 8 12 24).
+            compile: run each iteration through ``torch.compile`` (module docstring).
+            compile_backend: its backend (``inductor``; tests use ``aot_eager``).
         """
         super().__init__()
         dilations = [int(d) for d in dilations]
         if int(num_iter) < 1 or not dilations or any(d < 1 for d in dilations):
             raise ValueError(f"PAMR needs num_iter >= 1 and positive dilations, got {num_iter}, {dilations}")
         self.num_iter, self.dilations = int(num_iter), dilations
+        # not an nn.Module attribute: the wrapper holds a plain function
+        self._step = (CompiledWithFallback(_refine_step, "PAMR step", "default", compile_backend, dynamic=None)
+                      if compile else _refine_step)
 
     def affinity(self, image: torch.Tensor) -> torch.Tensor:
         """Neighbour weights [B, 1, P, H, W] (P = 8 x len(dilations), summing to 1 over P) of an
@@ -80,5 +100,5 @@ class PAMR(nn.Module):
             refined = F.interpolate(refined, size=image.shape[-2:], mode="bilinear", align_corners=False)
         weights = self.affinity(image)
         for _ in range(self.num_iter):
-            refined = (_neighbours(refined, self.dilations, with_centre=False) * weights).sum(dim=2)
+            refined = self._step(refined, weights, self.dilations)
         return refined.to(dtype)

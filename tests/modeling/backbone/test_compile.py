@@ -12,7 +12,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from conftest import build
-from ttd_d2.modeling.backbone.compile import _CompiledForward, compile_blocks, compile_backends
+from ttd_d2.modeling.backbone.compile import CompiledWithFallback, compile_blocks, compile_backends
 
 TTD = {"MODEL.TTD.ENABLED": True, "MODEL.TTD.TEACHER": "frozen", "MODEL.CLIP.DENSE_MODE": "clearclip"}
 
@@ -43,7 +43,7 @@ def test_compiled_step_equals_eager(tiny_cfg):
     compiled = build(tiny_cfg, train=True, **TTD, **{"MODEL.CLIP.COMPILE.MODE": "default",
                                                      "MODEL.CLIP.COMPILE.BACKEND": "aot_eager"})
     blocks = list(compiled.backbone.clip.visual.transformer.resblocks) + list(compiled.backbone.clip.transformer.resblocks)
-    assert all(isinstance(b.__dict__.get("forward"), _CompiledForward) for b in blocks)
+    assert all(isinstance(b.__dict__.get("forward"), CompiledWithFallback) for b in blocks)
     with torch.no_grad():  # adapters that do something (B starts at zero)
         for (_, p), (_, q) in zip(eager.named_parameters(), compiled.named_parameters()):
             if p.requires_grad:
@@ -148,7 +148,7 @@ def test_cuda_graph_outputs_are_copied_before_the_next_replay(mode, copies):
         static.copy_(x + 1)
         return static, {"aux": static}
 
-    wrapper = _CompiledForward(lambda x: (x + 1, {"aux": x + 1}), "b", mode, "inductor")
+    wrapper = CompiledWithFallback(lambda x: (x + 1, {"aux": x + 1}), "b", mode, "inductor")
     wrapper.compiled = replay
     first, aux = wrapper(torch.zeros(3))
     wrapper(torch.full((3,), 5.0))

@@ -28,7 +28,7 @@ from typing import Iterable, Tuple
 import torch
 from torch import nn
 
-__all__ = ["COMPILE_MODES", "check_compile_backend", "compile_backends", "compile_blocks"]
+__all__ = ["COMPILE_MODES", "CompiledWithFallback", "check_compile_backend", "compile_backends", "compile_blocks"]
 
 logger = logging.getLogger(__name__)
 # torch.compile's modes ("" = no compilation).
@@ -56,19 +56,21 @@ def check_compile_backend(mode: str, backend: str) -> None:
                          f"use one of {compile_backends()}")
 
 
-class _CompiledForward:
-    """A block's ``forward``: compiled, or eager once compiling it has failed. ``eager`` is the
-    class's ``forward`` bound to the block; a deep copy of the block gets a wrapper of its own."""
+class CompiledWithFallback:
+    """A block's ``forward`` (or any function, e.g. PAMR's step): compiled, or eager once
+    compiling it has failed. ``eager`` is the class's ``forward`` bound to the block; a deep copy
+    of the block gets a wrapper of its own. ``dynamic``: torch.compile's (False: one graph per
+    shape; None: dynamic shapes after the second)."""
 
-    def __init__(self, eager, name: str, mode: str, backend: str):
-        self.eager, self.name, self.mode, self.backend = eager, name, mode, backend
+    def __init__(self, eager, name: str, mode: str, backend: str, dynamic=False):
+        self.eager, self.name, self.mode, self.backend, self.dynamic = eager, name, mode, backend, dynamic
         options = {"mode": mode} if backend == "inductor" else {}  # modes are inductor's
-        self.compiled = torch.compile(eager, backend=backend, dynamic=False, **options)
+        self.compiled = torch.compile(eager, backend=backend, dynamic=dynamic, **options)
         self.copy_outputs = backend == "inductor" and mode in CUDAGRAPH_MODES
         self.failed = False
 
     def __deepcopy__(self, memo):
-        return _CompiledForward(copy.deepcopy(self.eager, memo), self.name, self.mode, self.backend)
+        return CompiledWithFallback(copy.deepcopy(self.eager, memo), self.name, self.mode, self.backend, self.dynamic)
 
     def __call__(self, *args, **kwargs):
         if not self.failed:
@@ -83,7 +85,7 @@ class _CompiledForward:
 
 
 def compile_blocks(blocks: Iterable[nn.Module], prefix: str, mode: str, backend: str = "inductor") -> int:
-    """Wrap each block's ``forward`` in :class:`_CompiledForward` (an instance attribute, so
+    """Wrap each block's ``forward`` in :class:`CompiledWithFallback` (an instance attribute, so
     ``block(x)`` and the class's own callers go through it); returns how many were wrapped.
     ``mode`` "" compiles nothing."""
     check_compile_backend(mode, backend)
@@ -94,8 +96,8 @@ def compile_blocks(blocks: Iterable[nn.Module], prefix: str, mode: str, backend:
     setattr(config, limit, max(getattr(config, limit), RECOMPILE_LIMIT))
     count = 0
     for index, block in enumerate(blocks):
-        if isinstance(block.__dict__.get("forward"), _CompiledForward):
+        if isinstance(block.__dict__.get("forward"), CompiledWithFallback):
             continue  # compiled already
-        block.forward = _CompiledForward(block.forward, f"{prefix}.{index}", mode, backend)
+        block.forward = CompiledWithFallback(block.forward, f"{prefix}.{index}", mode, backend)
         count += 1
     return count
