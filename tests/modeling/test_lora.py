@@ -408,10 +408,11 @@ def test_missing_tower_raises():
 
 
 @pytest.mark.parametrize("override", [False, True])
-def test_add_low_rank_is_y_plus_the_delta_product(override):
-    """The fused low-rank add (addmm with y as accumulator, scaling on B) equals the textbook
-    y + x (s B A)^T, values and gradients of x, A and B, on a [2, 3, in] input."""
-    from ttd_d2.modeling.lora.layers import add_low_rank
+def test_low_rank_linear_is_the_projection_plus_the_delta_product(override):
+    """The fused low-rank add (addmm with the frozen projection as accumulator, scaling on B)
+    equals the textbook x W^T + b + x (s B A)^T, values and gradients of x, A and B, on a
+    [2, 3, in] input."""
+    from ttd_d2.modeling.lora.layers import low_rank_linear
 
     torch.manual_seed(0)
     lora = LoRAParametrization(5, 4, rank=2, alpha=6.0)
@@ -420,10 +421,10 @@ def test_add_low_rank_is_y_plus_the_delta_product(override):
     if override:
         lora.delta_override = torch.randn(5, 4)
     x = torch.randn(2, 3, 4, requires_grad=True)
-    y = torch.randn(2, 3, 5)
+    weight, bias = torch.randn(5, 4), torch.randn(5)
     delta = lora.delta_override if override else 3.0 * lora.lora_B @ lora.lora_A
-    expected = y + torch.einsum("bni,oi->bno", x, delta)
-    got = add_low_rank(y, x, lora)
+    expected = F.linear(x, weight, bias) + torch.einsum("bni,oi->bno", x, delta)
+    got = low_rank_linear(x, weight, bias, lora)
     assert got.shape == (2, 3, 5)
     torch.testing.assert_close(got, expected)
     grads = torch.autograd.grad(got.square().sum(), [x, lora.lora_A, lora.lora_B], allow_unused=True)
@@ -433,6 +434,39 @@ def test_add_low_rank_is_y_plus_the_delta_product(override):
             assert g is None or not g.abs().any()
         else:
             torch.testing.assert_close(g, r)
+
+
+def backward_node_names(out):
+    """Names of every node of ``out``'s backward graph."""
+    seen, stack, names = set(), [out.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(n for n, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("kind", ["linear", "side_branch"])
+def test_the_in_place_add_leaves_no_full_gradient_copy_in_the_backward(kind):
+    """An in-place add into a view of the projection (F.linear's output for a 3-D input) makes
+    autograd copy the whole gradient (CopySlices) in the backward: one per adapted layer."""
+    from ttd_d2.modeling.lora.layers import LoRALinear
+    from ttd_d2.modeling.lora.side_branch import lora_linear
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, requires_grad=True)
+    if kind == "linear":
+        out = LoRALinear(torch.nn.Linear(4, 5), rank=2, alpha=2.0)(x)
+    else:
+        module = torch.nn.Linear(4, 5)
+        parametrize.register_parametrization(module, "weight", LoRAParametrization(5, 4, rank=2, alpha=2.0))
+        out = lora_linear(module, "weight", x, module.bias)
+    names = backward_node_names(out)
+    assert "AddmmBackward0" in names
+    assert not {"CopySlices", "AsStridedBackward0"} & set(names), names
 
 
 def test_add_low_rank_under_bf16_autocast_matches_the_unfused_branch():

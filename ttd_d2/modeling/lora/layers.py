@@ -12,28 +12,38 @@ import math
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 VALID_TARGETS: Tuple[str, ...] = ("attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj")
 VALID_TOWERS: Tuple[str, ...] = ("image", "text")
 
 
-def add_low_rank(y: torch.Tensor, x: torch.Tensor, lora: "_LoRAMixin") -> torch.Tensor:
-    """``y + x D^T`` for the adapter's delta ``D`` (``scaling * B A``, or ``delta_override``):
-    ``y`` [..., out] the frozen projection of ``x`` [..., in], fresh from ``F.linear`` (its
-    backward does not read it, so it is updated in place); dropout of ``x`` is the caller's.
+def low_rank_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], lora: "_LoRAMixin",
+                    x_low: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias) + x_low D^T`` [..., out] for the adapter's delta ``D``
+    (``scaling * B A``, or ``delta_override``) and ``x`` [..., in]; ``x_low`` (default ``x``) is
+    what the low-rank branch reads (the caller's dropout of ``x``).
 
-    The low-rank product is accumulated into ``y`` by ``addmm_`` and the scaling is applied to
-    ``B`` [out, r], not to the [..., out] product: on a GPU the add is then the matrix product's
-    epilogue instead of two full-size elementwise kernels per adapted layer, forward and
-    backward (a TTD step runs ~100 adapted layers), and no copy of ``y`` is made.
+    The frozen projection is computed on ``x`` flattened to 2-D, so that its output is a tensor
+    of its own, and the low-rank product is accumulated into it by ``addmm_`` with the scaling
+    applied to ``B`` [out, r], not to the [..., out] product. On a GPU the add is then the
+    matrix product's epilogue instead of two full-size elementwise kernels per adapted layer,
+    forward and backward (a TTD step runs ~100 adapted layers), and no copy is made. The 2-D
+    output matters: an in-place update of a *view* (what ``F.linear`` returns for a 3-D input)
+    makes autograd copy the whole gradient in the backward (``CopySlices``; 387 device copies,
+    17.8 ms per default TTD step on the GPU host, benchmarks/README.md).
     """
+    x_low = x if x_low is None else x_low
+    y = F.linear(x.reshape(-1, x.shape[-1]), weight, bias)  # [N, out], not a view
+    low_in = x_low.reshape(-1, x_low.shape[-1])
     if lora.delta_override is not None:  # the EMA teacher: no graph, any dtype (autocast casts)
-        return torch.addmm(y.reshape(-1, y.shape[-1]), x.reshape(-1, x.shape[-1]), lora.delta_override.t()).view(y.shape)
-    low = torch.nn.functional.linear(x, lora.lora_A)  # [..., r]; autocast's dtype under autocast
-    # in-place ops are outside autocast: both factors in y's dtype
-    y.view(-1, y.shape[-1]).addmm_(low.reshape(-1, low.shape[-1]).to(y.dtype), (lora.scaling * lora.lora_B).t().to(y.dtype))
-    return y
+        y = torch.addmm(y, low_in, lora.delta_override.t())
+    else:
+        low = F.linear(low_in, lora.lora_A)  # [N, r]; autocast's dtype under autocast
+        # in-place ops are outside autocast: both factors in y's dtype
+        y.addmm_(low.to(y.dtype), (lora.scaling * lora.lora_B).t().to(y.dtype))
+    return y.view(*x.shape[:-1], y.shape[-1])
 
 
 class _LoRAMixin:
@@ -95,10 +105,10 @@ class LoRALinear(_LoRAMixin, nn.Module):
         return self.base.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
         if not self.enabled:
-            return y
-        return add_low_rank(y, x if self.delta_override is not None else self.dropout(x), self)
+            return self.base(x)
+        x_low = x if self.delta_override is not None else self.dropout(x)
+        return low_rank_linear(x, self.base.weight, self.base.bias, self, x_low)
 
 
 class LoRAParametrization(_LoRAMixin, nn.Module):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .layers import LoRAParametrization, add_low_rank
+from .layers import LoRAParametrization, low_rank_linear
 
 __all__ = ["lora_linear", "self_attention", "use_side_branches", "remove_side_branches"]
 
@@ -39,8 +39,8 @@ def lora_linear(module: nn.Module, name: str, x: torch.Tensor, bias: Optional[to
     lora = _lora_of(module, name)
     if lora is None:
         return F.linear(x, getattr(module, name), bias)
-    y = F.linear(x, module.parametrizations[name].original, bias)
-    return add_low_rank(y, x, lora) if lora.enabled else y
+    weight = module.parametrizations[name].original
+    return low_rank_linear(x, weight, bias, lora) if lora.enabled else F.linear(x, weight, bias)
 
 
 def self_attention(attn: nn.MultiheadAttention, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
