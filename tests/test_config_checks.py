@@ -174,6 +174,12 @@ def test_tcl_backbone_refuses_another_dense_mode(no_clip):
         build_model(cfg)
 
 
+def test_tcl_dense_path_is_checked(no_clip):
+    cfg = set_keys(make_tiny_cfg(), {"MODEL.BACKBONE.NAME": "TCL", "MODEL.TCL.DENSE_PATH": "clear"})
+    with pytest.raises(ValueError, match="MODEL.TCL.DENSE_PATH = 'clear' is unknown: use one of vanilla, maskclip"):
+        build_model(cfg)
+
+
 @pytest.mark.parametrize("keys", [{"MODEL.TTD.ENABLED": True}, {"MODEL.TTD.LORA.WEIGHTS": "model_lora_final.pth"}])
 def test_tcl_objective_is_refused_beside_ttd_and_lora_files(no_clip, keys):
     cfg = set_keys(make_tiny_cfg(), {**TCL_OBJECTIVE, **keys})

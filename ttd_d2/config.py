@@ -47,6 +47,9 @@ def add_ttd_config(cfg):
     # TCL checkpoint in the authors' format (tcl.pth: head + masker, no CLIP weights), or "" to
     # start the head as copies of the CLIP's last block, ln_post and proj (gates 0: MaskCLIP).
     cfg.MODEL.TCL.WEIGHTS = ""
+    # How the head's copied last block runs: maskclip (TCL's value path) or another training-free
+    # head (clearclip, naclip, sclip, vanilla: an experiment, not TCL; docs/BACKBONES.md).
+    cfg.MODEL.TCL.DENSE_PATH = "maskclip"
     # Start the masker at the checkpoint's trained w, b instead of MODEL.MASKER.INIT_W / INIT_B.
     cfg.MODEL.TCL.MASKER_FROM_WEIGHTS = True
     # Pixel mean and std in [0, 1] (TCL's ImageNet values); [] for both = the CLIP's own.

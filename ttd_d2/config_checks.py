@@ -136,7 +136,8 @@ def _tcl_problems(cfg) -> List[Problem]:
         _flag("MODEL.TCL.TRAIN_DECODER", tcl.TRAIN_DECODER),
         _pixel_statistics(tcl.PIXEL_MEAN, tcl.PIXEL_STD),
         f"MODEL.CLIP.DENSE_MODE = {cfg.MODEL.CLIP.DENSE_MODE!r}: the TCL backbone runs its copied last block as "
-        "MaskCLIP; set it to maskclip" if is_tcl and cfg.MODEL.CLIP.DENSE_MODE != "maskclip" else None,
+        "MaskCLIP (or MODEL.TCL.DENSE_PATH); set it to maskclip" if is_tcl and cfg.MODEL.CLIP.DENSE_MODE != "maskclip" else None,
+        _choice("MODEL.TCL.DENSE_PATH", tcl.DENSE_PATH, DENSE_MODES),
     ]
 
 

@@ -56,6 +56,23 @@ def test_at_initialisation_dense_is_maskclip_upsampled_by_nearest():
         assert not torch.allclose(tcl(x)["global"], reference["global"], atol=1e-3)
 
 
+@pytest.mark.parametrize("path", ["clearclip", "naclip"])
+def test_dense_path_at_initialisation_is_that_head_upsampled(path):
+    """MODEL.TCL.DENSE_PATH: the head's copied block runs as that training-free head, so at
+    initialisation the dense map is CLIPDense's map of that mode, upsampled 4x by nearest."""
+    scales = {"MODEL.CLIP.ATTN_SCALE": 0.3, "MODEL.CLIP.NACLIP_SIGMA": 2.0}  # the CLIP's keys reach the head
+    tcl = build(TCL, tcl_cfg(**{"MODEL.TCL.DENSE_PATH": path}, **scales))
+    reference_cfg = tcl_cfg(**scales)
+    reference_cfg.MODEL.BACKBONE.NAME, reference_cfg.MODEL.CLIP.DENSE_MODE = "CLIPDense", path
+    reference = build(CLIPDense, reference_cfg)
+    x = torch.randn(2, 3, 24, 40)
+    with torch.no_grad():
+        expected = F.interpolate(reference(x)["dense"], scale_factor=4, mode="nearest")
+        assert torch.allclose(tcl(x)["dense"], expected, atol=1e-5)
+        maskclip = F.interpolate(build(CLIPDense, make_tiny_cfg())(x)["dense"], scale_factor=4, mode="nearest")
+        assert not torch.allclose(tcl(x)["dense"], maskclip, atol=1e-3)
+
+
 def test_open_gates_change_the_dense_map_at_fine_resolution():
     tcl = build(TCL, tcl_cfg())
     x = torch.randn(1, 3, 32, 32)

@@ -9,7 +9,9 @@ The image tower is a frozen CLIP up to its second-last block, shared by two path
 - **global**: the frozen CLIP's own last block and pooled embedding, as in ``CLIPDense``.
 
 At initialisation (copies of the CLIP's weights, decoder gates 0) the dense map equals
-``CLIPDense``'s MaskCLIP map of the same CLIP upsampled 4x by nearest neighbour, exactly: the
+``CLIPDense``'s MaskCLIP map of the same CLIP upsampled 4x by nearest neighbour, exactly (or
+that of the head ``MODEL.TCL.DENSE_PATH`` names, a lever of the synthetic benchmark where the
+CLIP's MaskCLIP path does not localise): the
 decoder is then a nearest upsampling, and ``ln_post`` and ``proj`` act per position (TCL applies
 them after the decoder). ``MODEL.TCL.WEIGHTS`` loads TCL's trained head and masker
 (``tcl_checkpoint.py``).
@@ -24,7 +26,7 @@ from torch import nn
 
 from ..tcl.objective import TCLObjective
 from .clip_dense import CLIPDense
-from .dense_heads import dense_last_block
+from .dense_heads import DENSE_MODES, dense_last_block
 from .tcl_checkpoint import load_tcl_checkpoint
 from .tcl_decoder import GatedDecoder
 
@@ -32,11 +34,16 @@ HEAD_NAME = "tcl_head"  # registered in the open_clip image tower: clip.visual.t
 
 
 class TCLHead(nn.Module):
-    """TCL's dense path after the shared trunk: copied last block (MaskCLIP value path), gated
-    decoder, copied ``ln_post`` and ``proj``. Starts as copies of ``visual``'s own weights."""
+    """TCL's dense path after the shared trunk: copied last block (MaskCLIP value path, or the
+    training-free head ``dense_path``), gated decoder, copied ``ln_post`` and ``proj``. Starts as
+    copies of ``visual``'s own weights."""
 
-    def __init__(self, visual: nn.Module, decoder_blocks: int = 2):
+    def __init__(self, visual: nn.Module, decoder_blocks: int = 2, dense_path: str = "maskclip",
+                 attn_scale: float = 0.0, naclip_sigma: float = 5.0):
         super().__init__()
+        if dense_path not in DENSE_MODES:
+            raise ValueError(f"MODEL.TCL.DENSE_PATH '{dense_path}' unknown; choose one of {DENSE_MODES}")
+        self.dense_path, self.attn_scale, self.naclip_sigma = dense_path, attn_scale, naclip_sigma
         self.block = copy.deepcopy(visual.transformer.resblocks[-1])
         self.decoder = GatedDecoder(visual.transformer.width, num_blocks=decoder_blocks)
         self.ln_post = copy.deepcopy(visual.ln_post)
@@ -44,7 +51,7 @@ class TCLHead(nn.Module):
 
     def forward(self, tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         """tokens [B, 1 + h*w, C] (input of the last block) -> dense embeddings [B, D, 4h, 4w]."""
-        x = dense_last_block(self.block, tokens, "maskclip", grid)[:, 1:]
+        x = dense_last_block(self.block, tokens, self.dense_path, grid, self.attn_scale, self.naclip_sigma)[:, 1:]
         x = self.decoder(x.transpose(1, 2).reshape(x.shape[0], -1, *grid))
         x = self.ln_post(x.permute(0, 2, 3, 1)) @ self.proj
         return x.permute(0, 3, 1, 2)
@@ -71,6 +78,7 @@ class TCL(CLIPDense):
         masker_from_weights: bool = True,
         train_decoder: bool = False,
         decoder_blocks: int = 2,
+        dense_path: str = "maskclip",
         objective: Optional[TCLObjective] = None,
         **clip_args,
     ):
@@ -82,6 +90,8 @@ class TCL(CLIPDense):
                 (the meta-architecture starts its masker there instead of ``MODEL.MASKER``).
             train_decoder: under TTD, train the decoder in full beside the adapters.
             decoder_blocks: upsampling blocks of the decoder (TCL: 2, i.e. 4x).
+            dense_path: how the head's copied last block runs (``MODEL.TCL.DENSE_PATH``): TCL's
+                MaskCLIP value path, or another training-free head of ``dense_heads.py``.
             objective: TCL's own training objective (``MODEL.TCL.LOSS``), or None (every
                 weight 0, e.g. under TTD): the meta-architecture adds ``training_losses``.
             clip_args: the arguments of ``CLIPDense`` (``clip_model``, ``tokenizer``,
@@ -95,7 +105,7 @@ class TCL(CLIPDense):
         visual = self.clip.visual
         if not isinstance(getattr(visual, "proj", None), torch.Tensor):
             raise ValueError("TCL needs an open_clip ViT with an output projection (visual.proj)")
-        head = TCLHead(visual, decoder_blocks)
+        head = TCLHead(visual, decoder_blocks, dense_path, self.attn_scale, self.naclip_sigma)
         self.clip.requires_grad_(False)  # TCL's CLIP is frozen; only its head trains
         visual.add_module(HEAD_NAME, head)
         self.train_decoder = train_decoder
@@ -113,7 +123,8 @@ class TCL(CLIPDense):
         tcl = cfg.MODEL.TCL
         if len(tcl.PIXEL_MEAN):  # [] = the CLIP's own (open_clip's preprocessing config)
             args["pixel_mean"], args["pixel_std"] = list(tcl.PIXEL_MEAN), list(tcl.PIXEL_STD)
-        args.update(weights=tcl.WEIGHTS, masker_from_weights=tcl.MASKER_FROM_WEIGHTS, train_decoder=tcl.TRAIN_DECODER)
+        args.update(weights=tcl.WEIGHTS, masker_from_weights=tcl.MASKER_FROM_WEIGHTS, train_decoder=tcl.TRAIN_DECODER,
+                    dense_path=tcl.DENSE_PATH)
         objective = TCLObjective(cfg)
         args["objective"] = objective if objective.enabled else None
         return args
