@@ -50,6 +50,23 @@ def test_every_trainable_parameter_gets_a_gradient(tiny_cfg, mode, teacher, scor
     assert bool(last_mlp) == (mode not in ("clearclip", "naclip") or contrastive > 0)
 
 
+@pytest.mark.parametrize("path", ["maskclip", "clearclip", "naclip"])
+@pytest.mark.parametrize("ttd", [True, False])
+def test_tcl_dense_path_leaves_no_trainable_parameter_without_gradient(tiny_cfg, path, ttd):
+    """MODEL.TCL.DENSE_PATH: under TTD (adapters) and under TCL's own objective (the head trains),
+    a path that skips the copied block's MLP gets neither adapters nor trainable weights there."""
+    objective = {} if ttd else {"MODEL.TCL.LOSS.CONTRASTIVE_WEIGHT": 0.1, "MODEL.TCL.LOSS.AREA_WEIGHT": 0.4,
+                                "MODEL.TCL.LOSS.TV_WEIGHT": 1.0}
+    model = build(tiny_cfg, train=True, **{"MODEL.BACKBONE.NAME": "TCL", "MODEL.TCL.DENSE_PATH": path,
+                                           "MODEL.TTD.ENABLED": ttd, **objective})
+    sum(model(batch()).values()).backward()
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    head_mlp = [p.requires_grad for p in model.backbone.head.block.mlp.parameters()]
+    head_mlp_adapters = [n for n, _ in iter_lora_modules(model.backbone.clip) if "tcl_head.block.mlp" in n]
+    skipped = path in ("clearclip", "naclip")
+    assert (any(head_mlp) or bool(head_mlp_adapters)) is not skipped
+
+
 @pytest.mark.parametrize("mode", ["clearclip", "maskclip"])
 def test_image_layers_one_with_detached_global(tiny_cfg, mode):
     """The self teacher's global embedding, computed without a graph, must not take the graph

@@ -9,6 +9,8 @@ import torch
 from ..lora.side_branch import lora_linear
 
 DENSE_MODES = ("vanilla", "maskclip", "sclip", "clearclip", "naclip")
+# Heads whose last block skips its residual and MLP (ln_2, mlp, ls_2 get no gradient).
+HEADS_WITHOUT_LAST_MLP = ("clearclip", "naclip")
 
 
 def split_heads(t: torch.Tensor, num_heads: int) -> torch.Tensor:

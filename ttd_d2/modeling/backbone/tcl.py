@@ -26,7 +26,7 @@ from torch import nn
 
 from ..tcl.objective import TCLObjective
 from .clip_dense import CLIPDense
-from .dense_heads import DENSE_MODES, dense_last_block
+from .dense_heads import DENSE_MODES, HEADS_WITHOUT_LAST_MLP, dense_last_block
 from .tcl_checkpoint import load_tcl_checkpoint
 from .tcl_decoder import GatedDecoder
 
@@ -107,7 +107,11 @@ class TCL(CLIPDense):
             raise ValueError("TCL needs an open_clip ViT with an output projection (visual.proj)")
         head = TCLHead(visual, decoder_blocks, dense_path, self.attn_scale, self.naclip_sigma)
         self.clip.requires_grad_(False)  # TCL's CLIP is frozen; only its head trains
+        if dense_path in HEADS_WITHOUT_LAST_MLP:  # what the path skips gets no gradient: frozen (DDP needs it)
+            for name in ("ln_2", "mlp", "ls_2"):
+                getattr(head.block, name).requires_grad_(False)
         visual.add_module(HEAD_NAME, head)
+        self.dense_mode = dense_path  # the path the adapters serve (ttd_lora's plan, LoRA files' settings)
         self.train_decoder = train_decoder
         self.objective = objective
         self.masker_state: Optional[Dict[str, torch.Tensor]] = None

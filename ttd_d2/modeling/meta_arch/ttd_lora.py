@@ -49,11 +49,11 @@ from ..lora import (
     lora_deltas,
     merge_lora,
 )
+from ..backbone.dense_heads import HEADS_WITHOUT_LAST_MLP
 from ..lora.file import check_lora_settings, lora_settings, read_lora_file
 
 logger = logging.getLogger(__name__)
 
-HEADS_WITHOUT_LAST_MLP = ("clearclip", "naclip")
 MLP_TARGETS = ("mlp.c_fc", "mlp.c_proj")
 
 
