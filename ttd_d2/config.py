@@ -31,7 +31,7 @@ def add_ttd_config(cfg):
     cfg.MODEL.CLIP.CONTRASTIVE_WEIGHT = 0.0
     # Run the towers under bf16 autocast on CUDA (CPU always runs fp32).
     cfg.MODEL.CLIP.BF16 = True
-    # torch.compile of both towers' transformer blocks (ttd_d2/modeling/backbone/compile.py; a
+    # torch.compile of both towers' transformer blocks (ttd_d2/modeling/compile.py; a
     # block whose compilation fails runs eagerly, with a warning).
     cfg.MODEL.CLIP.COMPILE = CN()
     # "" (eager) | default | reduce-overhead (CUDA graphs: no per-kernel launch cost) |

@@ -23,7 +23,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 
 from .modeling.backbone.clip_dense import CLIPDense
 from .modeling.backbone.clip_loading import vision_config
-from .modeling.backbone.compile import COMPILE_MODES, compile_backends
+from .modeling.compile import COMPILE_MODES, compile_backends
 from .modeling.backbone.dense_heads import DENSE_MODES
 from .modeling.backbone.tcl import TCL
 from .modeling.lora import VALID_TARGETS, VALID_TOWERS

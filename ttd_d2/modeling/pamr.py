@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone.compile import CompiledWithFallback
+from .compile import CompiledWithFallback
 
 __all__ = ["PAMR"]
 

@@ -8,7 +8,7 @@ from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from .clip_loading import build_tokenizer, load_clip
-from .compile import compile_blocks
+from ..compile import compile_blocks
 from .token_cache import CachedTokenizer
 from .dense_heads import DENSE_MODES, dense_last_block
 from .prompt_templates import resolve_prompt_templates
@@ -238,13 +238,17 @@ class CLIPDense(Backbone):
     def encode_text(self, texts: List[str], use_templates: bool = False, chunk_size: int = 4096) -> torch.Tensor:
         """L2-normalised text embeddings [N, D]; with ``use_templates`` each text is put through
         every prompt template and the normalised embeddings are averaged (then renormalised)."""
-        templates = self.prompt_templates if use_templates else ["{}"]
-        prompts = [t.format(text) for text in texts for t in templates]
-        if not prompts:
+        if not texts:
             return torch.zeros(0, self.embed_dim, device=self.clip.logit_scale.device)
-        tokenizer = self.prompt_tokenizer if use_templates else self.tokenizer
-        emb = self.encode_token_ids(tokenizer(prompts), chunk_size)  # tokenised on CPU
+        emb = self.encode_token_ids(self._prompt_tokens(texts, use_templates), chunk_size)
         return self._average_templates(emb, len(texts))
+
+    def _prompt_tokens(self, texts: List[str], use_templates: bool) -> torch.Tensor:
+        """Token ids [len(texts) * T, L] on the CPU of every text in every prompt template (text-major;
+        T = 1 without templates)."""
+        templates = self.prompt_templates if use_templates else ["{}"]
+        tokenizer = self.prompt_tokenizer if use_templates else self.tokenizer
+        return tokenizer([t.format(text) for text in texts for t in templates])
 
     def _average_templates(self, emb: torch.Tensor, num_texts: int) -> torch.Tensor:
         """[num_texts * T, D] normalised prompt embeddings (text-major) -> [num_texts, D]."""
@@ -260,7 +264,7 @@ class CLIPDense(Backbone):
         Returns [B, D] and [len(words), D]."""
         if not words:
             return self.encode_token_ids(tokens), torch.zeros(0, self.embed_dim, device=self.clip.logit_scale.device)
-        prompt_tokens = self.prompt_tokenizer([t.format(w) for w in words for t in self.prompt_templates])
+        prompt_tokens = self._prompt_tokens(words, use_templates=True)
         width = max(tokens.shape[1], prompt_tokens.shape[1])
         joint = torch.cat([F.pad(t, (0, width - t.shape[1])) for t in (tokens.to(prompt_tokens.device), prompt_tokens)])
         emb = self.encode_token_ids(joint)

@@ -1,4 +1,4 @@
-"""torch.compile of the towers' blocks (MODEL.CLIP.COMPILE, ttd_d2/modeling/backbone/compile.py):
+"""torch.compile of the towers' blocks (MODEL.CLIP.COMPILE, ttd_d2.modeling.compile.py):
 the compiled TTD step gives the eager step's losses and adapter gradients, compiled inference
 the eager scores; a block whose compilation fails runs eagerly with a warning; bad keys are
 refused with the fix. The tests trace with ``aot_eager`` (dynamo + AOTAutograd, no codegen);
@@ -12,7 +12,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from conftest import build
-from ttd_d2.modeling.backbone.compile import CompiledWithFallback, compile_blocks, compile_backends
+from ttd_d2.modeling.compile import CompiledWithFallback, compile_blocks, compile_backends
 
 TTD = {"MODEL.TTD.ENABLED": True, "MODEL.TTD.TEACHER": "frozen", "MODEL.CLIP.DENSE_MODE": "clearclip"}
 
@@ -91,7 +91,7 @@ def test_failing_compilation_falls_back_to_eager(tiny_cfg, caplog):
         model = build(tiny_cfg, **{"MODEL.CLIP.COMPILE.MODE": "default", "MODEL.CLIP.COMPILE.BACKEND": "ttd_test_broken"})
         reference = build(tiny_cfg)
         x = torch.randn(2, 3, 32, 32)
-        with caplog.at_level(logging.WARNING, logger="ttd_d2.modeling.backbone.compile"), torch.no_grad():
+        with caplog.at_level(logging.WARNING, logger="ttd_d2.modeling.compile"), torch.no_grad():
             out = model.backbone(x)["dense"]
         torch.testing.assert_close(out, reference.backbone(x)["dense"])
         assert "torch.compile of visual.transformer.resblocks.0 failed" in caplog.text

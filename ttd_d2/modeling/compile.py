@@ -1,4 +1,5 @@
-"""``torch.compile`` of the towers' transformer blocks, with a fallback to eager execution.
+"""``torch.compile`` of the towers' transformer blocks (and of PAMR's iteration), with a fallback
+to eager execution.
 
 Why blocks: they are the fixed-shape part of both passes (the test-time protocol's windows, a
 training step's images; text batches come in a few padded shapes), while what surrounds them
@@ -38,7 +39,7 @@ CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 # Graphs dynamo keeps per code object before it runs new variants eagerly (torch's default is 8).
 # All blocks of a tower share their graphs, but a TTD step has many variants: two towers, adapters
 # on (student) and off (frozen teacher), with and without grad, and a few padded text lengths;
-# the tiny test CLIP's training step and inference together need 9 (tests/modeling/backbone/test_compile.py).
+# the tiny test CLIP's training step and inference together need 9 (tests/modeling/test_compile.py).
 RECOMPILE_LIMIT = 64
 
 
