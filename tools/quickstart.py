@@ -87,13 +87,16 @@ def log_to_file(path: Path) -> None:
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
-def ensure_data(specs, workers: int) -> None:
-    """Generate the missing splits of ``specs`` under ``$DETECTRON2_DATASETS/synthetic``."""
+def ensure_data(specs, workers: int, image_size: int) -> None:
+    """Generate the missing splits of ``specs`` under ``$DETECTRON2_DATASETS/synthetic``, drawn at
+    ``image_size`` pixels (the base model's ``INPUT.TRAIN_SIZE``: 64 for the shipped model, 128 for
+    the 128 px experiments of docs/RESULTS.md)."""
     root = synthetic_root()
-    missing = [s for s in specs if not is_complete(root, s.layout, s.split, s.num_images, s.seed)]
+    missing = [s for s in specs if not is_complete(root, s.layout, s.split, s.num_images, s.seed, image_size)]
     with tqdm(total=sum(s.num_images for s in missing), desc="data generation", unit="img") as bar:
         for spec in missing:
-            generate(root, spec.layout, spec.split, spec.num_images, spec.seed, workers=workers, progress=bar.update)
+            generate(root, spec.layout, spec.split, spec.num_images, spec.seed, image_size,
+                     workers=workers, progress=bar.update)
 
 
 def build_eval_model(cfg):
@@ -249,7 +252,7 @@ def main(argv=None):
         )
     splits = ("train", "val", *args.test_splits)
     specs = quickstart_splits(args.train_images, args.val_images, args.test_images)
-    ensure_data([s for s in specs if s.split in splits], args.workers)
+    ensure_data([s for s in specs if s.split in splits], args.workers, base_cfg.INPUT.TRAIN_SIZE)
     seed_all_rng(None if base_cfg.SEED < 0 else base_cfg.SEED)  # as train_net.py's default_setup
 
     base_model = build_eval_model(base_cfg)
