@@ -26,9 +26,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ttd_d2.data.synthetic.meta import resolve_single_object_radius
-from ttd_d2.data.synthetic.writer import (
-    LAYOUTS, TRAINING_SINGLE_OBJECT_RADIUS, SplitSpec, generate, is_complete, quickstart_splits,
-)
+from ttd_d2.data.synthetic.presets import SplitSpec, quickstart_splits
+from ttd_d2.data.synthetic.writer import LAYOUTS, TRAINING_SINGLE_OBJECT_RADIUS, generate, is_complete
 
 logger = logging.getLogger("generate_synthetic")
 

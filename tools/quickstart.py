@@ -49,7 +49,8 @@ with warnings.catch_warnings(record=True) as IMPORT_WARNINGS:
     from ttd_d2 import TTDTrainer, add_ttd_config  # importing ttd_d2 registers datasets and models
     from ttd_d2.data.datasets.builtin import synthetic_root
     from ttd_d2.data.mappers import TestMapper
-    from ttd_d2.data.synthetic.writer import generate, is_complete, quickstart_splits, read_meta, split_dir
+    from ttd_d2.data.synthetic.presets import quickstart_splits
+    from ttd_d2.data.synthetic.writer import generate, is_complete, read_meta, split_dir
     from ttd_d2.evaluation.calibration import (
         calibrate_background_threshold, calibrate_tag_threshold, calibrate_word_masker_bias,
     )

@@ -14,7 +14,7 @@ import cv2
 import pytest
 import torch
 
-from ttd_d2.data.synthetic.writer import SplitSpec
+from ttd_d2.data.synthetic.presets import SplitSpec
 
 from conftest import load_script, make_tiny_cfg
 

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import List, Optional, Union
 
-from ..synthetic.writer import quickstart_splits
+from ..synthetic.presets import quickstart_splits
 from .cc3m_tagmask import register_cc3m_tagmask
 from .synthetic import register_synthetic, register_synthetic_split, require_split_dir
 

@@ -11,6 +11,7 @@ from .captions import (
     evaluation_caption,
     training_caption,
 )
+from .presets import SplitSpec, quickstart_splits
 from .render import BACKGROUND_KINDS, CLASSES, ObjectSpec, Scene, image_rngs, render_scene
 from .writer import (
     DEFAULT_BACKGROUND_THRESHOLD,
@@ -18,10 +19,8 @@ from .writer import (
     IGNORE_LABEL,
     LAYOUTS,
     TRAINING_SINGLE_OBJECT_RADIUS,
-    SplitSpec,
     generate,
     is_complete,
-    quickstart_splits,
     read_meta,
     split_dir,
 )
