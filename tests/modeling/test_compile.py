@@ -157,8 +157,9 @@ def test_cuda_graph_outputs_are_copied_before_the_next_replay(mode, copies):
 
 
 def test_a_ttd_step_keeps_every_variant_compiled(tiny_cfg):
-    """Student and teacher, image and text, grad and no-grad: more graphs than dynamo's default
-    of 8 per code object; none may be left to run eagerly."""
+    """Student and teacher, image and text, grad and no-grad, new shapes: as many graphs as
+    dynamo's default limit of 8 per code object already (the blocks of a tower share theirs:
+    tests/modeling/test_lora_shared_class.py); none may be left to run eagerly."""
     from torch._dynamo.utils import counters
 
     model = build(tiny_cfg, train=True, **TTD, **{"MODEL.CLIP.COMPILE.MODE": "default",
@@ -170,6 +171,6 @@ def test_a_ttd_step_keeps_every_variant_compiled(tiny_cfg):
     with torch.no_grad():
         model.backbone(torch.randn(1, 3, 40, 48))  # a new grid: one more variant
         model.backbone.encode_text(["circle", "a small blue square"], use_templates=True)  # text, no grad
-    assert counters["frames"]["total"] == counters["frames"]["ok"] > 8
+    assert counters["frames"]["total"] == counters["frames"]["ok"] >= 8
     limit = getattr(torch._dynamo.config, "recompile_limit", None) or torch._dynamo.config.cache_size_limit
     assert limit >= 64

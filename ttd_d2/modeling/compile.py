@@ -37,9 +37,10 @@ COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune", "max-autotune
 # Modes whose inductor graphs run as CUDA graphs (their outputs are copied, see above).
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 # Graphs dynamo keeps per code object before it runs new variants eagerly (torch's default is 8).
-# All blocks of a tower share their graphs, but a TTD step has many variants: two towers, adapters
-# on (student) and off (frozen teacher), with and without grad, and a few padded text lengths;
-# the tiny test CLIP's training step and inference together need 9 (tests/modeling/test_compile.py).
+# All blocks of a tower share their graphs (their adapted modules share one class: lora/inject.py),
+# but a TTD step has many variants: two towers, adapters on (student) and off (frozen teacher),
+# with and without grad, and a few padded text lengths; the tiny test CLIP's training step and
+# inference together need 8 (tests/modeling/test_compile.py).
 RECOMPILE_LIMIT = 64
 
 

@@ -16,7 +16,7 @@ them, so plain (pre-LoRA) checkpoints still load; they then only miss the LoRA k
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Mapping, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Mapping, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -52,12 +52,40 @@ def _lora_param_ids(model: nn.Module) -> set:
     return {id(p) for _, m in iter_lora_modules(model) for p in (m.lora_A, m.lora_B)}
 
 
+# torch.nn.utils.parametrize gives every parametrized module a class of its own, into which it
+# injects one property per parametrized tensor. torch.compile guards on a module's class, so the
+# adapted blocks of a tower, whose attentions would all differ in class, could not share compiled
+# graphs: on the GPU host the default TTD step compiled one graph per block and variant until it
+# hit dynamo's recompile limit (benchmarks/README.md). Modules of one base class with the same
+# parametrized tensors share one class instead (its properties depend only on the tensor's
+# name); before torch changes a module's class (a new parametrized tensor, a removal), the module
+# gets a private copy of it, so the shared class never changes.
+_SHARED_CLASSES: Dict[Tuple[type, FrozenSet[str]], type] = {}
+
+
+def _private_class(module: nn.Module) -> None:
+    """Give a parametrized ``module`` a copy of its class (the same properties) of its own."""
+    if parametrize.is_parametrized(module):
+        cls = type(module)
+        attrs = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+        module.__class__ = type(cls.__name__, cls.__bases__, attrs)
+
+
+def _share_class(module: nn.Module) -> None:
+    """Move a parametrized ``module`` onto the class shared by every module of its base class
+    with the same parametrized tensors (the first such module's class)."""
+    cls = type(module)
+    module.__class__ = _SHARED_CLASSES.setdefault((cls.__bases__[0], frozenset(module.parametrizations)), cls)
+
+
 def _parametrize_weight(module: nn.Module, tensor_name: str, rank: int, alpha: float) -> None:
     if parametrize.is_parametrized(module, tensor_name):
         raise ValueError(f"{type(module).__name__}.{tensor_name} is already parametrized")
     w = getattr(module, tensor_name)
     p = LoRAParametrization(w.shape[0], w.shape[1], rank, alpha, device=w.device, dtype=w.dtype)
+    _private_class(module)
     parametrize.register_parametrization(module, tensor_name, p)
+    _share_class(module)
     _add_hook(module, {tensor_name: f"parametrizations.{tensor_name}.original"})
 
 
@@ -212,6 +240,7 @@ def merge_lora(model: nn.Module) -> List[str]:
                     raise RuntimeError(f"{pre}{tname}: cannot merge a LoRA stacked with other "
                                        "parametrizations")
                 plist[0].enabled, plist[0].delta_override = True, None
+                _private_class(mod)  # torch edits the module's class: not the shared one
                 parametrize.remove_parametrizations(mod, tname, leave_parametrized=True)
                 merged.append(pre + tname)
             _remove_hooks(mod)
