@@ -174,3 +174,21 @@ def test_a_ttd_step_keeps_every_variant_compiled(tiny_cfg):
     assert counters["frames"]["total"] == counters["frames"]["ok"] >= 8
     limit = getattr(torch._dynamo.config, "recompile_limit", None) or torch._dynamo.config.cache_size_limit
     assert limit >= 64
+
+
+def test_text_blocks_take_new_batch_shapes_without_a_graph_each(tiny_cfg):
+    """Text batches of four padded sizes: the text blocks compile dynamic shapes from the second
+    size on (two graphs), the image blocks one graph per shape."""
+    from torch._dynamo.utils import counters
+
+    model = build(tiny_cfg, **{"MODEL.CLIP.COMPILE.MODE": "default", "MODEL.CLIP.COMPILE.BACKEND": "aot_eager"}).eval()
+    words = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon", "heart", "moon"]
+    counters.clear()
+    with torch.no_grad():
+        for rows in (1, 40, 70, 100):  # padded to 32, 64, 96, 128 rows
+            eager = model.backbone.encode_text([words[i % 10] for i in range(rows)], use_templates=False)
+            assert eager.shape[0] == rows
+    assert counters["frames"]["total"] == counters["frames"]["ok"] == 2
+    for block in model.backbone.clip.transformer.resblocks:
+        assert block.forward.dynamic is None and not block.forward.failed
+    assert all(block.forward.dynamic is False for block in model.backbone.clip.visual.transformer.resblocks)

@@ -86,10 +86,11 @@ class CompiledWithFallback:
         return self.eager(*args, **kwargs)
 
 
-def compile_blocks(blocks: Iterable[nn.Module], prefix: str, mode: str, backend: str = "inductor") -> int:
+def compile_blocks(blocks: Iterable[nn.Module], prefix: str, mode: str, backend: str = "inductor",
+                   dynamic=False) -> int:
     """Wrap each block's ``forward`` in :class:`CompiledWithFallback` (an instance attribute, so
     ``block(x)`` and the class's own callers go through it); returns how many were wrapped.
-    ``mode`` "" compiles nothing."""
+    ``mode`` "" compiles nothing; ``dynamic`` as in :class:`CompiledWithFallback`."""
     check_compile_backend(mode, backend)
     if not mode:
         return 0
@@ -100,6 +101,6 @@ def compile_blocks(blocks: Iterable[nn.Module], prefix: str, mode: str, backend:
     for index, block in enumerate(blocks):
         if isinstance(block.__dict__.get("forward"), CompiledWithFallback):
             continue  # compiled already
-        block.forward = CompiledWithFallback(block.forward, f"{prefix}.{index}", mode, backend)
+        block.forward = CompiledWithFallback(block.forward, f"{prefix}.{index}", mode, backend, dynamic)
         count += 1
     return count
