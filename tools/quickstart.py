@@ -49,8 +49,8 @@ with warnings.catch_warnings(record=True) as IMPORT_WARNINGS:
     from ttd_d2 import TTDTrainer, add_ttd_config  # importing ttd_d2 registers datasets and models
     from ttd_d2.data.datasets.builtin import synthetic_root
     from ttd_d2.data.mappers import TestMapper
-    from ttd_d2.data.synthetic.presets import quickstart_splits
-    from ttd_d2.data.synthetic.writer import generate, is_complete, read_meta, split_dir
+    from ttd_d2.data.synthetic.presets import ensure_splits, quickstart_splits
+    from ttd_d2.data.synthetic.writer import read_meta, split_dir
     from ttd_d2.evaluation.calibration import (
         calibrate_background_threshold, calibrate_tag_threshold, calibrate_word_masker_bias,
     )
@@ -86,18 +86,6 @@ def log_to_file(path: Path) -> None:
     logging.captureWarnings(True)
     for w in IMPORT_WARNINGS:
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-
-
-def ensure_data(specs, workers: int, image_size: int) -> None:
-    """Generate the missing splits of ``specs`` under ``$DETECTRON2_DATASETS/synthetic``, drawn at
-    ``image_size`` pixels (the base model's ``INPUT.TRAIN_SIZE``: 64 for the shipped model, 128 for
-    the 128 px experiments of docs/RESULTS.md)."""
-    root = synthetic_root()
-    missing = [s for s in specs if not is_complete(root, s.layout, s.split, s.num_images, s.seed, image_size)]
-    with tqdm(total=sum(s.num_images for s in missing), desc="data generation", unit="img") as bar:
-        for spec in missing:
-            generate(root, spec.layout, spec.split, spec.num_images, spec.seed, image_size,
-                     workers=workers, progress=bar.update)
 
 
 def build_eval_model(cfg):
@@ -253,7 +241,7 @@ def main(argv=None):
         )
     splits = ("train", "val", *args.test_splits)
     specs = quickstart_splits(args.train_images, args.val_images, args.test_images)
-    ensure_data([s for s in specs if s.split in splits], args.workers, base_cfg.INPUT.TRAIN_SIZE)
+    ensure_splits(synthetic_root(), [s for s in specs if s.split in splits], base_cfg.INPUT.TRAIN_SIZE, args.workers)
     seed_all_rng(None if base_cfg.SEED < 0 else base_cfg.SEED)  # as train_net.py's default_setup
 
     base_model = build_eval_model(base_cfg)

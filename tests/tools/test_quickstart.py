@@ -10,11 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import pytest
 import torch
 
-from ttd_d2.data.synthetic.presets import SplitSpec
 
 from conftest import load_script, make_tiny_cfg
 
@@ -160,20 +158,3 @@ def test_dense_mode_reaches_the_base_model_the_training_and_the_result(tmp_path)
     assert "DENSE_MODE: naclip" in (output_dir / "ttd" / "config.yaml").read_text()
     for model in ("before", "after"):
         assert "DENSE_MODE: naclip" in (output_dir / model / "config.yaml").read_text()
-
-
-def test_data_is_drawn_at_the_base_models_input_size(quickstart, tmp_path, monkeypatch):
-    """``ensure_data`` renders missing splits at the size it is given (main passes the base
-    config's INPUT.TRAIN_SIZE), skips a finished one, and refuses to mix sizes in one root."""
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
-    spec = SplitSpec("semseg", "val", 1, 2)
-    quickstart.ensure_data([spec], 0, 32)
-    folder = tmp_path / "datasets" / "synthetic" / "semseg" / "val"
-    assert json.loads((folder / "meta.json").read_text())["image_size"] == 32
-    images = sorted((folder / "images").glob("*.png"))
-    assert images and all(cv2.imread(str(p)).shape[:2] == (32, 32) for p in images)
-    stamp = (folder / "meta.json").stat().st_mtime_ns
-    quickstart.ensure_data([spec], 0, 32)  # complete at this size: left alone
-    assert (folder / "meta.json").stat().st_mtime_ns == stamp
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        quickstart.ensure_data([spec], 0, 64)  # the 64 px benchmark needs its own root

@@ -20,9 +20,15 @@ seed on purpose:
     captions    test102    102     300  held-out repeat
 """
 from dataclasses import dataclass
-from typing import Tuple
+from pathlib import Path
+from typing import Sequence, Tuple, Union
 
-__all__ = ["SplitSpec", "quickstart_splits"]
+from tqdm import tqdm
+
+from .meta import is_complete, read_meta, split_dir
+from .writer import generate
+
+__all__ = ["SplitSpec", "ensure_splits", "quickstart_splits"]
 
 
 @dataclass(frozen=True)
@@ -48,3 +54,23 @@ def quickstart_splits(
         specs.append(SplitSpec("semseg", split, seed, test_images))
         specs.append(SplitSpec("captions", split, seed, test_images))
     return tuple(specs)
+
+
+def ensure_splits(root: Union[str, Path], specs: Sequence[SplitSpec], image_size: int, workers: int = 0) -> None:
+    """Generate the splits of ``specs`` missing under ``root`` (the synthetic root), drawn at
+    ``image_size`` pixels (a job's base model's ``INPUT.TRAIN_SIZE``: 64 for the shipped one, 128
+    for the 128 px experiments of docs/RESULTS.md), with one progress bar. A split of ``root``
+    drawn at another size is an error naming the fix, raised before anything is written."""
+    for spec in specs:
+        folder = split_dir(root, spec.layout, spec.split)
+        drawn = (read_meta(folder) or {}).get("image_size", image_size)
+        if drawn != image_size:
+            raise FileExistsError(
+                f"{folder} was drawn at {drawn} px, the base model reads {image_size} px: point "
+                f"DETECTRON2_DATASETS at another root (docs/RESULTS.md uses datasets{image_size}), or regenerate "
+                f"it with tools/generate_synthetic.py --preset quickstart --image-size {image_size} --overwrite")
+    missing = [s for s in specs if not is_complete(root, s.layout, s.split, s.num_images, s.seed, image_size)]
+    with tqdm(total=sum(s.num_images for s in missing), desc="data generation", unit="img") as bar:
+        for spec in missing:
+            generate(root, spec.layout, spec.split, spec.num_images, spec.seed, image_size,
+                     workers=workers, progress=bar.update)

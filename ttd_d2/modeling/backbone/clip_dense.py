@@ -111,7 +111,7 @@ class CLIPDense(Backbone):
 
     def compile_towers(self, mode: str, backend: str = "inductor") -> int:
         """``torch.compile`` the image and text towers' transformer blocks (``MODEL.CLIP.COMPILE``,
-        :mod:`.compile`: with a fallback to eager per block); returns the number of blocks.
+        :mod:`ttd_d2.modeling.compile`: with a fallback to eager per block); returns the number of blocks.
         Image blocks get one graph per shape (a training run's images have one, the test-time
         protocol's windows a few); text blocks get dynamic shapes from their second shape on, since
         every step's tag count gives another padded batch (:meth:`encode_token_ids`), and one graph
