@@ -51,6 +51,11 @@ CASES = {
     "tcl-objective": TCL_OBJECTIVE,
     # the copied block starts at the last iteration: DDP keeps its gradient all along (delayed_start)
     "tcl-objective-decoder-warmup": {**TCL_OBJECTIVE, "MODEL.TCL.DECODER_ONLY_ITERS": ITERATIONS - 1},
+    # the head's copied block run as ClearCLIP / NACLIP (MODEL.TCL.DENSE_PATH): the MLP those paths
+    # skip is frozen, so every trainable parameter still gets a gradient (TCL's objective and TTD)
+    "tcl-objective-clearclip-path": {**TCL_OBJECTIVE, "MODEL.TCL.DENSE_PATH": "clearclip"},
+    "tcl-naclip-path-frozen": {"MODEL.BACKBONE.NAME": "TCL", "MODEL.TCL.DENSE_PATH": "naclip", "MODEL.TTD.TEACHER": "frozen",
+                               "MODEL.TTD.LORA.IMAGE_LAYERS": 1},
     # webdataset shards with bad samples, two loader workers per rank: 2 x 2 processes, 8 shards
     "streamed-shards-2-workers": {"DATASETS.TRAIN": (SHARD_SOURCE,), "DATALOADER.NUM_WORKERS": 2},
 }

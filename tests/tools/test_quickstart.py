@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-
 from conftest import load_script, make_tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
