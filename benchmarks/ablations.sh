@@ -7,16 +7,21 @@
 # (quickstart --base-cache; re-evaluated whenever base model, config, splits or calibration change).
 #   bash benchmarks/ablations.sh [extra quickstart args, e.g. --test-splits test test101 test102]
 # ROWS="tags_s_image teacher_ema" runs only those rows (default: every row); rows whose results
-# exist are skipped either way, so an interrupted run resumes where it stopped.
+# exist are skipped either way, so an interrupted run resumes where it stopped. ABLATIONS_DIR
+# (default output/ablations) holds the rows, e.g. one folder per base model:
+#   ABLATIONS_DIR=output/ablations_tcl_clearclip_128 bash benchmarks/ablations.sh \
+#     --base-config configs/synthetic/experiments/tcl_clearclip_128.yaml \
+#     --ttd-config configs/synthetic/experiments/ttd_tcl_clearclip_128.yaml --test-splits test test101 test102
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 ROWS=${ROWS:-}
+DIR=${ABLATIONS_DIR:-output/ablations}
 run() {
   local name=$1; shift
   if [ -n "$ROWS" ] && [[ " $ROWS " != *" $name "* ]]; then return 0; fi
-  [ -f "output/ablations/$name/quickstart_results.json" ] && return 0
-  "$PY" tools/quickstart.py --output-dir "output/ablations/$name" --base-cache output/ablations/base_cache \
+  [ -f "$DIR/$name/quickstart_results.json" ] && return 0
+  "$PY" tools/quickstart.py --output-dir "$DIR/$name" --base-cache "$DIR/base_cache" \
     "${EXTRA[@]}" -- "$@"
 }
 EXTRA=("$@")

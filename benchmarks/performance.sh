@@ -28,9 +28,9 @@ run eval_profile benchmarks/bench_eval_protocol.py --config-file configs/Base-Pa
   --images 6 --warmup 2 --profile 3
 # torch.compile of the towers' blocks (MODEL.CLIP.COMPILE; the warm-up steps compile): inductor,
 # then CUDA graphs (reduce-overhead), for the host-bound steps and the protocol's window forwards
-run step_default_compiled benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 8 MODEL.CLIP.COMPILE.MODE default
-run step_default_cudagraphs benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 8 MODEL.CLIP.COMPILE.MODE reduce-overhead
-run step_layers2_cudagraphs benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 8 MODEL.CLIP.COMPILE.MODE reduce-overhead MODEL.TTD.LORA.IMAGE_LAYERS 2
+run step_default_compiled benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 12 MODEL.CLIP.COMPILE.MODE default
+run step_default_cudagraphs benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 12 MODEL.CLIP.COMPILE.MODE reduce-overhead
+run step_layers2_cudagraphs benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 12 MODEL.CLIP.COMPILE.MODE reduce-overhead MODEL.TTD.LORA.IMAGE_LAYERS 2
 run eval_cudagraphs benchmarks/bench_eval_protocol.py --config-file configs/Base-Paper-Eval.yaml --images 10 --warmup 4 --compile reduce-overhead
 # PAMR's iterations compiled (MODEL.SEG_INFERENCE.PAMR.COMPILE): a third of the full protocol's kernel time eagerly
 run eval_pamr_compiled benchmarks/bench_eval_protocol.py --config-file configs/Base-Paper-Eval.yaml --settings +flip +pamr \
