@@ -9,8 +9,7 @@
 # ROWS="tags_s_image teacher_ema" runs only those rows (default: every row); rows whose results
 # exist are skipped either way, so an interrupted run resumes where it stopped. ABLATIONS_DIR
 # (default output/ablations) holds the rows, e.g. one folder per base model:
-#   ABLATIONS_DIR=output/ablations_tcl_clearclip_128 bash benchmarks/ablations.sh \
-#     --base-config configs/synthetic/experiments/tcl_clearclip_128.yaml \
+#   ABLATIONS_DIR=output/ablations_300_steps bash benchmarks/ablations.sh \
 #     --ttd-config configs/synthetic/experiments/ttd_tcl_clearclip_128.yaml --test-splits test test101 test102
 set -euo pipefail
 cd "$(dirname "$0")/.."

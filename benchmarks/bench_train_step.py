@@ -14,7 +14,7 @@ unless given, ``SOLVER.CHECKPOINT_PERIOD`` and ``TEST.EVAL_PERIOD`` are pushed p
 
 GPU host, the tiny CLIP's pretraining at 128 px (issue 7's lever)::
 
-    python benchmarks/bench_train_step.py --config-file configs/synthetic/experiments/pretrain_tiny_clip_128.yaml \\
+    python benchmarks/bench_train_step.py --config-file configs/synthetic/pretrain_tiny_clip.yaml \\
         --steps 20 --profile 3 DATASETS.TRAIN "('synth_image_text_train',)"
 
 CPU smoke run: ``tests/benchmarks/test_bench_train_step.py``.

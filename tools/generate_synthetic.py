@@ -26,7 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ttd_d2.data.synthetic.meta import resolve_single_object_radius
-from ttd_d2.data.synthetic.presets import SplitSpec, quickstart_splits
+from ttd_d2.data.synthetic.presets import BENCHMARK_IMAGE_SIZE, SplitSpec, quickstart_splits
 from ttd_d2.data.synthetic.writer import LAYOUTS, TRAINING_SINGLE_OBJECT_RADIUS, generate, is_complete
 
 logger = logging.getLogger("generate_synthetic")
@@ -41,7 +41,8 @@ def parse_args(argv=None):
     parser.add_argument("--split", help="split name (without --preset)")
     parser.add_argument("--seed", type=int, help="split seed (without --preset)")
     parser.add_argument("--num-images", type=int, default=300, help="images of --split")
-    parser.add_argument("--image-size", type=int, default=64, help="image side, pixels")
+    parser.add_argument("--image-size", type=int, default=BENCHMARK_IMAGE_SIZE,
+                        help=f"image side, pixels (default {BENCHMARK_IMAGE_SIZE}: the benchmark's, as its configs read it)")
     parser.add_argument("--train-images", type=int, default=20000, help="quickstart: image_text/train size")
     parser.add_argument("--val-images", type=int, default=200, help="quickstart: each val split's size")
     parser.add_argument("--test-images", type=int, default=300, help="quickstart: each test split's size")

@@ -4,7 +4,7 @@
     python tools/quickstart.py --output-dir output/quickstart
 
 1. generates the synthetic benchmark under $DETECTRON2_DATASETS/synthetic if missing;
-2. calibrates the shipped base model (a TCL trained on the benchmark, checkpoints/tcl_synthetic.pth,
+2. calibrates the shipped base model (a TCL-style head trained on the benchmark, checkpoints/tcl_synthetic.pth,
    on the tiny CLIP checkpoints/tiny_clip_synthetic.pt; --base-config) on the validation
    splits: the masker bias on word-level segmentation of semseg/val, and (recorded, not
    applied) the tag-selection threshold on captions/val;
@@ -253,15 +253,19 @@ def main(argv=None):
     masker_loader = TTDTrainer.build_test_loader(base_cfg, MASKER_SPLIT)
     tag_loader = TTDTrainer.build_test_loader(base_cfg, "synth_captions_val")
     with_tags = tag_scoring not in BINARY_METHODS
-    with tqdm(total=len(masker_loader) + with_tags * len(tag_loader), desc="calibration before TTD", unit="img") as bar:
-        masker_before = calibrate_masker(base_model, masker_loader, bar)
-        tag = calibrate_tag_threshold(base_model, Progress(tag_loader, bar), "synth_captions_val", tag_scoring) if with_tags else None
-    calibration = {"masker": {"calibration": "calibrate_word_masker_bias", "dataset": MASKER_SPLIT, "before": masker_before},
-                   "tag_scoring": tag_scoring, "tag_threshold_used": ttd_cfg.MODEL.TTD.TAG_THRESHOLD}
-    if tag is not None:
-        threshold, sweep = tag
-        calibration.update(tag_threshold_calibrated=threshold, tag_threshold_f1=sweep[threshold], tag_threshold_sweep=sweep)
-    before = evaluate_before(base_model, base_cfg, args.test_splits, output_dir, masker_before, args.base_cache)
+    # Every evaluation of a model runs under one reusing_image_features() block: its two masker
+    # settings and the calibrations on semseg/val read the same images, whose backbone outputs
+    # are then computed once (the heads after the backbone are what the settings change).
+    with base_model.reusing_image_features():
+        with tqdm(total=len(masker_loader) + with_tags * len(tag_loader), desc="calibration before TTD", unit="img") as bar:
+            masker_before = calibrate_masker(base_model, masker_loader, bar)
+            tag = calibrate_tag_threshold(base_model, Progress(tag_loader, bar), "synth_captions_val", tag_scoring) if with_tags else None
+        calibration = {"masker": {"calibration": "calibrate_word_masker_bias", "dataset": MASKER_SPLIT, "before": masker_before},
+                       "tag_scoring": tag_scoring, "tag_threshold_used": ttd_cfg.MODEL.TTD.TAG_THRESHOLD}
+        if tag is not None:
+            threshold, sweep = tag
+            calibration.update(tag_threshold_calibrated=threshold, tag_threshold_f1=sweep[threshold], tag_threshold_sweep=sweep)
+        before = evaluate_before(base_model, base_cfg, args.test_splits, output_dir, masker_before, args.base_cache)
     lora = output_dir / "ttd" / "model_lora_final.pth"
     if not args.skip_training:
         # DATASETS.TEST (): the quickstart evaluates the result itself, calibrated, below
@@ -271,10 +275,11 @@ def main(argv=None):
                                            "MODEL.TTD.LORA.MERGE_FOR_INFERENCE", "True"])
     after_model = build_eval_model(after_cfg)
     masker_loader = TTDTrainer.build_test_loader(after_cfg, MASKER_SPLIT)
-    with tqdm(total=len(masker_loader), desc="calibration after TTD", unit="img") as bar:
-        calibration["masker"]["after"] = calibrate_masker(after_model, masker_loader, bar)
-    after = evaluate(after_model, after_cfg, args.test_splits, calibration["masker"]["after"], output_dir / "after",
-                     "evaluation after TTD")
+    with after_model.reusing_image_features():
+        with tqdm(total=len(masker_loader), desc="calibration after TTD", unit="img") as bar:
+            calibration["masker"]["after"] = calibrate_masker(after_model, masker_loader, bar)
+        after = evaluate(after_model, after_cfg, args.test_splits, calibration["masker"]["after"], output_dir / "after",
+                         "evaluation after TTD")
 
     report = quickstart_report(before, after, args.test_splits)
     report["calibration"] = calibration

@@ -361,7 +361,7 @@ def test_cli_quickstart_preset(tmp_path):
 def test_cli_caption_noise(tmp_path):
     cli = load_script("tools/generate_synthetic.py")
     argv = ["--root", str(tmp_path), "--layout", "image_text", "--split", "clean", "--seed", "5", "--num-images", "40",
-            "--workers", "0", "--caption-noise", "0", "0"]
+            "--workers", "0", "--image-size", "64", "--caption-noise", "0", "0"]  # 64: is_complete's and render_scene's default
     assert cli.main(argv) == 0
     folder = tmp_path / "image_text" / "clean"
     assert json.loads((folder / "meta.json").read_text())["caption_noise"] == {"omit_prob": 0.0, "replace_prob": 0.0}

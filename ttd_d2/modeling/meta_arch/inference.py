@@ -1,5 +1,7 @@
 """Inference of the TTD meta-architecture: semantic segmentation, caption analysis, tag scores."""
-from typing import Dict, List, Sequence, Tuple
+import hashlib
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -54,12 +56,36 @@ class TTDInference:
         return super().train(mode)
 
     # ------------------------------------------------------------------ image tower
+    @contextmanager
+    def reusing_image_features(self) -> Iterator[None]:
+        """Inside the block, the backbone's outputs are kept per input (by its content) and reused,
+        so evaluating one model under several masker or threshold settings (tools/quickstart.py:
+        as trained and calibrated) runs the image tower once per image. Only the heads after the
+        backbone may change inside (masker, thresholds, text): the image tower must stay as it
+        is, so the block is for eval mode only. Memory: one entry per distinct input."""
+        if self.training:
+            raise RuntimeError("reusing_image_features() is for evaluation: call model.eval() first")
+        self._feature_cache = {}
+        try:
+            yield
+        finally:
+            self._feature_cache = None
+
     def _image_features(self, image: torch.Tensor, with_global: bool = True) -> Tuple[Dict, Tuple[int, int]]:
         """The backbone on normalised images [B, 3, H, W] of any size, padded to the patch grid
         (``pad_to_patch_grid``): ({"dense": [B, D, ceil(H/p), ceil(W/p)], "global"?}, padded size).
-        Map the dense results back with ``maps_to_image(maps, padded_size, (H, W), out_size)``."""
+        Map the dense results back with ``maps_to_image(maps, padded_size, (H, W), out_size)``.
+        Inside ``reusing_image_features`` an input seen before returns its stored outputs."""
         padded = pad_to_patch_grid(image, self.backbone.size_divisibility)
-        return self.backbone(padded, with_global=with_global), tuple(padded.shape[-2:])
+        size = tuple(padded.shape[-2:])
+        cache = self._feature_cache
+        if cache is None or self.training:
+            return self.backbone(padded, with_global=with_global), size
+        key = (tuple(padded.shape), hashlib.sha1(padded.detach().cpu().numpy().tobytes()).digest())
+        feats = cache.get(key)
+        if feats is None or (with_global and "global" not in feats):
+            feats = cache[key] = self.backbone(padded, with_global=with_global)
+        return feats, size
 
     # ------------------------------------------------------------------ semantic segmentation
     def _class_scores(self, images: torch.Tensor, text_emb: torch.Tensor, owner: torch.Tensor, num_classes: int):

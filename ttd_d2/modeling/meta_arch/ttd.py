@@ -137,6 +137,7 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(backbone.pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(backbone.pixel_std).view(-1, 1, 1), False)
         self._class_cache: Dict = {}
+        self._feature_cache: Optional[Dict] = None  # reusing_image_features(): backbone outputs by input
         self.ema_teacher = nn.Module()  # EMA of the adapters' deltas as buffers: saved and resumed with the model
         self.tag_statistics: Dict = {}
         self._teacher_text_cache = TextEmbeddingCache(self._teacher_encode_tags)
