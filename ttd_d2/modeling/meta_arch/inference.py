@@ -62,7 +62,8 @@ class TTDInference:
         so evaluating one model under several masker or threshold settings (tools/quickstart.py:
         as trained and calibrated) runs the image tower once per image. Only the heads after the
         backbone may change inside (masker, thresholds, text): the image tower must stay as it
-        is, so the block is for eval mode only. Memory: one entry per distinct input."""
+        is, so the block is for eval mode only. Memory: one entry per distinct input; its key
+        hashes the input's bytes on the host (a GPU input is copied there once per call)."""
         if self.training:
             raise RuntimeError("reusing_image_features() is for evaluation: call model.eval() first")
         self._feature_cache = {}
