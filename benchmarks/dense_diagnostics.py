@@ -13,8 +13,8 @@ For each dense head (MODEL.CLIP.DENSE_MODE), on validation splits only:
    without background words (moot on splits of generator version >= 2, whose evaluation
    captions never name the background), its object words only, the ground-truth tags), with and without
    min-max normalisation, against the caption mask's own IoU (2-class CaptionIoU, masks >=
-   MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD), the caption mask's coverage of dominant and
-   secondary objects, and the tag-map AUC of dominant and secondary objects (P(an object pixel
+   MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD), the coverage of dominant and secondary objects
+   by the caption mask and by the min-max targets of s_pixel and of the ground-truth tags, and the tag-map AUC of dominant and secondary objects (P(an object pixel
    scores higher on its word's map than a pixel outside it); 0.5 = no localisation);
 3. class accuracy on the sem-seg split with the true background given (among object pixels,
    the fraction whose best class is right; chance = 1/12);
@@ -107,10 +107,14 @@ def caption_statistics(record, out, image_size, patch, threshold):
 
     tags = out["tags"]
     selections = tag_selections(tags, out["tag_scores"]["s_pixel"] >= out["tag_threshold"], record["tags"])
-    target = to_numpy(to_image(target_union(out["tag_masks"], selections["s_pixel"], "minmax"))) >= threshold
+    def target_statistics(selection):  # the min-max target of one selection, as the caption mask's
+        target = to_numpy(to_image(target_union(out["tag_masks"], selections[selection], "minmax"))) >= threshold
+        return caption_image_statistics(target, gt, instances, record["objects"])
+
     return {
         "targets": target_counts(out["tag_masks"], selections, gt, to_image, threshold),
-        "target": caption_image_statistics(target, gt, instances, record["objects"]),
+        "target": target_statistics("s_pixel"),
+        "target_gt_tags": target_statistics("gt_tags"),
         "names_background": names_background(record["caption"]),
         "caption": caption_image_statistics(out["caption_mask"].cpu().numpy() >= threshold, gt, instances, record["objects"]),
         "aucs": object_aucs(to_image(out["tag_masks"]), tags, instances, record["objects"]) if tags else [],
@@ -152,7 +156,8 @@ def print_report(report):
              for k, label in (("names_background", "captions naming the background"), ("others", "other captions"))]
     rows += [["caption mask", *(h["caption_mask"]["CaptionIoU"] for h in heads.values())]]
     rows += [[f"{what} coverage {k}", *(h[key][f"coverage_{k}"] for h in heads.values())]
-             for what, key in (("caption mask", "caption_mask"), ("target (s_pixel, minmax)", "target_mask"))
+             for what, key in (("caption mask", "caption_mask"), ("target (s_pixel, minmax)", "target_mask"),
+                               ("target (gt_tags, minmax)", "target_mask_gt_tags"))
              for k in ("dominant", "secondary")]
     print(f"\n2-class IoU on {report['settings']['captions_dataset']} ({report['settings']['num_images']} images):")
     print(tabulate(rows, headers=["", *heads], tablefmt="pipe", floatfmt=".1f"))

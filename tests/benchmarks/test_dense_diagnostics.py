@@ -69,6 +69,7 @@ def test_tag_masks_are_mapped_from_the_padded_grid(tmp_path):
     assert stats["aucs"] == [(True, 1.0)] and not stats["names_background"]
     # the target's own statistics (s_pixel, min-max): it covers the one (dominant) object
     assert stats["target"]["counts"] == (96, 0, 0, 48) and stats["target"]["dominant"] == [(96, 96)]
+    assert stats["target_gt_tags"] == stats["target"]  # s_pixel selects exactly the ground-truth tag here
 
 
 def test_tag_masks_finer_than_the_patch_grid_are_mapped_too(tmp_path):

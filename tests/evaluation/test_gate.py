@@ -120,3 +120,6 @@ def test_summarize_gate_reports_the_targets_coverage_when_given():
     report = summarize_gate([{**one, "target": target}])
     assert report["caption_mask"]["coverage_secondary"] == 0.0
     assert report["target_mask"]["coverage_secondary"] == 100.0 and report["target_mask"]["CaptionIoU"] == 100.0
+    assert "target_mask_gt_tags" not in report
+    report = summarize_gate([{**one, "target": target, "target_gt_tags": caption}])  # the ground-truth tags' target
+    assert report["target_mask_gt_tags"]["coverage_secondary"] == 0.0 and report["target_mask"]["coverage_secondary"] == 100.0

@@ -39,6 +39,9 @@ GATE_BIAS_MARGIN = 20.0
 SELECTIONS = ("s_pixel", "s_pixel_no_background", "object_words", "gt_tags")
 NORMALIZATIONS = ("minmax", "none")  # min-max normalised tag masks (as TTD trains), raw masker outputs
 OBJECT_WORDS = frozenset(CLASSES)
+# Per-caption statistics of a target mask (min-max) -> the report's key: the s_pixel selection's
+# target (as TTD trains) and the ground-truth tags' (a perfect selection's).
+TARGET_STATISTICS = {"target": "target_mask", "target_gt_tags": "target_mask_gt_tags"}
 
 
 def auc(inside, outside) -> float:
@@ -143,8 +146,9 @@ def summarize_gate(per_image: Sequence[Dict]) -> Dict:
     Returns {"target_iou": {selection: {normalization: IoU}}, "target_iou_s_pixel_minmax":
     {"names_background", "others": IoU over those captions}, "caption_mask":
     ``summarize_caption_statistics``, "target_mask": the same of the target (when given: does the
-    target cover the secondary objects the caption mask misses?), "mask_bias": coverage dominant -
-    secondary,
+    target cover the secondary objects the caption mask misses?), "target_mask_gt_tags": the same
+    of the ground-truth tags' target (when given: would a perfect selection?), "mask_bias":
+    coverage dominant - secondary,
     "tag_map_auc": {"dominant", "secondary": mean AUC}, "gate": ``gate_verdict``,
     "num_captions": int}."""
     def iou(key, images):
@@ -160,8 +164,8 @@ def summarize_gate(per_image: Sequence[Dict]) -> Dict:
             "others": iou("s_pixel/minmax", [s for s in per_image if not s["names_background"]]),
         },
         "caption_mask": dict(caption),
-        **({"target_mask": dict(summarize_caption_statistics([s["target"] for s in per_image]))}
-           if per_image and all("target" in s for s in per_image) else {}),
+        **{out: dict(summarize_caption_statistics([s[key] for s in per_image]))
+           for key, out in TARGET_STATISTICS.items() if per_image and all(key in s for s in per_image)},
         "mask_bias": caption["coverage_dominant"] - caption["coverage_secondary"],
         "tag_map_auc": {"dominant": mean_or_nan(v for d, v in aucs if d), "secondary": mean_or_nan(v for d, v in aucs if not d)},
         "gate": gate_verdict(target_iou["s_pixel"]["minmax"], caption["CaptionIoU"],
