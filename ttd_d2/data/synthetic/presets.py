@@ -63,8 +63,8 @@ def quickstart_splits(
 
 def ensure_splits(root: Union[str, Path], specs: Sequence[SplitSpec], image_size: int, workers: int = 0) -> None:
     """Generate the splits of ``specs`` missing under ``root`` (the synthetic root), drawn at
-    ``image_size`` pixels (a job's base model's ``INPUT.TRAIN_SIZE``: 64 for the shipped one, 128
-    for the 128 px experiments of docs/RESULTS.md), with one progress bar. A split of ``root``
+    ``image_size`` pixels (a job's base model's ``INPUT.TRAIN_SIZE``: ``BENCHMARK_IMAGE_SIZE`` for
+    the shipped one, 64 for the 64 px experiments of docs/RESULTS.md), with one progress bar. A split of ``root``
     drawn at another size is an error naming the fix, raised before anything is written."""
     for spec in specs:
         folder = split_dir(root, spec.layout, spec.split)
@@ -72,8 +72,9 @@ def ensure_splits(root: Union[str, Path], specs: Sequence[SplitSpec], image_size
         if drawn != image_size:
             raise FileExistsError(
                 f"{folder} was drawn at {drawn} px, the base model reads {image_size} px: point "
-                f"DETECTRON2_DATASETS at another root (docs/RESULTS.md uses datasets{image_size}), or regenerate "
-                f"it with tools/generate_synthetic.py --preset quickstart --image-size {image_size} --overwrite")
+                f"DETECTRON2_DATASETS at another root (e.g. datasets{image_size}), or regenerate it with "
+                f"tools/generate_synthetic.py --preset quickstart --image-size {image_size} --overwrite "
+                f"(the benchmark's default size is {BENCHMARK_IMAGE_SIZE} px; it was 64 px until 2026-12-03)")
     missing = [s for s in specs if not is_complete(root, s.layout, s.split, s.num_images, s.seed, image_size)]
     with tqdm(total=sum(s.num_images for s in missing), desc="data generation", unit="img") as bar:
         for spec in missing:
