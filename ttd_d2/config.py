@@ -40,6 +40,10 @@ def add_ttd_config(cfg):
     # torch.compile backend: inductor (generates kernels; on CPU it needs a C++ compiler) or any
     # other registered one (aot_eager: traced but not optimised, what the tests use).
     cfg.MODEL.CLIP.COMPILE.BACKEND = "inductor"
+    # Mode of the text blocks: "same" (MODE) or one of MODE's values. Text batches change shape
+    # every step (the tag count), and CUDA graphs record one graph per shape even when compiled
+    # with dynamic shapes: "default" keeps CUDA graphs for the fixed-shape image blocks only.
+    cfg.MODEL.CLIP.COMPILE.TEXT_MODE = "same"
 
     # ---------------------------------------------------------------- TCL backbone
     # Read when MODEL.BACKBONE.NAME is "TCL" (docs/BACKBONES.md); MODEL.CLIP gives its frozen CLIP.

@@ -199,6 +199,7 @@ def check_model_config(cfg) -> None:
         _flag("MODEL.CLIP.BF16", clip.BF16),
         _choice("MODEL.CLIP.COMPILE.MODE", clip.COMPILE.MODE, COMPILE_MODES, " ('' = eager)"),
         _choice("MODEL.CLIP.COMPILE.BACKEND", clip.COMPILE.BACKEND, compile_backends()) if clip.COMPILE.MODE else None,
+        _choice("MODEL.CLIP.COMPILE.TEXT_MODE", clip.COMPILE.TEXT_MODE, ("same",) + COMPILE_MODES, " ('same' = MODE)"),
         *_tcl_problems(cfg),
         *tcl_objective_problems(cfg),
         # MODEL.MASKER: sigmoid(w * cos + b) must grow with the similarity

@@ -192,3 +192,19 @@ def test_text_blocks_take_new_batch_shapes_without_a_graph_each(tiny_cfg):
     for block in model.backbone.clip.transformer.resblocks:
         assert block.forward.dynamic is None and not block.forward.failed
     assert all(block.forward.dynamic is False for block in model.backbone.clip.visual.transformer.resblocks)
+
+
+def test_text_mode_compiles_the_text_blocks_their_own_way(tiny_cfg):
+    """MODEL.CLIP.COMPILE.TEXT_MODE: "same" gives the text blocks MODE; another mode is theirs
+    ("" leaves them eager), the image blocks keep MODE; an unknown one is refused with the fix."""
+    opts = {"MODEL.CLIP.COMPILE.MODE": "default", "MODEL.CLIP.COMPILE.BACKEND": "aot_eager"}
+    same = build(tiny_cfg, **opts).backbone.clip
+    assert all(b.forward.mode == "default" for b in same.transformer.resblocks)
+    own = build(tiny_cfg, **opts, **{"MODEL.CLIP.COMPILE.TEXT_MODE": "max-autotune-no-cudagraphs"}).backbone.clip
+    assert all(b.forward.mode == "max-autotune-no-cudagraphs" for b in own.transformer.resblocks)
+    assert all(b.forward.mode == "default" for b in own.visual.transformer.resblocks)
+    eager_text = build(tiny_cfg, **opts, **{"MODEL.CLIP.COMPILE.TEXT_MODE": ""}).backbone.clip
+    assert not any(isinstance(b.__dict__.get("forward"), CompiledWithFallback) for b in eager_text.transformer.resblocks)
+    assert all(isinstance(b.__dict__.get("forward"), CompiledWithFallback) for b in eager_text.visual.transformer.resblocks)
+    with pytest.raises(ValueError, match=r"MODEL.CLIP.COMPILE.TEXT_MODE = 'fast' is unknown: use one of same, , default"):
+        build(tiny_cfg, **opts, **{"MODEL.CLIP.COMPILE.TEXT_MODE": "fast"})

@@ -109,16 +109,18 @@ class CLIPDense(Backbone):
             "bf16": cfg.MODEL.CLIP.BF16,
         }
 
-    def compile_towers(self, mode: str, backend: str = "inductor") -> int:
+    def compile_towers(self, mode: str, backend: str = "inductor", text_mode: str = "same") -> int:
         """``torch.compile`` the image and text towers' transformer blocks (``MODEL.CLIP.COMPILE``,
         :mod:`ttd_d2.modeling.compile`: with a fallback to eager per block); returns the number of blocks.
         Image blocks get one graph per shape (a training run's images have one, the test-time
         protocol's windows a few); text blocks get dynamic shapes from their second shape on, since
         every step's tag count gives another padded batch (:meth:`encode_token_ids`), and one graph
-        per shape kept compiling on the GPU host (benchmarks/README.md)."""
+        per shape kept compiling on the GPU host (benchmarks/README.md). ``text_mode``
+        (``MODEL.CLIP.COMPILE.TEXT_MODE``): the text blocks' mode, "same" = ``mode``."""
         text_blocks = getattr(getattr(self.clip, "transformer", None), "resblocks", [])
+        text_mode = mode if text_mode == "same" else text_mode
         return (compile_blocks(self.clip.visual.transformer.resblocks, "visual.transformer.resblocks", mode, backend)
-                + compile_blocks(text_blocks, "transformer.resblocks", mode, backend, dynamic=None))
+                + compile_blocks(text_blocks, "transformer.resblocks", text_mode, backend, dynamic=None))
 
     @property
     def size_divisibility(self) -> int:

@@ -75,6 +75,7 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
         default_dataset: str = "",
         compile_mode: str = "",
         compile_backend: str = "inductor",
+        compile_text_mode: str = "same",
     ):
         """
         Args:
@@ -103,7 +104,8 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
                 ``logit_scale`` x cosine, background = ``prob_threshold``): docs/EVALUATION.md.
             default_dataset: metadata used when an input carries no "dataset_name".
             compile_mode, compile_backend: ``torch.compile`` of the towers' blocks
-                (``MODEL.CLIP.COMPILE``; "" = eager), applied last, over the adapters.
+                (``MODEL.CLIP.COMPILE``; "" = eager), applied last, over the adapters;
+                compile_text_mode: the text blocks' mode ("same" = compile_mode).
         """
         super().__init__()
         if tag_scoring not in SCORING_METHODS + ("nltk",):
@@ -148,7 +150,7 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
             self._setup_lora(**(lora or {}))
         if not ttd_enabled and backbone.objective is None:
             masker.requires_grad_(False)  # no loss reads it (see ttd_lora: what trains)
-        backbone.compile_towers(compile_mode, compile_backend)
+        backbone.compile_towers(compile_mode, compile_backend, compile_text_mode)
 
     @classmethod
     def from_config(cls, cfg):
@@ -197,6 +199,7 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
             "default_dataset": cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "",
             "compile_mode": cfg.MODEL.CLIP.COMPILE.MODE,
             "compile_backend": cfg.MODEL.CLIP.COMPILE.BACKEND,
+            "compile_text_mode": cfg.MODEL.CLIP.COMPILE.TEXT_MODE,
         }
 
     def _setup_lora(self, **lora):
