@@ -1,12 +1,15 @@
 """Shared fixtures: a tiny random open_clip model built through the real config path (``build``),
-tiny training configs, and scripts of tools/ and benchmarks/ imported as modules."""
+tiny training configs, empty datasets with metadata (``register``), and scripts of tools/ and
+benchmarks/ imported as modules."""
 import importlib.util
 import os
+import uuid
 from pathlib import Path
 
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
 from ttd_d2 import add_ttd_config
@@ -79,6 +82,25 @@ def load_script(relative_path: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def register():
+    """register(**metadata) -> the name of a fresh empty dataset with that metadata (e.g.
+    ``stuff_classes``), removed from the catalogs after the test."""
+    names = []
+
+    def _register(**metadata):
+        name = f"test_dataset_{uuid.uuid4().hex[:10]}"
+        DatasetCatalog.register(name, lambda: [])
+        MetadataCatalog.get(name).set(**metadata)
+        names.append(name)
+        return name
+
+    yield _register
+    for name in names:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
 
 
 @pytest.fixture

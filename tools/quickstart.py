@@ -33,6 +33,7 @@ import json
 import logging
 import sys
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 
 # Warnings raised while importing (e.g. torch's deprecation of torch.jit.script, used by
@@ -253,19 +254,21 @@ def main(argv=None):
     masker_loader = TTDTrainer.build_test_loader(base_cfg, MASKER_SPLIT)
     tag_loader = TTDTrainer.build_test_loader(base_cfg, "synth_captions_val")
     with_tags = tag_scoring not in BINARY_METHODS
-    # Every evaluation of a model runs under one reusing_image_features() block: its two masker
-    # settings and the calibrations on semseg/val read the same images, whose backbone outputs
-    # are then computed once (the heads after the backbone are what the settings change).
-    with base_model.reusing_image_features():
+    # A model's masker calibration and its evaluation run under one reusing_image_features()
+    # block: the two masker settings and the calibrations on semseg/val read the same images, whose
+    # backbone outputs are then computed once (the settings change only the heads after it).
+    # captions/val (the tag threshold) is read once, so it is calibrated outside the block.
+    with ExitStack() as reuse:
         with tqdm(total=len(masker_loader) + with_tags * len(tag_loader), desc="calibration before TTD", unit="img") as bar:
-            masker_before = calibrate_masker(base_model, masker_loader, bar)
             tag = calibrate_tag_threshold(base_model, Progress(tag_loader, bar), "synth_captions_val", tag_scoring) if with_tags else None
-        calibration = {"masker": {"calibration": "calibrate_word_masker_bias", "dataset": MASKER_SPLIT, "before": masker_before},
-                       "tag_scoring": tag_scoring, "tag_threshold_used": ttd_cfg.MODEL.TTD.TAG_THRESHOLD}
-        if tag is not None:
-            threshold, sweep = tag
-            calibration.update(tag_threshold_calibrated=threshold, tag_threshold_f1=sweep[threshold], tag_threshold_sweep=sweep)
+            reuse.enter_context(base_model.reusing_image_features())
+            masker_before = calibrate_masker(base_model, masker_loader, bar)
         before = evaluate_before(base_model, base_cfg, args.test_splits, output_dir, masker_before, args.base_cache)
+    calibration = {"masker": {"calibration": "calibrate_word_masker_bias", "dataset": MASKER_SPLIT, "before": masker_before},
+                   "tag_scoring": tag_scoring, "tag_threshold_used": ttd_cfg.MODEL.TTD.TAG_THRESHOLD}
+    if tag is not None:
+        threshold, sweep = tag
+        calibration.update(tag_threshold_calibrated=threshold, tag_threshold_f1=sweep[threshold], tag_threshold_sweep=sweep)
     lora = output_dir / "ttd" / "model_lora_final.pth"
     if not args.skip_training:
         # DATASETS.TEST (): the quickstart evaluates the result itself, calibrated, below

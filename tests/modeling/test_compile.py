@@ -5,11 +5,9 @@ refused with the fix. The tests trace with ``aot_eager`` (dynamo + AOTAutograd, 
 one runs inductor itself on a block, as the GPU host does."""
 import copy
 import logging
-import uuid
 
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from conftest import build
 from ttd_d2.modeling.compile import CompiledWithFallback, compile_blocks, compile_backends
@@ -60,13 +58,8 @@ def test_compiled_step_equals_eager(tiny_cfg):
 
 
 @pytest.fixture
-def dataset():
-    name = f"test_compile_{uuid.uuid4().hex[:10]}"
-    DatasetCatalog.register(name, lambda: [])
-    MetadataCatalog.get(name).set(stuff_classes=["circle, round", "square", "triangle"])
-    yield name
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
+def dataset(register):
+    return register(stuff_classes=["circle, round", "square", "triangle"])
 
 
 def test_compiled_inference_equals_eager(tiny_cfg, dataset):

@@ -3,14 +3,12 @@ inference (docs/INTERFACES.md), tag scoring, TTD / contrastive training, teacher
 LoRA-only checkpoints."""
 import copy
 from unittest import mock
-import uuid
 
 import cv2
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from torch.nn.utils import parametrize
 
 from conftest import build
@@ -73,24 +71,6 @@ def shape_batch():
 def caption_batch(captions, size=32, seed=0):
     return [{"image": random_image(seed + i, size, size), "caption": c} for i, c in enumerate(captions)]
 
-
-
-@pytest.fixture
-def register():
-    """register(**metadata) -> a fresh dataset name; removed after the test."""
-    names = []
-
-    def _register(**metadata):
-        name = f"test_meta_arch_{uuid.uuid4().hex[:10]}"
-        DatasetCatalog.register(name, lambda: [])
-        MetadataCatalog.get(name).set(**metadata)
-        names.append(name)
-        return name
-
-    yield _register
-    for name in names:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
 
 
 def trainable_names(model):

@@ -1,11 +1,8 @@
 """Multi-scale + flip averaging (pure function and in the sem-seg path), the softmax preset,
 PAMR in the sem-seg path: each against a computation written here."""
-import uuid
-
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from conftest import build
 from ttd_d2.modeling.pamr import PAMR
@@ -15,13 +12,8 @@ SLIDE = {"MODEL.SEG_INFERENCE.SLIDE_CROP": 32, "MODEL.SEG_INFERENCE.SLIDE_STRIDE
 
 
 @pytest.fixture
-def dataset():
-    name = f"test_tta_{uuid.uuid4().hex[:10]}"
-    DatasetCatalog.register(name, lambda: [])
-    MetadataCatalog.get(name).set(stuff_classes=["background", "circle", "square"], background_threshold=0.4)
-    yield name
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
+def dataset(register):
+    return register(stuff_classes=["background", "circle", "square"], background_threshold=0.4)
 
 
 def image(seed=0, h=64, w=48):

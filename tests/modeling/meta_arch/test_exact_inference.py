@@ -2,12 +2,9 @@
 are cropped back (``pad_to_patch_grid``, ``maps_to_image``). Each check redoes the computation
 by hand on the explicitly padded image (tiny CLIP, patch 8), for CLIPDense and for TCL, whose
 dense maps are at 4x the patch grid."""
-import uuid
-
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from conftest import build as build_base
 from ttd_d2.modeling.meta_arch.segmentation import max_over_synonyms, slide_inference
@@ -45,13 +42,8 @@ def bilinear(maps, size):
 
 
 @pytest.fixture
-def dataset():
-    name = f"test_exact_inference_{uuid.uuid4().hex[:10]}"
-    DatasetCatalog.register(name, lambda: [])
-    MetadataCatalog.get(name).set(stuff_classes=CLASSES)
-    yield name
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
+def dataset(register):
+    return register(stuff_classes=CLASSES)
 
 
 def class_scores_by_hand(model, dataset, normalised):

@@ -1,11 +1,8 @@
 """``TTD.reusing_image_features``: inside the block the backbone runs once per distinct input and
 every output equals the one computed without the block, under two masker biases (the
 quickstart's two settings), for semantic segmentation and caption analysis."""
-import uuid
-
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from conftest import build
 
@@ -13,13 +10,8 @@ CLASSES = ["circle, round", "square", "triangle"]
 
 
 @pytest.fixture
-def dataset():
-    name = f"test_reuse_{uuid.uuid4().hex[:10]}"
-    DatasetCatalog.register(name, lambda: [])
-    MetadataCatalog.get(name).set(stuff_classes=CLASSES)
-    yield name
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
+def dataset(register):
+    return register(stuff_classes=CLASSES)
 
 
 def inputs(dataset, count=3):
