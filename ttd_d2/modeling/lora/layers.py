@@ -34,7 +34,9 @@ def low_rank_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     makes autograd copy the whole gradient in the backward (``CopySlices``; 387 device copies,
     17.8 ms per default TTD step on the GPU host, benchmarks/README.md).
     """
-    x_low = x if x_low is None else x_low
+    shared_input = x_low is None or x_low is x
+    x = _autocast_input(x)
+    x_low = x if shared_input else x_low
     y = F.linear(x.reshape(-1, x.shape[-1]), weight, bias)  # [N, out], not a view
     low_in = x_low.reshape(-1, x_low.shape[-1])
     if lora.delta_override is not None:  # the EMA teacher: no graph, any dtype (autocast casts)
@@ -44,6 +46,18 @@ def low_rank_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
         # in-place ops are outside autocast: both factors in y's dtype
         y.addmm_(low.to(y.dtype), (lora.scaling * lora.lora_B).t().to(y.dtype))
     return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def _autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` cast once to the autocast dtype when autocast would cast it: the frozen projection
+    and the low-rank branch both read it, and autocast casts an activation anew for each call
+    (it caches only casts of leaf weights that require grad). The same bits reach both matrix
+    products; saves one full-size cast per adapted layer that reads a float32 input (after
+    every layer norm), forward and backward."""
+    device_type = x.device.type
+    if x.dtype == torch.float32 and torch.is_autocast_enabled(device_type):
+        return x.to(torch.get_autocast_dtype(device_type))
+    return x
 
 
 class _LoRAMixin:
