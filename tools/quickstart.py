@@ -58,6 +58,7 @@ with warnings.catch_warnings(record=True) as IMPORT_WARNINGS:
     from ttd_d2.evaluation.result_cache import cached_call, evaluation_key
     from ttd_d2.evaluation.summary import before_after_table, quickstart_report, summarize
     from ttd_d2.evaluation.tag_selection import BINARY_METHODS
+    from ttd_d2.modeling.backbone.clip_dense import cpu_has_native_bf16
     from ttd_d2.modeling.backbone.dense_heads import DENSE_MODES
     from ttd_d2.utils.progress import Progress, run_logged
     from ttd_d2.utils.visualize import caption_grid, pick_images
@@ -203,6 +204,12 @@ def print_summary(report: dict, test_splits, tag) -> None:
               f"training used MODEL.TTD.TAG_THRESHOLD {calibration['tag_threshold_used']}")
 
 
+def use_cpu_bf16(choice: str) -> bool:
+    """``--cpu-bf16``: on, off, or (auto) where this CPU runs bfloat16 natively. Only the CPU
+    reads it: on a GPU the towers run under bf16 autocast anyway (MODEL.CLIP.BF16)."""
+    return choice == "on" or (choice == "auto" and cpu_has_native_bf16())
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="output/quickstart")
@@ -217,6 +224,9 @@ def parse_args(argv=None):
     parser.add_argument("--test-images", type=int, default=300, help="size of each test split when generated")
     parser.add_argument("--base-cache", default="", help="folder caching the base model's evaluation "
                         "(benchmarks/ablations.sh); reused while model, config, splits and calibration match")
+    parser.add_argument("--cpu-bf16", choices=("auto", "on", "off"), default="auto",
+                        help="on the CPU, run the towers under bf16 autocast (MODEL.CLIP.BF16_CPU), as the GPU "
+                        "does; auto: where the CPU has bf16 instructions (AVX512-BF16, AMX; ~2x faster there)")
     parser.add_argument("--skip-training", action="store_true", help="reuse <output-dir>/ttd/model_lora_final.pth")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...) for training")
     args = parser.parse_args(argv)
@@ -231,7 +241,8 @@ def main(argv=None):
     log_path = output_dir / "log.txt"
     log_to_file(log_path)
     device = ["MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu"]
-    model_opts = [*device, *(["MODEL.CLIP.DENSE_MODE", args.dense_mode] if args.dense_mode else [])]
+    model_opts = [*device, *(["MODEL.CLIP.DENSE_MODE", args.dense_mode] if args.dense_mode else []),
+                  "MODEL.CLIP.BF16_CPU", str(use_cpu_bf16(args.cpu_bf16))]
     base_cfg = load_cfg(args.base_config, model_opts)
     ttd_cfg = load_cfg(args.ttd_config, [*model_opts, *args.opts])
     pretrained = base_cfg.MODEL.CLIP.PRETRAINED

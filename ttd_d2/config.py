@@ -29,8 +29,11 @@ def add_ttd_config(cfg):
     # Weight of CLIP's own contrastive loss in training (0 = off). With MODEL.TTD.ENABLED False
     # and a positive weight, training is plain CLIP (pre)training of all weights.
     cfg.MODEL.CLIP.CONTRASTIVE_WEIGHT = 0.0
-    # Run the towers under bf16 autocast on CUDA (CPU always runs fp32).
+    # Run the towers under bf16 autocast on CUDA (maps, masker and losses stay fp32).
     cfg.MODEL.CLIP.BF16 = True
+    # The same on the CPU (off: fp32). Pays on CPUs with bf16 instructions (AVX512-BF16, AMX:
+    # ~2x the fp32 rate of convolutions and matrix products); elsewhere bf16 is emulated, slower.
+    cfg.MODEL.CLIP.BF16_CPU = False
     # torch.compile of both towers' transformer blocks (ttd_d2/modeling/compile.py; a
     # block whose compilation fails runs eagerly, with a warning).
     cfg.MODEL.CLIP.COMPILE = CN()

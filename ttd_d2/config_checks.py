@@ -197,6 +197,7 @@ def check_model_config(cfg) -> None:
         _templates("MODEL.CLIP.PROMPT_TEMPLATES", clip.PROMPT_TEMPLATES),
         _number("MODEL.CLIP.CONTRASTIVE_WEIGHT", clip.CONTRASTIVE_WEIGHT, *non_negative),
         _flag("MODEL.CLIP.BF16", clip.BF16),
+        _flag("MODEL.CLIP.BF16_CPU", clip.BF16_CPU),
         _choice("MODEL.CLIP.COMPILE.MODE", clip.COMPILE.MODE, COMPILE_MODES, " ('' = eager)"),
         _choice("MODEL.CLIP.COMPILE.BACKEND", clip.COMPILE.BACKEND, compile_backends()) if clip.COMPILE.MODE else None,
         _choice("MODEL.CLIP.COMPILE.TEXT_MODE", clip.COMPILE.TEXT_MODE, ("same",) + COMPILE_MODES, " ('same' = MODE)"),

@@ -150,10 +150,22 @@ def test_dense_mode_option_names_a_head_of_both_configs():
 
 
 def test_dense_mode_reaches_the_base_model_the_training_and_the_result(tmp_path):
-    """--dense-mode sets the head of all three models: the base model evaluated, the TTD run
+    """--dense-mode sets the head (and --cpu-bf16 the towers' CPU precision) of all three models: the base model evaluated, the TTD run
     (its config.yaml) and the result evaluated after it (once the training run kept its own)."""
     output_dir, _ = run_quickstart(tmp_path, "naclip", "--base-config", str(ROOT / "configs" / "synthetic" / "clearclip.yaml"),
-                                   "--ttd-config", str(ROOT / "configs" / "synthetic" / "ttd_clearclip.yaml"), "--dense-mode", "naclip")
-    assert "DENSE_MODE: naclip" in (output_dir / "ttd" / "config.yaml").read_text()
-    for model in ("before", "after"):
-        assert "DENSE_MODE: naclip" in (output_dir / model / "config.yaml").read_text()
+                                   "--ttd-config", str(ROOT / "configs" / "synthetic" / "ttd_clearclip.yaml"), "--dense-mode", "naclip",
+                                   "--cpu-bf16", "on")
+    for model in ("ttd", "before", "after"):
+        config = (output_dir / model / "config.yaml").read_text()
+        assert "DENSE_MODE: naclip" in config
+        assert "BF16_CPU: true" in config  # --cpu-bf16 reaches all three models too
+
+
+@pytest.mark.parametrize("choice, native, expected", [("on", False, True), ("off", True, False), ("auto", True, True),
+                                                      ("auto", False, False)])
+def test_cpu_bf16_option(monkeypatch, choice, native, expected):
+    quickstart = load_script("tools/quickstart.py")
+    monkeypatch.setattr(quickstart, "cpu_has_native_bf16", lambda: native)
+    assert quickstart.parse_args(["--cpu-bf16", choice]).cpu_bf16 == choice
+    assert quickstart.use_cpu_bf16(choice) is expected
+    assert quickstart.parse_args([]).cpu_bf16 == "auto"

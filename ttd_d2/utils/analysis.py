@@ -81,12 +81,13 @@ class ForwardFlops:
 
     def _affine(self, key, make_module, make_input):
         if key not in self._fits:
-            bf16, self.backbone.bf16 = self.backbone.bf16, False
+            bf16 = self.backbone.bf16, self.backbone.bf16_cpu
+            self.backbone.bf16 = self.backbone.bf16_cpu = False
             try:
                 with self._lora_context(key[-1]):
                     f1, f2 = (self._count(make_module(), (make_input(n),)) for n in (1, 2))
             finally:
-                self.backbone.bf16 = bf16
+                self.backbone.bf16, self.backbone.bf16_cpu = bf16
             self._fits[key] = (f1 - (f2 - f1), f2 - f1)  # (per call, per sequence)
         return self._fits[key]
 

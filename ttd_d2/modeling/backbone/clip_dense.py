@@ -26,6 +26,13 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, src_grid: Tuple[int, int], ds
     return torch.cat([cls_pos, grid_pos], dim=0)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU executes bfloat16 matrix products natively (AVX512-BF16 or AMX), the
+    condition under which ``MODEL.CLIP.BF16_CPU`` pays; elsewhere oneDNN emulates bfloat16."""
+    cpu = torch.cpu
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 @BACKBONE_REGISTRY.register()
 class CLIPDense(Backbone):
     """open_clip CLIP whose image tower returns dense patch embeddings in the joint space.
@@ -55,6 +62,7 @@ class CLIPDense(Backbone):
         naclip_sigma: float = 5.0,
         prompt_templates: Sequence[str] = ("a photo of a {}.",),
         bf16: bool = True,
+        bf16_cpu: bool = False,
     ):
         """
         Args:
@@ -67,6 +75,9 @@ class CLIPDense(Backbone):
             naclip_sigma: NACLIP Gaussian prior's standard deviation in patches.
             prompt_templates: templates averaged by ``encode_text(..., use_templates=True)``.
             bf16: autocast the towers to bfloat16 on CUDA.
+            bf16_cpu: autocast the towers to bfloat16 on the CPU too (``MODEL.CLIP.BF16_CPU``):
+                about 2x the float32 rate of convolutions and matrix products on CPUs with
+                bfloat16 instructions (AVX512-BF16, AMX; :func:`cpu_has_native_bf16`).
         """
         super().__init__()
         if dense_mode not in DENSE_MODES:
@@ -82,6 +93,7 @@ class CLIPDense(Backbone):
         self.naclip_sigma = naclip_sigma
         self.prompt_templates = list(prompt_templates)
         self.bf16 = bf16
+        self.bf16_cpu = bf16_cpu
         # The backbone's own training objective (TCL's), or None: when set, the meta-architecture
         # adds ``training_losses(images, dense, caption_emb, masker)`` to its training losses.
         # (An instance attribute: a class attribute would hide a subclass's objective module.)
@@ -107,6 +119,7 @@ class CLIPDense(Backbone):
             "naclip_sigma": cfg.MODEL.CLIP.NACLIP_SIGMA,
             "prompt_templates": resolve_prompt_templates(cfg.MODEL.CLIP.PROMPT_TEMPLATE_SET, cfg.MODEL.CLIP.PROMPT_TEMPLATES),
             "bf16": cfg.MODEL.CLIP.BF16,
+            "bf16_cpu": cfg.MODEL.CLIP.BF16_CPU,
         }
 
     def compile_towers(self, mode: str, backend: str = "inductor", text_mode: str = "same") -> int:
@@ -147,9 +160,9 @@ class CLIPDense(Backbone):
         return self.clip.logit_scale.exp()
 
     def autocast(self, device: torch.device):
-        """bf16 autocast on CUDA when enabled, a no-op otherwise."""
-        if self.bf16 and device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast on CUDA (``bf16``) or the CPU (``bf16_cpu``) when enabled, else a no-op."""
+        if (self.bf16 and device.type == "cuda") or (self.bf16_cpu and device.type == "cpu"):
+            return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def embed_patches(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
