@@ -68,11 +68,12 @@ class CaptionTrainMapper:
                 ``candidate_tags`` exactly), extracted here rather than in the main process.
                 None (TTD off, or no tokenizer): none.
         """
-        augs = [T.ResizeShortestEdge(train_size, sys.maxsize), T.RandomCrop("absolute", (train_size, train_size))]
+        crop_flip = [T.RandomCrop("absolute", (train_size, train_size))]
         if flip != "none":
-            augs.append(T.RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical"))
+            crop_flip.append(T.RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical"))
         self.train_size = train_size
-        self.augmentations = T.AugmentationList(augs)
+        self.resize = T.ResizeShortestEdge(train_size, sys.maxsize)
+        self.crop_flip = T.AugmentationList(crop_flip)
         self.image_format = image_format
         self.tokenizer = tokenizer
         self.tag_options = tag_options if tokenizer is not None else None
@@ -94,8 +95,15 @@ class CaptionTrainMapper:
         except OSError as e:
             logger.warning("skipping a training sample: %s", e)
             return None
+        # The resize is drawn as always (the same random stream: seeded runs do not change) but
+        # applied only when it changes the size: resizing to its own size returns the same pixels
+        # (PIL copies the image) after two conversions, about 0.1 of the 0.76 ms that a 128 px
+        # sample costs a loader worker (benchmarks/README.md, the tiny CLIP's pretraining).
+        resize = self.resize.get_transform(image)
+        if (resize.new_h, resize.new_w) != image.shape[:2]:
+            image = resize.apply_image(image)
         aug = T.AugInput(image)
-        self.augmentations(aug)
+        self.crop_flip(aug)
         sample = {
             "image": np.ascontiguousarray(aug.image.transpose(2, 0, 1)),
             "caption": record["caption"],

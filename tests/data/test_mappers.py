@@ -1,0 +1,55 @@
+"""CaptionTrainMapper's augmentation: resize to the short side S, random S x S crop, flip. An
+image already at S skips the resize's pixel work, and every image gets exactly what detectron2's
+AugmentationList of the three gives under the same seed (the same random stream)."""
+import sys
+
+import detectron2.data.transforms as T
+import numpy as np
+import pytest
+from PIL import Image
+
+from ttd_d2.data.mappers import CaptionTrainMapper
+
+
+def _reference(image, size):
+    augs = T.AugmentationList([T.ResizeShortestEdge(size, sys.maxsize), T.RandomCrop("absolute", (size, size)),
+                               T.RandomFlip(horizontal=True)])
+    aug = T.AugInput(image)
+    augs(aug)
+    return aug.image.transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (32, 48), (40, 64), (24, 24)])
+def test_same_pixels_and_random_stream_as_detectron2s_list(tmp_path, shape):
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(6):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(path)
+        files.append(str(path))
+    mapper = CaptionTrainMapper(train_size=32, tokenizer=None)
+    np.random.seed(3)
+    got = [mapper({"file_name": f, "caption": "a cat"})["image"] for f in files]
+    next_after_mapper = np.random.rand()
+    np.random.seed(3)
+    expected = [_reference(np.asarray(Image.open(f).convert("RGB")), 32) for f in files]
+    next_after_reference = np.random.rand()
+    for a, b in zip(got, expected):
+        assert a.shape == (3, 32, 32)
+        np.testing.assert_array_equal(a, b)
+    assert next_after_mapper == next_after_reference  # the mapper drew as many numbers as the list
+
+
+def test_an_image_at_the_train_size_is_not_resized(tmp_path, monkeypatch):
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
+    calls = []
+    monkeypatch.setattr(T.ResizeTransform, "apply_image", lambda self, img, interp=None: calls.append(1) or img)
+    CaptionTrainMapper(train_size=32, tokenizer=None)({"file_name": str(path), "caption": "x"})
+    assert calls == []
+    Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(path)  # short side 32 already: no resize
+    CaptionTrainMapper(train_size=32, tokenizer=None)({"file_name": str(path), "caption": "x"})
+    assert calls == []
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(path)
+    CaptionTrainMapper(train_size=32, tokenizer=None)({"file_name": str(path), "caption": "x"})
+    assert calls == [1]
