@@ -54,10 +54,14 @@ def _autocast_input(x: torch.Tensor) -> torch.Tensor:
     (it caches only casts of leaf weights that require grad). The same bits reach both matrix
     products; saves one full-size cast per adapted layer that reads a float32 input (after
     every layer norm), forward and backward."""
+    if x.dtype != torch.float32:
+        return x
     device_type = x.device.type
-    if x.dtype == torch.float32 and torch.is_autocast_enabled(device_type):
-        return x.to(torch.get_autocast_dtype(device_type))
-    return x
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type: autocast then casts per call, as before
+        return x
+    return x.to(torch.get_autocast_dtype(device_type)) if enabled else x
 
 
 class _LoRAMixin:
