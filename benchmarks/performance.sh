@@ -27,10 +27,15 @@ run eval_protocol benchmarks/bench_eval_protocol.py --config-file configs/Base-P
 run eval_profile benchmarks/bench_eval_protocol.py --config-file configs/Base-Paper-Eval.yaml --settings single +pamr \
   --images 6 --warmup 2 --profile 3
 # torch.compile of the towers' blocks (MODEL.CLIP.COMPILE; the warm-up steps compile): inductor,
-# then CUDA graphs (reduce-overhead), for the host-bound steps and the protocol's window forwards
-run step_default_compiled benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 12 MODEL.CLIP.COMPILE.MODE default
-run step_default_cudagraphs benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 12 MODEL.CLIP.COMPILE.MODE reduce-overhead
-run step_layers2_cudagraphs benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 12 MODEL.CLIP.COMPILE.MODE reduce-overhead MODEL.TTD.LORA.IMAGE_LAYERS 2
+# then CUDA graphs (reduce-overhead), for the host-bound steps and the protocol's window forwards.
+# 60 warm-up steps: a CUDA-graph tree records a graph per padded text shape, and 12 steps left
+# shapes to record inside the timed loop (benchmarks/README.md, 2026-12-03); then the text blocks
+# without CUDA graphs (COMPILE.TEXT_MODE default), the option for text shapes that keep changing
+run step_default_compiled benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 60 MODEL.CLIP.COMPILE.MODE default
+run step_default_cudagraphs benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 60 MODEL.CLIP.COMPILE.MODE reduce-overhead
+run step_layers2_cudagraphs benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 60 MODEL.CLIP.COMPILE.MODE reduce-overhead MODEL.TTD.LORA.IMAGE_LAYERS 2
+run step_default_cg_textdefault benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 30 MODEL.CLIP.COMPILE.MODE reduce-overhead MODEL.CLIP.COMPILE.TEXT_MODE default
+run step_layers2_cg_textdefault benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 30 MODEL.CLIP.COMPILE.MODE reduce-overhead MODEL.CLIP.COMPILE.TEXT_MODE default MODEL.TTD.LORA.IMAGE_LAYERS 2
 run eval_cudagraphs benchmarks/bench_eval_protocol.py --config-file configs/Base-Paper-Eval.yaml --images 10 --warmup 4 --compile reduce-overhead
 # PAMR's iterations compiled (MODEL.SEG_INFERENCE.PAMR.COMPILE): a third of the full protocol's kernel time eagerly
 run eval_pamr_compiled benchmarks/bench_eval_protocol.py --config-file configs/Base-Paper-Eval.yaml --settings +flip +pamr \
