@@ -110,6 +110,13 @@ def calibrate_masker(model, loader, bar) -> dict:
             "word_iou": max(sweep.values())}
 
 
+def ttd_masker_opts(masker: dict) -> list:
+    """Config overrides that start TTD's masker at ``masker`` (``calibrate_masker``'s record):
+    its w and calibrated b, not the w, b of a TCL checkpoint (``MODEL.TCL.MASKER_FROM_WEIGHTS``)."""
+    return ["MODEL.MASKER.INIT_W", str(masker["w"]), "MODEL.MASKER.INIT_B", str(masker["b_calibrated"]),
+            "MODEL.TCL.MASKER_FROM_WEIGHTS", "False"]
+
+
 def set_masker_bias(model, bias: float) -> None:
     with torch.no_grad():
         model.masker.b.fill_(bias)
@@ -283,7 +290,9 @@ def main(argv=None):
     lora = output_dir / "ttd" / "model_lora_final.pth"
     if not args.skip_training:
         # DATASETS.TEST (): the quickstart evaluates the result itself, calibrated, below
-        opts = [*model_opts, "MODEL.MASKER.INIT_B", str(masker_before["b_calibrated"]), "DATASETS.TEST", "()", *args.opts]
+        # The calibrated masker is the start (the base model's w, the bias calibrated above); a
+        # TCL checkpoint's own masker would otherwise replace MODEL.MASKER (MASKER_FROM_WEIGHTS).
+        opts = [*model_opts, *ttd_masker_opts(masker_before), "DATASETS.TEST", "()", *args.opts]
         lora = train_ttd(args.ttd_config, output_dir / "ttd", opts, ttd_cfg.SOLVER.MAX_ITER, log_path)
     after_cfg = load_cfg(args.ttd_config, [*model_opts, "MODEL.TTD.LORA.WEIGHTS", str(lora),
                                            "MODEL.TTD.LORA.MERGE_FOR_INFERENCE", "True"])

@@ -72,8 +72,10 @@ def test_both_models_get_the_same_calibration_and_are_also_reported_as_trained(t
     for model in ("before", "after"):
         assert set(masker[model]) == {"w", "b_as_trained", "b_calibrated", "word_iou"}
         assert set(results["as_trained"][model]) == set(results[model])  # the same summary, other masker
-    # training started from the base model's calibrated masker
-    assert f"INIT_B: {masker['before']['b_calibrated']}" in (output_dir / "ttd" / "config.yaml").read_text()
+    # training started from the base model's calibrated masker, not the TCL checkpoint's own
+    config = (output_dir / "ttd" / "config.yaml").read_text()
+    assert f"INIT_B: {masker['before']['b_calibrated']}" in config and f"INIT_W: {masker['before']['w']}" in config
+    assert "MASKER_FROM_WEIGHTS: false" in config
     assert "Masker calibrated on word-level segmentation" in proc.stdout and "Masker as trained" in proc.stdout
     assert (output_dir / "quickstart_grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
