@@ -18,6 +18,7 @@ For each dense head (MODEL.CLIP.DENSE_MODE), on validation splits only:
    scores higher on its word's map than a pixel outside it); 0.5 = no localisation);
 3. class accuracy on the sem-seg split with the true background given (among object pixels,
    the fraction whose best class is right; chance = 1/12);
+   ``--masker-scale K`` then multiplies w and b by K (same boundary, softer or sharper masks);
 4. the verdict: PASS when target IoU (s_pixel, min-max) >= caption-mask IoU + 5 and coverage
    dominant - secondary >= 20, with both margins.
 Also zero-shot accuracy on training images whose caption names exactly one class (a proxy for
@@ -56,6 +57,9 @@ def parse_args(argv=None):
     parser.add_argument("--num-images", type=int, default=100, help="first N images of each split (training: 4N)")
     parser.add_argument("--calibrate", choices=["words", "captions", "none"], default="words",
                         help="where the masker bias comes from (the gate is defined with words)")
+    parser.add_argument("--masker-scale", type=float, default=1.0, metavar="K",
+                        help="after calibration, multiply the masker's w and b by K: the same decision boundary "
+                        "(binary masks unchanged), softer (K < 1) or sharper (K > 1) masks, hence other min-max targets")
     parser.add_argument("--semseg-dataset", default="synth_semseg_val")
     parser.add_argument("--captions-dataset", default="synth_captions_val")
     parser.add_argument("--train-dataset", default="synth_image_text_train")
@@ -82,6 +86,18 @@ def calibrate(model, mapper, args):
     bias, sweep = calibration(model, ([mapper(r)] for r in tqdm(records, desc=f"calibrating b on {name}", leave=False)), name)
     model.masker.b.fill_(bias)
     return {"calibrated_on": name, "b": bias, "best_iou": max(sweep.values())}
+
+
+def scale_masker(model, scale: float) -> dict:
+    """w, b -> scale * w, scale * b (``--masker-scale``): sigmoid(w cos + b) >= 0.5 exactly where
+    it was, so the caption mask and every binary mask stay the same; the soft masks, and with them
+    the min-max targets, get softer or sharper. Returns the masker it leaves."""
+    if scale <= 0:
+        raise SystemExit(f"--masker-scale {scale}: must be > 0")
+    with torch.no_grad():
+        model.masker.w.mul_(scale)
+        model.masker.b.mul_(scale)
+    return {"scale": scale, "w_scaled": float(model.masker.w), "b_scaled": float(model.masker.b)}
 
 
 def class_accuracy(model, mapper, records):
@@ -190,6 +206,7 @@ def main(argv=None):
     for mode in args.modes:
         cfg, model, mapper = build_head(args, mode)
         masker = calibrate(model, mapper, args)
+        masker.update(scale_masker(model, args.masker_scale))
         threshold = cfg.MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD
         captions = DatasetCatalog.get(args.captions_dataset)[: args.num_images]
         per_image = caption_split_statistics(model, mapper, captions, threshold, desc=mode)

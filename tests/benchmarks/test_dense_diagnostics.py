@@ -91,3 +91,21 @@ def test_tag_masks_finer_than_the_patch_grid_are_mapped_too(tmp_path):
     stats = diagnostics.caption_statistics(record, out, (12, 12), patch=8, threshold=0.5)
     assert stats["targets"]["gt_tags/none"] == (96, 0, 0, 48)
     assert stats["targets"]["s_pixel/minmax"] == (96, 0, 0, 48)
+
+
+def test_masker_scale_keeps_the_caption_mask_and_changes_the_soft_targets(splits):
+    """--masker-scale K multiplies w and b by K: the same binary caption mask (same boundary), other
+    min-max targets (softer masks)."""
+    def run(*extra):
+        torch.manual_seed(0)
+        return diagnostics.main(["--config-file", str(ROOT / "configs" / "synthetic" / "clearclip.yaml"), "--modes", "clearclip",
+                                 "--num-images", "3", *splits, *extra, "--", *TINY])["heads"]["clearclip"]
+
+    plain, soft = run(), run("--masker-scale", "0.3")
+    assert soft["masker"]["scale"] == 0.3 and plain["masker"]["scale"] == 1.0
+    assert soft["masker"]["w_scaled"] == pytest.approx(0.3 * plain["masker"]["w_scaled"])
+    assert soft["masker"]["b_scaled"] == pytest.approx(0.3 * plain["masker"]["b_scaled"])
+    assert soft["caption_mask"] == plain["caption_mask"]
+    assert soft["target_iou"] != plain["target_iou"]
+    with pytest.raises(SystemExit, match="must be > 0"):
+        run("--masker-scale", "0")
