@@ -65,7 +65,10 @@ def parse_args(argv=None):
     parser.add_argument("--train-dataset", default="synth_image_text_train")
     parser.add_argument("--output", help="also write the report as JSON to this file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...), after --")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.masker_scale <= 0:  # before any model is built
+        parser.error(f"--masker-scale {args.masker_scale}: must be > 0")
+    return args
 
 
 def build_head(args, mode):
@@ -92,8 +95,6 @@ def scale_masker(model, scale: float) -> dict:
     """w, b -> scale * w, scale * b (``--masker-scale``): sigmoid(w cos + b) >= 0.5 exactly where
     it was, so the caption mask and every binary mask stay the same; the soft masks, and with them
     the min-max targets, get softer or sharper. Returns the masker it leaves."""
-    if scale <= 0:
-        raise SystemExit(f"--masker-scale {scale}: must be > 0")
     with torch.no_grad():
         model.masker.w.mul_(scale)
         model.masker.b.mul_(scale)

@@ -254,3 +254,13 @@ def test_shipped_configs_pass_the_checks(path):
     check_model_config(cfg)
     if cfg.MODEL.TTD.ENABLED or cfg.MODEL.CLIP.CONTRASTIVE_WEIGHT > 0 or tcl_objective_on(cfg):  # training configs
         check_training_config(cfg)
+
+
+def test_a_masker_init_that_a_tcl_checkpoint_would_override_is_refused(no_clip, tmp_path):
+    from ttd_d2.config_checks import MASKER_DEFAULTS
+    cfg = make_tiny_cfg()
+    assert (cfg.MODEL.MASKER.INIT_W, cfg.MODEL.MASKER.INIT_B) == MASKER_DEFAULTS
+    cfg = set_keys(cfg, {"MODEL.BACKBONE.NAME": "TCL", "MODEL.TCL.WEIGHTS": str(tmp_path / "tcl.pth"),
+                         "MODEL.MASKER.INIT_B": -2.8})
+    with pytest.raises(ValueError, match="MASKER_FROM_WEIGHTS False"):
+        build_model(cfg)

@@ -123,6 +123,11 @@ def _pixel_statistics(mean, std) -> Problem:
             "fractions of 255: mean in [0, 1], std in (0, 1]), or [] for both to use the CLIP's own")
 
 
+# add_ttd_config's MODEL.MASKER.INIT_W, INIT_B (TCL's initial masker; tests/test_config_checks.py
+# checks they agree): other values under a TCL checkpoint's masker are a setting that does nothing.
+MASKER_DEFAULTS = (10.0, -2.5)
+
+
 def _tcl_problems(cfg) -> List[Problem]:
     """MODEL.TCL, and the keys that mean something else under the TCL backbone."""
     tcl, is_tcl = cfg.MODEL.TCL, _is_tcl(cfg.MODEL.BACKBONE.NAME)
@@ -133,6 +138,11 @@ def _tcl_problems(cfg) -> List[Problem]:
         "the TCL backbone reads it (set MODEL.BACKBONE.NAME TCL, or MODEL.TCL.WEIGHTS '')"
         if weights_ok and tcl.WEIGHTS and not is_tcl else None,
         _flag("MODEL.TCL.MASKER_FROM_WEIGHTS", tcl.MASKER_FROM_WEIGHTS),
+        f"MODEL.MASKER.INIT_W / INIT_B = {cfg.MODEL.MASKER.INIT_W}, {cfg.MODEL.MASKER.INIT_B} would be ignored: "
+        "MODEL.TCL.MASKER_FROM_WEIGHTS True starts the masker at the TCL checkpoint's w, b. Set "
+        "MODEL.TCL.MASKER_FROM_WEIGHTS False to start from MODEL.MASKER, or leave INIT_W / INIT_B at their defaults"
+        if is_tcl and weights_ok and tcl.WEIGHTS and tcl.MASKER_FROM_WEIGHTS
+        and (cfg.MODEL.MASKER.INIT_W, cfg.MODEL.MASKER.INIT_B) != MASKER_DEFAULTS else None,
         _flag("MODEL.TCL.TRAIN_DECODER", tcl.TRAIN_DECODER),
         _pixel_statistics(tcl.PIXEL_MEAN, tcl.PIXEL_STD),
         f"MODEL.CLIP.DENSE_MODE = {cfg.MODEL.CLIP.DENSE_MODE!r}: the TCL backbone runs its copied last block as "

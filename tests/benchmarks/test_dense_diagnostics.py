@@ -93,7 +93,7 @@ def test_tag_masks_finer_than_the_patch_grid_are_mapped_too(tmp_path):
     assert stats["targets"]["s_pixel/minmax"] == (96, 0, 0, 48)
 
 
-def test_masker_scale_keeps_the_caption_mask_and_changes_the_soft_targets(splits):
+def test_masker_scale_keeps_the_caption_mask_and_changes_the_soft_targets(splits, capsys):
     """--masker-scale K multiplies w and b by K: the same binary caption mask (same boundary), other
     min-max targets (softer masks)."""
     def run(*extra):
@@ -107,5 +107,6 @@ def test_masker_scale_keeps_the_caption_mask_and_changes_the_soft_targets(splits
     assert soft["masker"]["b_scaled"] == pytest.approx(0.3 * plain["masker"]["b_scaled"])
     assert soft["caption_mask"] == plain["caption_mask"]
     assert soft["target_iou"] != plain["target_iou"]
-    with pytest.raises(SystemExit, match="must be > 0"):
-        run("--masker-scale", "0")
+    with pytest.raises(SystemExit):
+        diagnostics.parse_args(["--masker-scale", "0"])  # refused before any model is built
+    assert "--masker-scale 0.0: must be > 0" in capsys.readouterr().err
