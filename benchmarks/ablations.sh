@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # TTD ablations on the synthetic benchmark (CPU, ~3 min per row): the paper's Table 5 rows
-# (losses, tag selection) and the teacher choice. Each row is one quickstart run with one
+# (losses, tag selection), the teacher choice and TTD's starting masker temperature. Each row is one quickstart run with one
 # training override; results land in output/ablations/<row>/quickstart_results.json and
 # benchmarks/collect_ablations.py prints the table of docs/RESULTS.md. The base model ("before")
 # is evaluated by the first row only: the others read it from output/ablations/base_cache
@@ -16,19 +16,22 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 ROWS=${ROWS:-}
 DIR=${ABLATIONS_DIR:-output/ablations}
-run() {
-  local name=$1; shift
+run() {  # run NAME [QUICKSTART OPTION ...] -- [TRAINING OVERRIDE ...]
+  local name=$1 options=(); shift
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do options+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
   if [ -n "$ROWS" ] && [[ " $ROWS " != *" $name "* ]]; then return 0; fi
   [ -f "$DIR/$name/quickstart_results.json" ] && return 0
   "$PY" tools/quickstart.py --output-dir "$DIR/$name" --base-cache "$DIR/base_cache" \
-    "${EXTRA[@]}" -- "$@"
+    "${EXTRA[@]}" "${options[@]}" -- "$@"
 }
 EXTRA=("$@")
-run both
-run distill_only MODEL.TTD.LOSS.TAG_WEIGHT 0.0
-run tag_only MODEL.TTD.LOSS.DISTILL_WEIGHT 0.0
-run tags_s_image MODEL.TTD.TAG_SCORING s_image
-run tags_nltk MODEL.TTD.TAG_SCORING nltk
-run teacher_self MODEL.TTD.TEACHER self
-run teacher_ema MODEL.TTD.TEACHER ema
-run target_norm_none MODEL.TTD.TARGET_NORM none
+run both --
+run distill_only -- MODEL.TTD.LOSS.TAG_WEIGHT 0.0
+run tag_only -- MODEL.TTD.LOSS.DISTILL_WEIGHT 0.0
+run tags_s_image -- MODEL.TTD.TAG_SCORING s_image
+run tags_nltk -- MODEL.TTD.TAG_SCORING nltk
+run teacher_self -- MODEL.TTD.TEACHER self
+run teacher_ema -- MODEL.TTD.TEACHER ema
+run target_norm_none -- MODEL.TTD.TARGET_NORM none
+run masker_w_as_trained --ttd-masker-temperature as_trained --

@@ -15,7 +15,8 @@ from tabulate import tabulate
 
 from ttd_d2.evaluation.summary import TABLE_COLUMNS as COLUMNS, get_path
 
-ROWS = ("both", "distill_only", "tag_only", "tags_s_image", "tags_nltk", "teacher_self", "teacher_ema", "target_norm_none")
+ROWS = ("both", "distill_only", "tag_only", "tags_s_image", "tags_nltk", "teacher_self", "teacher_ema", "target_norm_none",
+        "masker_w_as_trained")
 
 
 def main(root="output/ablations"):

@@ -6,12 +6,14 @@
 1. generates the synthetic benchmark under $DETECTRON2_DATASETS/synthetic if missing;
 2. calibrates the shipped base model (a TCL-style head trained on the benchmark, checkpoints/tcl_synthetic.pth,
    on the tiny CLIP checkpoints/tiny_clip_synthetic.pt; --base-config) on the validation
-   splits: the masker bias on word-level segmentation of semseg/val, and (recorded, not
-   applied) the tag-selection threshold on captions/val;
+   splits: the masker on word-level segmentation of semseg/val (its boundary, and the
+   temperature w whose min-max word targets segment best: ``calibrate_word_masker``), and
+   (recorded, not applied) the tag-selection threshold on captions/val;
 3. evaluates it zero-shot twice, with its masker as trained (the TCL checkpoint's, or the
    config's MODEL.MASKER) and as calibrated, each with the background threshold calibrated on
    semseg/val;
-4. TTD-fine-tunes it through tools/train_net.py (LoRA, frozen teacher), from the calibrated masker;
+4. TTD-fine-tunes it through tools/train_net.py (LoRA, frozen teacher), from the calibrated masker
+   (boundary and temperature; ``--ttd-masker-temperature as_trained`` keeps the base model's w);
 5. evaluates the LoRA-only result the same two ways (as trained: the masker it learnt;
    calibrated: recalibrated exactly as in 2); prints the before/after tables, writes
    ``<output-dir>/quickstart_results.json`` = {"before": ..., "after": ... (both calibrated),
@@ -53,7 +55,7 @@ with warnings.catch_warnings(record=True) as IMPORT_WARNINGS:
     from ttd_d2.data.synthetic.presets import ensure_splits, quickstart_splits
     from ttd_d2.data.synthetic.writer import read_meta, split_dir
     from ttd_d2.evaluation.calibration import (
-        calibrate_background_threshold, calibrate_tag_threshold, calibrate_word_masker_bias,
+        calibrate_background_threshold, calibrate_tag_threshold, calibrate_word_masker,
     )
     from ttd_d2.evaluation.result_cache import cached_call, evaluation_key
     from ttd_d2.evaluation.summary import before_after_table, quickstart_report, summarize
@@ -103,18 +105,38 @@ MASKER_SPLIT = "synth_semseg_val"
 
 
 def calibrate_masker(model, loader, bar) -> dict:
-    """The word-level masker bias on semseg/val's ``loader`` (``calibrate_word_masker_bias``); the
-    model's masker is left as it was. Returns {"w", "b_as_trained", "b_calibrated", "word_iou"}."""
-    bias, sweep = calibrate_word_masker_bias(model, Progress(loader, bar), MASKER_SPLIT)
-    return {"w": float(model.masker.w), "b_as_trained": float(model.masker.b), "b_calibrated": bias,
-            "word_iou": max(sweep.values())}
+    """The masker calibrated on word-level segmentation of semseg/val's ``loader``
+    (``calibrate_word_masker``); the model's masker is left as it was. Returns {"w",
+    "b_as_trained", "b_calibrated" (the bias for the model's w: the evaluations' masker),
+    "word_iou", "cos_threshold", "target_w", "target_b" (the same boundary at the temperature
+    whose min-max word targets segment best: TTD's start), "target_iou", "target_iou_model_w",
+    "target_sweep"}."""
+    found = calibrate_word_masker(model, Progress(loader, bar), MASKER_SPLIT)
+    return {"w": float(model.masker.w), "b_as_trained": float(model.masker.b), "b_calibrated": found["b_for_model_w"],
+            "word_iou": found["word_iou"], "cos_threshold": found["cos_threshold"], "target_w": found["w"],
+            "target_b": found["b"], "target_iou": found["target_iou"],
+            "target_iou_model_w": found["target_iou_model_w"], "target_sweep": found["target_sweep"]}
 
 
-def ttd_masker_opts(masker: dict) -> list:
-    """Config overrides that start TTD's masker at ``masker`` (``calibrate_masker``'s record):
-    its w and calibrated b, not the w, b of a TCL checkpoint (``MODEL.TCL.MASKER_FROM_WEIGHTS``)."""
-    return ["MODEL.MASKER.INIT_W", str(masker["w"]), "MODEL.MASKER.INIT_B", str(masker["b_calibrated"]),
-            "MODEL.TCL.MASKER_FROM_WEIGHTS", "False"]
+# --ttd-masker-temperature: TTD's masker starts at the calibrated boundary with the temperature
+# calibrated for its min-max targets, or with the base model's own w
+TEMPERATURES = ("calibrated", "as_trained")
+
+
+def ttd_masker_start(masker: dict, temperature: str = "calibrated") -> tuple:
+    """TTD's starting (w, b) from ``masker`` (``calibrate_masker``'s record): the calibrated
+    boundary at the calibrated temperature (``target_w``, ``target_b``) or at the base model's w
+    (``w``, ``b_calibrated``)."""
+    if temperature not in TEMPERATURES:
+        raise ValueError(f"unknown masker temperature {temperature!r}; expected one of {TEMPERATURES}")
+    return (masker["target_w"], masker["target_b"]) if temperature == "calibrated" else (masker["w"], masker["b_calibrated"])
+
+
+def ttd_masker_opts(masker: dict, temperature: str = "calibrated") -> list:
+    """Config overrides that start TTD's masker at ``ttd_masker_start``, never at the w, b of a
+    TCL checkpoint (``MODEL.TCL.MASKER_FROM_WEIGHTS``)."""
+    w, b = ttd_masker_start(masker, temperature)
+    return ["MODEL.MASKER.INIT_W", str(w), "MODEL.MASKER.INIT_B", str(b), "MODEL.TCL.MASKER_FROM_WEIGHTS", "False"]
 
 
 def set_masker_bias(model, bias: float) -> None:
@@ -204,6 +226,11 @@ def print_summary(report: dict, test_splits, tag) -> None:
     print(f"\nMasker as trained (before: the base model's w {masker['before']['w']:.2f}, b {masker['before']['b_as_trained']:.2f};"
           f" after: the learnt w {masker['after']['w']:.2f}, b {masker['after']['b_as_trained']:.2f}):")
     print(before_after_table(report["as_trained"]["before"], report["as_trained"]["after"]))
+    start = masker["before"]
+    print(f"\nTTD's masker started at the calibrated boundary (cos {start['cos_threshold']:.2f}) with "
+          + (f"the temperature calibrated for its min-max targets: w {start['target_w']:.2f} (word-target IoU "
+             f"{start['target_iou']:.1f}; {start['target_iou_model_w']:.1f} at the base model's w {start['w']:.2f})"
+             if masker["ttd_start_temperature"] == "calibrated" else f"the base model's w {start['w']:.2f}"))
     calibration = report["calibration"]
     if tag is not None:
         print(f"\n{calibration['tag_scoring']} tag threshold calibrated on captions/val: "
@@ -234,6 +261,9 @@ def parse_args(argv=None):
     parser.add_argument("--cpu-bf16", choices=("auto", "on", "off"), default="auto",
                         help="on the CPU, run the towers under bf16 autocast (MODEL.CLIP.BF16_CPU), as the GPU "
                         "does; auto: where the CPU has bf16 instructions (AVX512-BF16, AMX; ~2x faster there)")
+    parser.add_argument("--ttd-masker-temperature", choices=TEMPERATURES, default="calibrated",
+                        help="TTD's masker starts at the calibrated boundary with the temperature w whose min-max "
+                        "word targets segment semseg/val best (calibrated), or with the base model's w (as_trained)")
     parser.add_argument("--skip-training", action="store_true", help="reuse <output-dir>/ttd/model_lora_final.pth")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...) for training")
     args = parser.parse_args(argv)
@@ -282,7 +312,8 @@ def main(argv=None):
             reuse.enter_context(base_model.reusing_image_features())
             masker_before = calibrate_masker(base_model, masker_loader, bar)
         before = evaluate_before(base_model, base_cfg, args.test_splits, output_dir, masker_before, args.base_cache)
-    calibration = {"masker": {"calibration": "calibrate_word_masker_bias", "dataset": MASKER_SPLIT, "before": masker_before},
+    calibration = {"masker": {"calibration": "calibrate_word_masker", "dataset": MASKER_SPLIT, "before": masker_before,
+                              "ttd_start_temperature": args.ttd_masker_temperature},
                    "tag_scoring": tag_scoring, "tag_threshold_used": ttd_cfg.MODEL.TTD.TAG_THRESHOLD}
     if tag is not None:
         threshold, sweep = tag
@@ -290,9 +321,10 @@ def main(argv=None):
     lora = output_dir / "ttd" / "model_lora_final.pth"
     if not args.skip_training:
         # DATASETS.TEST (): the quickstart evaluates the result itself, calibrated, below
-        # The calibrated masker is the start (the base model's w, the bias calibrated above); a
-        # TCL checkpoint's own masker would otherwise replace MODEL.MASKER (MASKER_FROM_WEIGHTS).
-        opts = [*model_opts, *ttd_masker_opts(masker_before), "DATASETS.TEST", "()", *args.opts]
+        # The calibrated masker is the start (boundary and temperature calibrated above); a TCL
+        # checkpoint's own masker would otherwise replace MODEL.MASKER (MASKER_FROM_WEIGHTS).
+        opts = [*model_opts, *ttd_masker_opts(masker_before, args.ttd_masker_temperature), "DATASETS.TEST", "()",
+                *args.opts]
         lora = train_ttd(args.ttd_config, output_dir / "ttd", opts, ttd_cfg.SOLVER.MAX_ITER, log_path)
     after_cfg = load_cfg(args.ttd_config, [*model_opts, "MODEL.TTD.LORA.WEIGHTS", str(lora),
                                            "MODEL.TTD.LORA.MERGE_FOR_INFERENCE", "True"])
@@ -308,6 +340,11 @@ def main(argv=None):
     report["calibration"] = calibration
     with open(output_dir / "quickstart_results.json", "w") as f:
         json.dump(report, f, indent=2)
+    # the base model's soft masks and the targets drawn with TTD's starting masker (same boundary)
+    start_w, start_b = ttd_masker_start(masker_before, args.ttd_masker_temperature)
+    with torch.no_grad():
+        base_model.masker.w.fill_(start_w)
+        base_model.masker.b.fill_(start_b)
     grid = draw_quickstart_grid(base_model, after_model, ttd_cfg, args.test_splits[0], output_dir / "quickstart_grid.png")
     print_summary(report, args.test_splits, tag)
     print(f"wrote {output_dir / 'quickstart_results.json'} and {grid}; detectron2's log: {log_path}")

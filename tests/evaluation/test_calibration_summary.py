@@ -170,3 +170,50 @@ def test_calibrate_word_masker_bias_reads_the_cosines_and_restores_the_masker(tm
     register("calib_words_nobg", records, stuff_classes=["a", "b"], ignore_label=255)
     with pytest.raises(ValueError, match="no background class"):
         calibrate_word_masker_bias(model, [records], "calib_words_nobg")
+
+
+def test_word_target_sweep_by_hand():
+    from ttd_d2.evaluation.calibration import word_target_sweep
+
+    sweep = word_target_sweep([WORD_COS], [WORD_GT], 0.35, [0.1, 100.0], ignore_label=255)
+    # the target: the union of both present classes' min-max masks, against pixels 1-3 (4 ignored).
+    # w 100: the sigmoid saturates, min-max keeps the boundary 0.35: class 1 gives pixels 1, 2
+    # (and 4), class 2 pixel 3: exact. w 0.1: nearly linear, so each region is cos >= (min + max)
+    # / 2 over the whole map (ignored pixel included): class 1 (0.1..0.9, edge 0.5) pixel 1,
+    # class 2 (0..0.5, edge 0.25) pixels 1, 3; pixel 2 is missed: fg 2/3, bg 1/2
+    assert sweep == pytest.approx({0.1: 100 * (2 / 3 + 1 / 2) / 2, 100.0: 100.0})
+
+
+def test_word_target_sweep_matches_an_independent_formula():
+    from ttd_d2.evaluation.calibration import confusion_matrix, mean_iou, word_target_sweep
+
+    rng = np.random.default_rng(1)
+    cos_maps = [rng.uniform(-0.2, 0.6, (3, 6, 7)) for _ in range(4)]
+    gts = [rng.integers(0, 4, (6, 7)) for _ in range(4)]
+    for w in (0.5, 3.0, 20.0):
+        conf = np.zeros((2, 2), dtype=np.int64)
+        for cos, gt in zip(cos_maps, gts):
+            union = np.zeros(gt.shape, dtype=bool)
+            for label in set(gt.ravel().tolist()) - {0}:
+                m = 1 / (1 + np.exp(-(w * cos[label - 1] - w * 0.2)))
+                union |= (m - m.min()) / (m.max() - m.min()) >= 0.5
+            conf += confusion_matrix(union.astype(int), (gt > 0).astype(int), 2, ignore_label=-1)
+        assert word_target_sweep(cos_maps, gts, 0.2, [w], ignore_label=255)[w] == pytest.approx(mean_iou(conf))
+
+
+def test_calibrate_word_masker_sets_boundary_then_temperature_and_restores_the_masker(tmp_path):
+    from ttd_d2.evaluation.calibration import calibrate_word_masker, calibrate_word_masker_bias
+
+    records = [{"file_name": "w", "sem_seg_file_name": write_png(tmp_path / "w.png", WORD_GT)}]
+    register("calib_masker_test", records, stuff_classes=["background", "a", "b"], ignore_label=255,
+             background_threshold=0.3)
+    model = WordStubModel(WORD_COS)
+    result = calibrate_word_masker(model, [records], "calib_masker_test", thresholds=[0.25, 0.35, 0.45],
+                                   weights=[0.1, 100.0])
+    bias, _ = calibrate_word_masker_bias(model, [records], "calib_masker_test", thresholds=[0.25, 0.35, 0.45])
+    assert result["cos_threshold"] == pytest.approx(0.35) and result["b_for_model_w"] == pytest.approx(bias)
+    assert set(result["target_sweep"]) == {0.1, 10.0, 100.0}  # the model's own w is always a candidate
+    # w 10 already separates both classes (as w 100): the first best candidate is kept
+    assert (result["w"], result["target_iou"]) == (10.0, pytest.approx(100.0))
+    assert result["b"] == pytest.approx(-10.0 * 0.35) and result["target_iou_model_w"] == pytest.approx(100.0)
+    assert float(model.masker.w) == 10.0 and float(model.masker.b) == -2.5

@@ -61,7 +61,8 @@ def test_both_models_get_the_same_calibration_and_are_also_reported_as_trained(t
     (output_dir, proc), _ = two_runs
     results = json.loads((output_dir / "quickstart_results.json").read_text())
     masker = results["calibration"]["masker"]
-    assert (masker["calibration"], masker["dataset"]) == ("calibrate_word_masker_bias", "synth_semseg_val")
+    assert (masker["calibration"], masker["dataset"]) == ("calibrate_word_masker", "synth_semseg_val")
+    assert masker["ttd_start_temperature"] == "calibrated"
     lora = torch.load(output_dir / "ttd" / "model_lora_final.pth", map_location="cpu", weights_only=True)
     learnt = {k.split(".")[-1]: float(v) for k, v in lora["masker"].items()}
     shipped = torch.load(ROOT / "checkpoints" / "tcl_synthetic.pth", map_location="cpu", weights_only=True)["model"]
@@ -70,11 +71,18 @@ def test_both_models_get_the_same_calibration_and_are_also_reported_as_trained(t
     assert masker["before"]["w"] == pytest.approx(float(shipped["masker.sim2mask.w"]))
     assert masker["after"]["b_as_trained"] == pytest.approx(learnt["b"]) and masker["after"]["w"] == pytest.approx(learnt["w"])
     for model in ("before", "after"):
-        assert set(masker[model]) == {"w", "b_as_trained", "b_calibrated", "word_iou"}
+        assert set(masker[model]) == {"w", "b_as_trained", "b_calibrated", "word_iou", "cos_threshold", "target_w",
+                                      "target_b", "target_iou", "target_iou_model_w", "target_sweep"}
+        found = masker[model]  # one boundary, at the model's w (evaluations) and the target temperature
+        assert found["b_calibrated"] == pytest.approx(-found["w"] * found["cos_threshold"])
+        assert found["target_b"] == pytest.approx(-found["target_w"] * found["cos_threshold"])
+        assert found["target_iou"] == max(found["target_sweep"].values()) >= found["target_iou_model_w"]
         assert set(results["as_trained"][model]) == set(results[model])  # the same summary, other masker
-    # training started from the base model's calibrated masker, not the TCL checkpoint's own
+    # training started from the base model's calibrated masker (boundary and temperature), not the
+    # TCL checkpoint's own
     config = (output_dir / "ttd" / "config.yaml").read_text()
-    assert f"INIT_B: {masker['before']['b_calibrated']}" in config and f"INIT_W: {masker['before']['w']}" in config
+    start = masker["before"]
+    assert f"INIT_B: {start['target_b']}" in config and f"INIT_W: {start['target_w']}" in config
     assert "MASKER_FROM_WEIGHTS: false" in config
     assert "Masker calibrated on word-level segmentation" in proc.stdout and "Masker as trained" in proc.stdout
     assert (output_dir / "quickstart_grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -171,3 +179,16 @@ def test_cpu_bf16_option(monkeypatch, choice, native, expected):
     assert quickstart.parse_args(["--cpu-bf16", choice]).cpu_bf16 == choice
     assert quickstart.use_cpu_bf16(choice) is expected
     assert quickstart.parse_args([]).cpu_bf16 == "auto"
+
+
+def test_ttd_masker_start_is_the_calibrated_boundary_at_either_temperature(quickstart):
+    masker = {"w": 10.0, "b_calibrated": -2.8, "target_w": 3.0, "target_b": -0.84}
+    assert quickstart.ttd_masker_start(masker) == (3.0, -0.84)
+    assert quickstart.ttd_masker_start(masker, "as_trained") == (10.0, -2.8)
+    assert quickstart.ttd_masker_opts(masker, "as_trained") == [
+        "MODEL.MASKER.INIT_W", "10.0", "MODEL.MASKER.INIT_B", "-2.8", "MODEL.TCL.MASKER_FROM_WEIGHTS", "False"]
+    assert quickstart.parse_args([]).ttd_masker_temperature == "calibrated"
+    with pytest.raises(ValueError, match="unknown masker temperature"):
+        quickstart.ttd_masker_start(masker, "sharp")
+    with pytest.raises(SystemExit):
+        quickstart.parse_args(["--ttd-masker-temperature", "sharp"])
