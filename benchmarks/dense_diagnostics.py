@@ -6,9 +6,11 @@
         [--output gate.json] [-- KEY VALUE ...]
 
 For each dense head (MODEL.CLIP.DENSE_MODE), on validation splits only:
-1. the masker bias b is calibrated on word-level segmentation of the sem-seg split (each present
-   class word's mask against its region; --calibrate captions fits the caption mask instead,
-   none keeps the config's MODEL.MASKER.INIT_B);
+1. the masker is calibrated on word-level segmentation of the sem-seg split, as the quickstart's
+   TTD starts from it: its boundary (each present class word's mask against its region), then its
+   temperature w (the union of the present classes' min-max targets against their regions);
+   --calibrate words fits b only, captions fits b to the caption mask instead, none keeps the
+   config's MODEL.MASKER;
 2. on the caption split, with that b: the target IoU of each tag selection (s_pixel, s_pixel
    without background words (moot on splits of generator version >= 2, whose evaluation
    captions never name the background), its object words only, the ground-truth tags), with and without
@@ -38,7 +40,7 @@ from tqdm import tqdm
 import ttd_d2  # registers the datasets and models
 from ttd_d2.data.mappers import TestMapper
 from ttd_d2.data.synthetic.render import CLASSES
-from ttd_d2.evaluation.calibration import calibrate_masker_bias, calibrate_word_masker_bias
+from ttd_d2.evaluation.calibration import calibrate_masker_bias, calibrate_word_masker, calibrate_word_masker_bias
 from ttd_d2.evaluation.caption_seg import caption_image_statistics, read_label_png
 from ttd_d2.evaluation.metrics import to_numpy
 from ttd_d2.evaluation.gate import (
@@ -55,8 +57,11 @@ def parse_args(argv=None):
     parser.add_argument("--config-file", default="configs/synthetic/clearclip.yaml")
     parser.add_argument("--modes", nargs="+", default=["clearclip", "naclip", "maskclip", "sclip", "vanilla"])
     parser.add_argument("--num-images", type=int, default=100, help="first N images of each split (training: 4N)")
-    parser.add_argument("--calibrate", choices=["words", "captions", "none"], default="words",
-                        help="where the masker bias comes from (the gate is defined with words)")
+    parser.add_argument("--calibrate", choices=["words+temperature", "words", "captions", "none"],
+                        default="words+temperature",
+                        help="where the masker comes from: b (and w) calibrated on word-level segmentation as the "
+                        "quickstart's TTD start (words+temperature: calibrate_word_masker; the gate is defined on "
+                        "words), b only (words, captions), or the config's (none)")
     parser.add_argument("--masker-scale", type=float, default=1.0, metavar="K",
                         help="after calibration, multiply the masker's w and b by K: the same decision boundary "
                         "(binary masks unchanged), softer (K < 1) or sharper (K > 1) masks, hence other min-max targets")
@@ -80,9 +85,18 @@ def build_head(args, mode):
 
 
 def calibrate(model, mapper, args):
-    """Sets the model's masker bias as ``--calibrate`` says; returns what it did."""
+    """Sets the model's masker bias (and with ``words+temperature`` its w) as ``--calibrate``
+    says; returns what it did."""
     if args.calibrate == "none":
         return {"calibrated_on": None, "b": float(model.masker.b)}
+    if args.calibrate == "words+temperature":  # TTD's start in the quickstart
+        name = args.semseg_dataset
+        records = DatasetCatalog.get(name)[: args.num_images]
+        found = calibrate_word_masker(model, ([mapper(r)] for r in tqdm(records, desc=f"calibrating w, b on {name}", leave=False)), name)
+        model.masker.w.fill_(found["w"])
+        model.masker.b.fill_(found["b"])
+        return {"calibrated_on": name, "w": found["w"], "b": found["b"], "best_iou": found["word_iou"],
+                "word_target_iou": found["target_iou"], "word_target_sweep": found["target_sweep"]}
     kind, calibration = CALIBRATIONS[args.calibrate]
     name = args.semseg_dataset if kind == "semseg" else args.captions_dataset
     records = DatasetCatalog.get(name)[: args.num_images]

@@ -8,6 +8,8 @@ config override that applies it.
     python tools/calibrate.py --config-file configs/synthetic/clearclip.yaml --what masker-bias --dataset synth_captions_val
     # ... or on word-level segmentation of a sem-seg split (the gate's b: docs/SYNTHETIC_BENCHMARK.md)
     python tools/calibrate.py --config-file configs/synthetic/clearclip.yaml --what masker-bias-words --dataset synth_semseg_val
+    # ... with the temperature w for TTD's min-max targets at that boundary (the quickstart's TTD start)
+    python tools/calibrate.py --config-file configs/synthetic/clearclip.yaml --what masker-words --dataset synth_semseg_val
     # the tag-selection threshold of MODEL.TTD.TAG_SCORING, on a caption split with ground-truth tags (F1)
     python tools/calibrate.py --config-file configs/synthetic/clearclip.yaml --what tag-threshold --dataset synth_captions_val \\
         MODEL.MASKER.INIT_B -2.2
@@ -27,7 +29,8 @@ from tqdm import tqdm
 
 from ttd_d2 import TTDTrainer, add_ttd_config  # importing ttd_d2 registers datasets and models
 from ttd_d2.evaluation.calibration import (
-    calibrate_background_threshold, calibrate_masker_bias, calibrate_tag_threshold, calibrate_word_masker_bias,
+    calibrate_background_threshold, calibrate_masker_bias, calibrate_tag_threshold, calibrate_word_masker,
+    calibrate_word_masker_bias,
 )
 
 # --what -> (calibration, evaluator_type the split needs, config key it sets, metric of the sweep)
@@ -35,6 +38,7 @@ CALIBRATIONS = {
     "background": (calibrate_background_threshold, "sem_seg", "MODEL.SEG_INFERENCE.BACKGROUND_THRESHOLD", "mIoU"),
     "masker-bias": (calibrate_masker_bias, "caption", "MODEL.MASKER.INIT_B", "CaptionIoU"),
     "masker-bias-words": (calibrate_word_masker_bias, "sem_seg", "MODEL.MASKER.INIT_B", "IoU"),
+    "masker-words": (calibrate_word_masker, "sem_seg", "MODEL.MASKER.INIT_W", "word-target IoU"),  # w and b
     "tag-threshold": (calibrate_tag_threshold, "caption", "MODEL.TTD.TAG_THRESHOLD", "F1"),
 }
 
@@ -59,7 +63,7 @@ def check_dataset(name: str, what: str) -> None:
     if meta.get("evaluator_type", None) != needed:
         raise SystemExit(f"--what {what} needs a split of evaluator_type '{needed}', but --dataset '{name}' has "
                          f"'{meta.get('evaluator_type', None)}' (e.g. synth_{'semseg' if needed == 'sem_seg' else 'captions'}_val)")
-    if what in ("background", "masker-bias-words") and not hasattr(meta, "background_threshold"):
+    if what in ("background", "masker-bias-words", "masker-words") and not hasattr(meta, "background_threshold"):
         raise SystemExit(f"--dataset '{name}' has no background class (metadata background_threshold): "
                          f"--what {what} needs one (e.g. synth_semseg_val)")
 
@@ -77,7 +81,10 @@ def main(argv=None):
     model = TTDTrainer.build_model(cfg).eval()
     loader = TTDTrainer.build_test_loader(cfg, args.dataset)
     calibration, _, key, metric = CALIBRATIONS[args.what]
-    value, sweep = calibration(model, tqdm(loader, desc=f"calibrating {args.what}", unit="img"), args.dataset)
+    result = calibration(model, tqdm(loader, desc=f"calibrating {args.what}", unit="img"), args.dataset)
+    if args.what == "masker-words":
+        return print_masker(result, args, cfg)
+    value, sweep = result
     if args.sweep:
         label = "cos threshold" if args.what.startswith("masker-bias") else "value"
         print(tabulate(sorted(sweep.items()), headers=(label, metric), tablefmt="pipe", floatfmt=".3f"))
@@ -86,6 +93,21 @@ def main(argv=None):
     print(f"config override: {key} {value:.3f}")
     if args.what.startswith("masker-bias") and cfg.MODEL.TTD.LORA.WEIGHTS:
         print(f"note: {cfg.MODEL.TTD.LORA.WEIGHTS} holds its own masker, which replaces MODEL.MASKER.INIT_B")
+    return 0
+
+
+def print_masker(found: dict, args, cfg) -> int:
+    """``--what masker-words``: both masker parameters (``calibrate_word_masker``'s record)."""
+    if args.sweep:
+        print(tabulate(sorted(found["target_sweep"].items()), headers=("w", "word-target IoU"), tablefmt="pipe",
+                       floatfmt=".3f"))
+    print(f"masker-words on {args.dataset}: boundary cos {found['cos_threshold']:.3f} (word IoU {found['word_iou']:.2f}), "
+          f"w {found['w']:.3f} (word-target IoU {found['target_iou']:.2f}; {found['target_iou_model_w']:.2f} at the "
+          f"model's w)")
+    print(f"config override: MODEL.MASKER.INIT_W {found['w']:.3f} MODEL.MASKER.INIT_B {found['b']:.3f}"
+          + (" MODEL.TCL.MASKER_FROM_WEIGHTS False" if cfg.MODEL.TCL.WEIGHTS else ""))
+    if cfg.MODEL.TTD.LORA.WEIGHTS:
+        print(f"note: {cfg.MODEL.TTD.LORA.WEIGHTS} holds its own masker, which replaces MODEL.MASKER")
     return 0
 
 

@@ -39,7 +39,10 @@ def test_cli_reports_the_gate_per_head(splits, tmp_path, capsys):
     assert set(report["heads"]) == {"clearclip", "naclip"}
     printed = capsys.readouterr().out
     for mode, head in report["heads"].items():
-        assert head["masker"]["calibrated_on"] == "synth_semseg_gatetool"
+        masker = head["masker"]  # the default: w and b on word-level segmentation, as TTD's start
+        assert masker["calibrated_on"] == "synth_semseg_gatetool"
+        assert masker["word_target_iou"] == max(masker["word_target_sweep"].values())
+        assert masker["w_scaled"] == pytest.approx(masker["w"]) and masker["b_scaled"] == pytest.approx(masker["b"])
         assert set(head["target_iou"]) == set(SELECTIONS)
         assert all(set(v) == set(NORMALIZATIONS) for v in head["target_iou"].values())
         gate = head["gate"]
@@ -107,6 +110,11 @@ def test_masker_scale_keeps_the_caption_mask_and_changes_the_soft_targets(splits
     assert soft["masker"]["b_scaled"] == pytest.approx(0.3 * plain["masker"]["b_scaled"])
     assert soft["caption_mask"] == plain["caption_mask"]
     assert soft["target_iou"] != plain["target_iou"]
+    # --calibrate words fits only b, at the config's w; the boundary, so the caption mask, is the same
+    bias_only = run("--calibrate", "words")
+    assert "w" not in bias_only["masker"] and bias_only["masker"]["w_scaled"] == pytest.approx(10.0)
+    assert bias_only["masker"]["b"] / 10.0 == pytest.approx(plain["masker"]["b"] / plain["masker"]["w"])
+    assert bias_only["caption_mask"] == plain["caption_mask"]
     with pytest.raises(SystemExit):
         diagnostics.parse_args(["--masker-scale", "0"])  # refused before any model is built
     assert "--masker-scale 0.0: must be > 0" in capsys.readouterr().err

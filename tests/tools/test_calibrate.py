@@ -40,6 +40,21 @@ def test_prints_the_calibrated_value_and_its_override(splits, capsys, what, key)
     assert f"{what} on {dataset}: {value:.3f}" in out and "|" in out  # the sweep table
 
 
+def test_masker_words_prints_w_and_b_at_one_boundary(splits, capsys):
+    argv = ["--config-file", str(ROOT / "configs" / "synthetic" / "clearclip.yaml"), "--what", "masker-words",
+            "--dataset", splits[1], "--sweep", *TINY]
+    assert calibrate.main(argv) == 0
+    out = capsys.readouterr().out
+    override = [line for line in out.splitlines() if line.startswith("config override: ")]
+    assert len(override) == 1
+    keys, values = override[0].split()[2::2], [float(v) for v in override[0].split()[3::2]]
+    assert keys == ["MODEL.MASKER.INIT_W", "MODEL.MASKER.INIT_B"]  # no TCL checkpoint in this config
+    boundary = float(out.split("boundary cos ")[1].split()[0])
+    assert values[1] == pytest.approx(-values[0] * boundary, abs=2e-3)
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert "word-target IoU" in table[0] and len(table) >= 2 + 14  # the sweep: every candidate w (TARGET_WEIGHTS)
+
+
 def test_bad_dataset_names_the_fix(splits):
     config = ["--config-file", str(ROOT / "configs" / "synthetic" / "clearclip.yaml")]
     with pytest.raises(SystemExit, match="needs a split of evaluator_type 'caption'"):
