@@ -40,7 +40,8 @@ from tqdm import tqdm
 import ttd_d2  # registers the datasets and models
 from ttd_d2.data.mappers import TestMapper
 from ttd_d2.data.synthetic.render import CLASSES
-from ttd_d2.evaluation.calibration import calibrate_masker_bias, calibrate_word_masker, calibrate_word_masker_bias
+from ttd_d2.evaluation.calibration import calibrate_masker_bias
+from ttd_d2.evaluation.word_calibration import calibrate_word_masker, calibrate_word_masker_bias
 from ttd_d2.evaluation.caption_seg import caption_image_statistics, read_label_png
 from ttd_d2.evaluation.metrics import to_numpy
 from ttd_d2.evaluation.gate import (
@@ -96,7 +97,8 @@ def calibrate(model, mapper, args):
         model.masker.w.fill_(found["w"])
         model.masker.b.fill_(found["b"])
         return {"calibrated_on": name, "w": found["w"], "b": found["b"], "best_iou": found["word_iou"],
-                "word_target_iou": found["target_iou"], "word_target_sweep": found["target_sweep"]}
+                "word_target_iou": found["target_iou"], "w_best": found["w_best"], "word_target_sweep": found["target_sweep"],
+                "word_target_se": found["target_se"]}
     kind, calibration = CALIBRATIONS[args.calibrate]
     name = args.semseg_dataset if kind == "semseg" else args.captions_dataset
     records = DatasetCatalog.get(name)[: args.num_images]

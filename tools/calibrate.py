@@ -28,10 +28,8 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from ttd_d2 import TTDTrainer, add_ttd_config  # importing ttd_d2 registers datasets and models
-from ttd_d2.evaluation.calibration import (
-    calibrate_background_threshold, calibrate_masker_bias, calibrate_tag_threshold, calibrate_word_masker,
-    calibrate_word_masker_bias,
-)
+from ttd_d2.evaluation.calibration import calibrate_background_threshold, calibrate_masker_bias, calibrate_tag_threshold
+from ttd_d2.evaluation.word_calibration import calibrate_word_masker, calibrate_word_masker_bias
 
 # --what -> (calibration, evaluator_type the split needs, config key it sets, metric of the sweep)
 CALIBRATIONS = {
@@ -99,11 +97,12 @@ def main(argv=None):
 def print_masker(found: dict, args, cfg) -> int:
     """``--what masker-words``: both masker parameters (``calibrate_word_masker``'s record)."""
     if args.sweep:
-        print(tabulate(sorted(found["target_sweep"].items()), headers=("w", "word-target IoU"), tablefmt="pipe",
-                       floatfmt=".3f"))
+        rows = [(w, iou, found["target_se"][w]) for w, iou in sorted(found["target_sweep"].items())]
+        print(tabulate(rows, headers=("w", "word-target IoU", "SE of its deficit"), tablefmt="pipe", floatfmt=".3f"))
     print(f"masker-words on {args.dataset}: boundary cos {found['cos_threshold']:.3f} (word IoU {found['word_iou']:.2f}), "
-          f"w {found['w']:.3f} (word-target IoU {found['target_iou']:.2f}; {found['target_iou_model_w']:.2f} at the "
-          f"model's w)")
+          f"w {found['w']:.3f} (word-target IoU {found['target_iou']:.2f}, the softest within one standard error of "
+          f"the best, {found['target_iou_best']:.2f} at w {found['w_best']:.3f}; {found['target_iou_model_w']:.2f} at "
+          f"the model's w)")
     print(f"config override: MODEL.MASKER.INIT_W {found['w']:.3f} MODEL.MASKER.INIT_B {found['b']:.3f}"
           + (" MODEL.TCL.MASKER_FROM_WEIGHTS False" if cfg.MODEL.TCL.WEIGHTS else ""))
     if cfg.MODEL.TTD.LORA.WEIGHTS:

@@ -54,11 +54,10 @@ with warnings.catch_warnings(record=True) as IMPORT_WARNINGS:
     from ttd_d2.data.mappers import TestMapper
     from ttd_d2.data.synthetic.presets import ensure_splits, quickstart_splits
     from ttd_d2.data.synthetic.writer import read_meta, split_dir
-    from ttd_d2.evaluation.calibration import (
-        calibrate_background_threshold, calibrate_tag_threshold, calibrate_word_masker,
-    )
+    from ttd_d2.evaluation.calibration import calibrate_background_threshold, calibrate_tag_threshold
+    from ttd_d2.evaluation.word_calibration import calibrate_word_masker
     from ttd_d2.evaluation.result_cache import cached_call, evaluation_key
-    from ttd_d2.evaluation.summary import before_after_table, quickstart_report, summarize
+    from ttd_d2.evaluation.summary import print_quickstart_summary, quickstart_report, summarize
     from ttd_d2.evaluation.tag_selection import BINARY_METHODS
     from ttd_d2.modeling.backbone.clip_dense import cpu_has_native_bf16
     from ttd_d2.modeling.backbone.dense_heads import DENSE_MODES
@@ -108,14 +107,16 @@ def calibrate_masker(model, loader, bar) -> dict:
     """The masker calibrated on word-level segmentation of semseg/val's ``loader``
     (``calibrate_word_masker``); the model's masker is left as it was. Returns {"w",
     "b_as_trained", "b_calibrated" (the bias for the model's w: the evaluations' masker),
-    "word_iou", "cos_threshold", "target_w", "target_b" (the same boundary at the temperature
-    whose min-max word targets segment best: TTD's start), "target_iou", "target_iou_model_w",
-    "target_sweep"}."""
+    "word_iou", "cos_threshold", "target_w", "target_b" (the same boundary at the softest
+    temperature whose min-max word targets segment within one standard error of the best: TTD's
+    start), "target_iou", "target_w_best", "target_iou_best", "target_iou_model_w",
+    "target_sweep", "target_se"}."""
     found = calibrate_word_masker(model, Progress(loader, bar), MASKER_SPLIT)
     return {"w": float(model.masker.w), "b_as_trained": float(model.masker.b), "b_calibrated": found["b_for_model_w"],
             "word_iou": found["word_iou"], "cos_threshold": found["cos_threshold"], "target_w": found["w"],
-            "target_b": found["b"], "target_iou": found["target_iou"],
-            "target_iou_model_w": found["target_iou_model_w"], "target_sweep": found["target_sweep"]}
+            "target_b": found["b"], "target_iou": found["target_iou"], "target_w_best": found["w_best"],
+            "target_iou_best": found["target_iou_best"], "target_iou_model_w": found["target_iou_model_w"],
+            "target_sweep": found["target_sweep"], "target_se": found["target_se"]}
 
 
 # --ttd-masker-temperature: TTD's masker starts at the calibrated boundary with the temperature
@@ -214,28 +215,6 @@ def draw_quickstart_grid(base_model, after_model, ttd_cfg, split: str, path: Pat
     caption_grid(base_model, after_model, [records[i] for i in pick_images(records, count)], TestMapper(ttd_cfg), path,
                  ttd.TAG_SCORING, ttd.TAG_THRESHOLD, ttd.TARGET_NORM, ttd_cfg.MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD)
     return path
-
-
-def print_summary(report: dict, test_splits, tag) -> None:
-    """The two before/after tables (calibrated masker, masker as trained) and the calibration."""
-    masker, splits = report["calibration"]["masker"], ", ".join(test_splits)
-    print(f"\nSingle tag bias on the synthetic benchmark (held-out split(s): {splits}).")
-    print(f"\nMasker calibrated on word-level segmentation of {masker['dataset']}, the same way for both models "
-          f"(b = {masker['before']['b_calibrated']:.2f} before, {masker['after']['b_calibrated']:.2f} after TTD):")
-    print(before_after_table(report["before"], report["after"]))
-    print(f"\nMasker as trained (before: the base model's w {masker['before']['w']:.2f}, b {masker['before']['b_as_trained']:.2f};"
-          f" after: the learnt w {masker['after']['w']:.2f}, b {masker['after']['b_as_trained']:.2f}):")
-    print(before_after_table(report["as_trained"]["before"], report["as_trained"]["after"]))
-    start = masker["before"]
-    print(f"\nTTD's masker started at the calibrated boundary (cos {start['cos_threshold']:.2f}) with "
-          + (f"the temperature calibrated for its min-max targets: w {start['target_w']:.2f} (word-target IoU "
-             f"{start['target_iou']:.1f}; {start['target_iou_model_w']:.1f} at the base model's w {start['w']:.2f})"
-             if masker["ttd_start_temperature"] == "calibrated" else f"the base model's w {start['w']:.2f}"))
-    calibration = report["calibration"]
-    if tag is not None:
-        print(f"\n{calibration['tag_scoring']} tag threshold calibrated on captions/val: "
-              f"{calibration['tag_threshold_calibrated']:.2f} (F1 {calibration['tag_threshold_f1']:.1f}); "
-              f"training used MODEL.TTD.TAG_THRESHOLD {calibration['tag_threshold_used']}")
 
 
 def use_cpu_bf16(choice: str) -> bool:
@@ -346,7 +325,7 @@ def main(argv=None):
         base_model.masker.w.fill_(start_w)
         base_model.masker.b.fill_(start_b)
     grid = draw_quickstart_grid(base_model, after_model, ttd_cfg, args.test_splits[0], output_dir / "quickstart_grid.png")
-    print_summary(report, args.test_splits, tag)
+    print_quickstart_summary(report, args.test_splits)
     print(f"wrote {output_dir / 'quickstart_results.json'} and {grid}; detectron2's log: {log_path}")
 
 

@@ -41,7 +41,9 @@ def test_cli_reports_the_gate_per_head(splits, tmp_path, capsys):
     for mode, head in report["heads"].items():
         masker = head["masker"]  # the default: w and b on word-level segmentation, as TTD's start
         assert masker["calibrated_on"] == "synth_semseg_gatetool"
-        assert masker["word_target_iou"] == max(masker["word_target_sweep"].values())
+        sweep, se = masker["word_target_sweep"], masker["word_target_se"]  # the one-standard-error rule
+        assert masker["word_target_iou"] == sweep[masker["w"]] and max(sweep.values()) - sweep[masker["w"]] <= se[masker["w"]]
+        assert masker["w"] <= masker["w_best"] and sweep[masker["w_best"]] == max(sweep.values())
         assert masker["w_scaled"] == pytest.approx(masker["w"]) and masker["b_scaled"] == pytest.approx(masker["b"])
         assert set(head["target_iou"]) == set(SELECTIONS)
         assert all(set(v) == set(NORMALIZATIONS) for v in head["target_iou"].values())

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from calibration_fixtures import register, write_png
 from ttd_d2.evaluation.calibration import confusion_matrix, mean_iou, threshold_sweep
 from ttd_d2.evaluation.summary import before_after_table, mean_summary, summarize
 
@@ -79,23 +80,6 @@ class StubModel:
         return [self.outputs[x["file_name"]] for x in inputs]
 
 
-def write_png(path, array):
-    from PIL import Image
-
-    Image.fromarray(array.astype(np.uint8)).save(path)
-    return str(path)
-
-
-def register(name, records, **meta):
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, lambda: records)
-    MetadataCatalog.get(name).set(**meta)
-
-
 def test_calibrate_background_threshold_finds_the_separating_value(tmp_path):
     import torch
 
@@ -124,96 +108,3 @@ def test_calibrate_masker_bias(tmp_path):
     bias, sweep = calibrate_masker_bias(StubModel({"c": {"caption_cos": cos}}), [records], "calib_captions_test",
                                         thresholds=[0.0, 0.2, 0.28])
     assert sweep[0.2] == 100.0 and bias == pytest.approx(-10.0 * 0.2)
-
-
-# two classes; channel c of the cosines is label c + 1; 255 is ignored
-WORD_GT = np.array([[0, 1, 1, 2, 255]])
-WORD_COS = np.array([[[0.1, 0.5, 0.4, 0.2, 0.9]], [[0.0, 0.3, 0.1, 0.5, 0.0]]], dtype=np.float32)
-
-
-def test_word_mask_sweep_by_hand():
-    from ttd_d2.evaluation.calibration import word_mask_sweep
-
-    sweep = word_mask_sweep([WORD_COS], [WORD_GT], [0.25, 0.35, 0.45], ignore_label=255)
-    # 0.35 separates both classes; 0.25 adds a false positive of class 2 (summed tp 3, fp 1, tn 4:
-    # IoU (3/4 + 4/5) / 2), 0.45 a false negative of class 1 (tp 2, fn 1, tn 5: (2/3 + 5/6) / 2)
-    assert sweep == pytest.approx({0.25: 77.5, 0.35: 100.0, 0.45: 75.0})
-
-
-class WordStubModel:
-    """Sem-seg output of a real masker on fixed class cosines, after a constant background."""
-
-    def __init__(self, cos):
-        import torch
-
-        from ttd_d2.modeling import Masker
-
-        self.cos, self.masker = torch.from_numpy(cos), Masker(10.0, -2.5)
-
-    def __call__(self, inputs):
-        import torch
-
-        return [{"sem_seg": torch.cat([torch.full((1, *self.cos.shape[1:]), 0.3), self.masker(self.cos)])}
-                for _ in inputs]
-
-
-def test_calibrate_word_masker_bias_reads_the_cosines_and_restores_the_masker(tmp_path):
-    from ttd_d2.evaluation.calibration import calibrate_word_masker_bias
-
-    records = [{"file_name": "w", "sem_seg_file_name": write_png(tmp_path / "w.png", WORD_GT)}]
-    register("calib_words_test", records, stuff_classes=["background", "a", "b"], ignore_label=255,
-             background_threshold=0.3)
-    model = WordStubModel(WORD_COS)
-    bias, sweep = calibrate_word_masker_bias(model, [records], "calib_words_test", thresholds=[0.25, 0.35, 0.45])
-    assert sweep[0.35] == pytest.approx(100.0) and bias == pytest.approx(-10.0 * 0.35)
-    assert float(model.masker.w) == 10.0 and float(model.masker.b) == -2.5
-    register("calib_words_nobg", records, stuff_classes=["a", "b"], ignore_label=255)
-    with pytest.raises(ValueError, match="no background class"):
-        calibrate_word_masker_bias(model, [records], "calib_words_nobg")
-
-
-def test_word_target_sweep_by_hand():
-    from ttd_d2.evaluation.calibration import word_target_sweep
-
-    sweep = word_target_sweep([WORD_COS], [WORD_GT], 0.35, [0.1, 100.0], ignore_label=255)
-    # the target: the union of both present classes' min-max masks, against pixels 1-3 (4 ignored).
-    # w 100: the sigmoid saturates, min-max keeps the boundary 0.35: class 1 gives pixels 1, 2
-    # (and 4), class 2 pixel 3: exact. w 0.1: nearly linear, so each region is cos >= (min + max)
-    # / 2 over the whole map (ignored pixel included): class 1 (0.1..0.9, edge 0.5) pixel 1,
-    # class 2 (0..0.5, edge 0.25) pixels 1, 3; pixel 2 is missed: fg 2/3, bg 1/2
-    assert sweep == pytest.approx({0.1: 100 * (2 / 3 + 1 / 2) / 2, 100.0: 100.0})
-
-
-def test_word_target_sweep_matches_an_independent_formula():
-    from ttd_d2.evaluation.calibration import confusion_matrix, mean_iou, word_target_sweep
-
-    rng = np.random.default_rng(1)
-    cos_maps = [rng.uniform(-0.2, 0.6, (3, 6, 7)) for _ in range(4)]
-    gts = [rng.integers(0, 4, (6, 7)) for _ in range(4)]
-    for w in (0.5, 3.0, 20.0):
-        conf = np.zeros((2, 2), dtype=np.int64)
-        for cos, gt in zip(cos_maps, gts):
-            union = np.zeros(gt.shape, dtype=bool)
-            for label in set(gt.ravel().tolist()) - {0}:
-                m = 1 / (1 + np.exp(-(w * cos[label - 1] - w * 0.2)))
-                union |= (m - m.min()) / (m.max() - m.min()) >= 0.5
-            conf += confusion_matrix(union.astype(int), (gt > 0).astype(int), 2, ignore_label=-1)
-        assert word_target_sweep(cos_maps, gts, 0.2, [w], ignore_label=255)[w] == pytest.approx(mean_iou(conf))
-
-
-def test_calibrate_word_masker_sets_boundary_then_temperature_and_restores_the_masker(tmp_path):
-    from ttd_d2.evaluation.calibration import calibrate_word_masker, calibrate_word_masker_bias
-
-    records = [{"file_name": "w", "sem_seg_file_name": write_png(tmp_path / "w.png", WORD_GT)}]
-    register("calib_masker_test", records, stuff_classes=["background", "a", "b"], ignore_label=255,
-             background_threshold=0.3)
-    model = WordStubModel(WORD_COS)
-    result = calibrate_word_masker(model, [records], "calib_masker_test", thresholds=[0.25, 0.35, 0.45],
-                                   weights=[0.1, 100.0])
-    bias, _ = calibrate_word_masker_bias(model, [records], "calib_masker_test", thresholds=[0.25, 0.35, 0.45])
-    assert result["cos_threshold"] == pytest.approx(0.35) and result["b_for_model_w"] == pytest.approx(bias)
-    assert set(result["target_sweep"]) == {0.1, 10.0, 100.0}  # the model's own w is always a candidate
-    # w 10 already separates both classes (as w 100): the first best candidate is kept
-    assert (result["w"], result["target_iou"]) == (10.0, pytest.approx(100.0))
-    assert result["b"] == pytest.approx(-10.0 * 0.35) and result["target_iou_model_w"] == pytest.approx(100.0)
-    assert float(model.masker.w) == 10.0 and float(model.masker.b) == -2.5

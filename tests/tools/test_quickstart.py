@@ -72,11 +72,15 @@ def test_both_models_get_the_same_calibration_and_are_also_reported_as_trained(t
     assert masker["after"]["b_as_trained"] == pytest.approx(learnt["b"]) and masker["after"]["w"] == pytest.approx(learnt["w"])
     for model in ("before", "after"):
         assert set(masker[model]) == {"w", "b_as_trained", "b_calibrated", "word_iou", "cos_threshold", "target_w",
-                                      "target_b", "target_iou", "target_iou_model_w", "target_sweep"}
+                                      "target_b", "target_iou", "target_w_best", "target_iou_best", "target_iou_model_w",
+                                      "target_sweep", "target_se"}
         found = masker[model]  # one boundary, at the model's w (evaluations) and the target temperature
         assert found["b_calibrated"] == pytest.approx(-found["w"] * found["cos_threshold"])
         assert found["target_b"] == pytest.approx(-found["target_w"] * found["cos_threshold"])
-        assert found["target_iou"] == max(found["target_sweep"].values()) >= found["target_iou_model_w"]
+        assert found["target_iou_best"] == max(found["target_sweep"].values()) >= found["target_iou_model_w"]
+        key = str(found["target_w"])  # JSON keys; the one-standard-error rule
+        assert found["target_iou_best"] - found["target_sweep"][key] <= found["target_se"][key]
+        assert found["target_w"] <= found["target_w_best"] and found["target_iou"] == found["target_sweep"][key]
         assert set(results["as_trained"][model]) == set(results[model])  # the same summary, other masker
     # training started from the base model's calibrated masker (boundary and temperature), not the
     # TCL checkpoint's own

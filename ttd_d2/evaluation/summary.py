@@ -105,3 +105,28 @@ def quickstart_report(before: Mapping, after: Mapping, test_splits: Sequence[str
                                    "as_trained": {"before": before["as_trained"][s], "after": after["as_trained"][s]}}
                                for s in test_splits}
     return report
+
+
+def print_quickstart_summary(report: Mapping, test_splits: Sequence[str]) -> None:
+    """Prints tools/quickstart.py's ``report``: the two before/after tables (masker calibrated,
+    masker as trained), TTD's starting masker and the recorded tag threshold."""
+    calibration = report["calibration"]
+    masker, splits = calibration["masker"], ", ".join(test_splits)
+    print(f"\nSingle tag bias on the synthetic benchmark (held-out split(s): {splits}).")
+    print(f"\nMasker calibrated on word-level segmentation of {masker['dataset']}, the same way for both models "
+          f"(b = {masker['before']['b_calibrated']:.2f} before, {masker['after']['b_calibrated']:.2f} after TTD):")
+    print(before_after_table(report["before"], report["after"]))
+    print(f"\nMasker as trained (before: the base model's w {masker['before']['w']:.2f}, b {masker['before']['b_as_trained']:.2f};"
+          f" after: the learnt w {masker['after']['w']:.2f}, b {masker['after']['b_as_trained']:.2f}):")
+    print(before_after_table(report["as_trained"]["before"], report["as_trained"]["after"]))
+    start = masker["before"]
+    print(f"\nTTD's masker started at the calibrated boundary (cos {start['cos_threshold']:.2f}) with "
+          + (f"the temperature calibrated for its min-max targets: w {start['target_w']:.2f} (word-target IoU "
+             f"{start['target_iou']:.1f}, the softest within one standard error of the best, "
+             f"{start['target_iou_best']:.1f} at w {start['target_w_best']:.2f}; {start['target_iou_model_w']:.1f} at the "
+             f"base model's w {start['w']:.2f})"
+             if masker["ttd_start_temperature"] == "calibrated" else f"the base model's w {start['w']:.2f}"))
+    if "tag_threshold_calibrated" in calibration:  # a scoring method with a threshold
+        print(f"\n{calibration['tag_scoring']} tag threshold calibrated on captions/val: "
+              f"{calibration['tag_threshold_calibrated']:.2f} (F1 {calibration['tag_threshold_f1']:.1f}); "
+              f"training used MODEL.TTD.TAG_THRESHOLD {calibration['tag_threshold_used']}")
