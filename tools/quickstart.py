@@ -7,7 +7,8 @@
 2. calibrates the shipped base model (a TCL-style head trained on the benchmark, checkpoints/tcl_synthetic.pth,
    on the tiny CLIP checkpoints/tiny_clip_synthetic.pt; --base-config) on the validation
    splits: the masker on word-level segmentation of semseg/val (its boundary, and the
-   temperature w whose min-max word targets segment best: ``calibrate_word_masker``), and
+   temperature w for TTD's min-max targets, the softest within one standard error of the best:
+   ``calibrate_word_masker``), and
    (recorded, not applied) the tag-selection threshold on captions/val;
 3. evaluates it zero-shot twice, with its masker as trained (the TCL checkpoint's, or the
    config's MODEL.MASKER) and as calibrated, each with the background threshold calibrated on
@@ -241,8 +242,8 @@ def parse_args(argv=None):
                         help="on the CPU, run the towers under bf16 autocast (MODEL.CLIP.BF16_CPU), as the GPU "
                         "does; auto: where the CPU has bf16 instructions (AVX512-BF16, AMX; ~2x faster there)")
     parser.add_argument("--ttd-masker-temperature", choices=TEMPERATURES, default="calibrated",
-                        help="TTD's masker starts at the calibrated boundary with the temperature w whose min-max "
-                        "word targets segment semseg/val best (calibrated), or with the base model's w (as_trained)")
+                        help="TTD's masker starts at the calibrated boundary with the temperature w calibrated for "
+                        "its min-max targets on semseg/val (calibrated), or with the base model's w (as_trained)")
     parser.add_argument("--skip-training", action="store_true", help="reuse <output-dir>/ttd/model_lora_final.pth")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...) for training")
     args = parser.parse_args(argv)
