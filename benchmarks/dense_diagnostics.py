@@ -50,7 +50,8 @@ from ttd_d2.evaluation.gate import (
 )
 from ttd_d2.modeling.meta_arch.segmentation import maps_to_image, padded_size
 
-CALIBRATIONS = {"words": ("semseg", calibrate_word_masker_bias), "captions": ("captions", calibrate_masker_bias)}
+CALIBRATIONS = {"words+temperature": ("semseg", calibrate_word_masker), "words": ("semseg", calibrate_word_masker_bias),
+                "captions": ("captions", calibrate_masker_bias)}
 
 
 def parse_args(argv=None):
@@ -58,7 +59,7 @@ def parse_args(argv=None):
     parser.add_argument("--config-file", default="configs/synthetic/clearclip.yaml")
     parser.add_argument("--modes", nargs="+", default=["clearclip", "naclip", "maskclip", "sclip", "vanilla"])
     parser.add_argument("--num-images", type=int, default=100, help="first N images of each split (training: 4N)")
-    parser.add_argument("--calibrate", choices=["words+temperature", "words", "captions", "none"],
+    parser.add_argument("--calibrate", choices=[*CALIBRATIONS, "none"],
                         default="words+temperature",
                         help="where the masker comes from: b (and w) calibrated on word-level segmentation as the "
                         "quickstart's TTD start (words+temperature: calibrate_word_masker; the gate is defined on "
@@ -90,19 +91,18 @@ def calibrate(model, mapper, args):
     says; returns what it did."""
     if args.calibrate == "none":
         return {"calibrated_on": None, "b": float(model.masker.b)}
+    kind, calibration = CALIBRATIONS[args.calibrate]
+    name = args.semseg_dataset if kind == "semseg" else args.captions_dataset
+    records = DatasetCatalog.get(name)[: args.num_images]
+    loader = ([mapper(r)] for r in tqdm(records, desc=f"calibrating the masker on {name}", leave=False))
     if args.calibrate == "words+temperature":  # TTD's start in the quickstart
-        name = args.semseg_dataset
-        records = DatasetCatalog.get(name)[: args.num_images]
-        found = calibrate_word_masker(model, ([mapper(r)] for r in tqdm(records, desc=f"calibrating w, b on {name}", leave=False)), name)
+        found = calibration(model, loader, name)
         model.masker.w.fill_(found["w"])
         model.masker.b.fill_(found["b"])
         return {"calibrated_on": name, "w": found["w"], "b": found["b"], "best_iou": found["word_iou"],
                 "word_target_iou": found["target_iou"], "w_best": found["w_best"], "word_target_sweep": found["target_sweep"],
                 "word_target_se": found["target_se"]}
-    kind, calibration = CALIBRATIONS[args.calibrate]
-    name = args.semseg_dataset if kind == "semseg" else args.captions_dataset
-    records = DatasetCatalog.get(name)[: args.num_images]
-    bias, sweep = calibration(model, ([mapper(r)] for r in tqdm(records, desc=f"calibrating b on {name}", leave=False)), name)
+    bias, sweep = calibration(model, loader, name)
     model.masker.b.fill_(bias)
     return {"calibrated_on": name, "b": bias, "best_iou": max(sweep.values())}
 

@@ -51,10 +51,16 @@ def test_calibrate_word_masker_bias_reads_the_cosines_and_restores_the_masker(tm
         calibrate_word_masker_bias(model, [records], "calib_words_nobg")
 
 
-def test_word_target_sweep_by_hand():
-    from ttd_d2.evaluation.word_calibration import word_target_sweep
+def target_ious(cos_maps, gts, threshold, weights):
+    """{w: 2-class IoU} of ``word_target_confusions`` summed over the images (255 ignored)."""
+    from ttd_d2.evaluation.calibration import mean_iou
+    from ttd_d2.evaluation.word_calibration import word_target_confusions
 
-    sweep = word_target_sweep([WORD_COS], [WORD_GT], 0.35, [0.1, 100.0], ignore_label=255)
+    return {w: mean_iou(conf.sum(0)) for w, conf in word_target_confusions(cos_maps, gts, threshold, weights, 255).items()}
+
+
+def test_word_target_confusions_by_hand():
+    sweep = target_ious([WORD_COS], [WORD_GT], 0.35, [0.1, 100.0])
     # the target: the union of both present classes' min-max masks, against pixels 1-3 (4 ignored).
     # w 100: the sigmoid saturates, min-max keeps the boundary 0.35: class 1 gives pixels 1, 2
     # (and 4), class 2 pixel 3: exact. w 0.1: nearly linear, so each region is cos >= (min + max)
@@ -63,9 +69,8 @@ def test_word_target_sweep_by_hand():
     assert sweep == pytest.approx({0.1: 100 * (2 / 3 + 1 / 2) / 2, 100.0: 100.0})
 
 
-def test_word_target_sweep_matches_an_independent_formula():
+def test_word_target_confusions_match_an_independent_formula():
     from ttd_d2.evaluation.calibration import confusion_matrix, mean_iou
-    from ttd_d2.evaluation.word_calibration import word_target_sweep
 
     rng = np.random.default_rng(1)
     cos_maps = [rng.uniform(-0.2, 0.6, (3, 6, 7)) for _ in range(4)]
@@ -78,7 +83,7 @@ def test_word_target_sweep_matches_an_independent_formula():
                 m = 1 / (1 + np.exp(-(w * cos[label - 1] - w * 0.2)))
                 union |= (m - m.min()) / (m.max() - m.min()) >= 0.5
             conf += confusion_matrix(union.astype(int), (gt > 0).astype(int), 2, ignore_label=-1)
-        assert word_target_sweep(cos_maps, gts, 0.2, [w], ignore_label=255)[w] == pytest.approx(mean_iou(conf))
+        assert target_ious(cos_maps, gts, 0.2, [w])[w] == pytest.approx(mean_iou(conf))
 
 
 def test_calibrate_word_masker_sets_boundary_then_temperature_and_restores_the_masker(tmp_path):
@@ -128,3 +133,10 @@ def test_one_se_rule_takes_the_softest_the_split_cannot_tell_from_the_best():
     assert rule["w_best"] == 4.0 and 0 < rule["deficit"][1.0] <= rule["se"][1.0]
     assert rule["w"] == 1.0 and rule["deficit"][20.0] > rule["se"][20.0]
     assert softest_within_one_se({1.0: soft, 4.0: sharp, 20.0: sharpest}, num_resamples=500) == rule  # seeded
+
+
+def test_one_se_rule_refuses_a_split_without_present_classes():
+    from ttd_d2.evaluation.word_calibration import softest_within_one_se
+
+    with pytest.raises(ValueError, match="nothing to calibrate the temperature on"):
+        softest_within_one_se({1.0: np.zeros((0, 2, 2), dtype=np.int64)})

@@ -52,7 +52,7 @@ def word_mask_sweep(
     return {float(t): _pairs_iou(pairs, lambda cos: cos >= t) for t in thresholds}
 
 
-# Candidate masker temperatures w for ``word_target_sweep`` (TCL's init is 10).
+# Candidate masker temperatures w for ``calibrate_word_masker`` (TCL's init is 10).
 TARGET_WEIGHTS = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.5, 15.0, 20.0, 30.0)
 
 
@@ -91,16 +91,6 @@ def word_target_confusions(
     return {float(w): confusions(w) for w in weights}
 
 
-def word_target_sweep(
-    cos_maps: Sequence[np.ndarray], gts: Sequence[np.ndarray], threshold: float, weights: Sequence[float],
-    ignore_label: int,
-) -> Dict[float, float]:
-    """2-class IoU (percent) of TTD's word-level target for each masker temperature ``w``: the
-    per-image counts of ``word_target_confusions`` summed over the images. Returns {w: IoU}."""
-    return {w: mean_iou(conf.sum(0)) for w, conf in word_target_confusions(cos_maps, gts, threshold, weights,
-                                                                           ignore_label).items()}
-
-
 def softest_within_one_se(confusions: Dict[float, np.ndarray], num_resamples: int = 200, seed: int = 0) -> Dict:
     """The one-standard-error rule (Breiman et al., 1984) for the masker temperature: the smallest
     w whose 2-class IoU is at most one standard error below the best w's, the standard error
@@ -114,11 +104,16 @@ def softest_within_one_se(confusions: Dict[float, np.ndarray], num_resamples: in
     iou = {w: mean_iou(conf.sum(0)) for w, conf in confusions.items()}
     best = max(iou, key=iou.get)
     count = len(confusions[best])
-    draws = np.random.default_rng(seed).integers(0, count, (num_resamples, count)) if count else np.zeros((0, 0), int)
-    se = {}
-    for w, conf in confusions.items():
-        differences = [mean_iou(confusions[best][d].sum(0)) - mean_iou(conf[d].sum(0)) for d in draws]
-        se[w] = float(np.std(differences)) if differences else 0.0
+    if count == 0:
+        raise ValueError("no image of the split holds a class of its label set: nothing to calibrate the temperature on")
+    draws = np.random.default_rng(seed).integers(0, count, (num_resamples, count))
+    multiplicity = np.stack([np.bincount(d, minlength=count) for d in draws])  # [R, N]: times each image is drawn
+
+    def resampled(conf):  # [R] IoUs of the resampled splits
+        return np.array([mean_iou(c.reshape(2, 2)) for c in multiplicity @ conf.reshape(count, 4)])
+
+    best_resampled = resampled(confusions[best])
+    se = {w: float(np.std(best_resampled - resampled(conf))) for w, conf in confusions.items()}
     deficit = {w: iou[best] - value for w, value in iou.items()}
     chosen = min(w for w in iou if deficit[w] <= se[w])
     return {"w": chosen, "w_best": best, "iou": iou, "deficit": deficit, "se": se}
