@@ -62,8 +62,8 @@ def parse_args(argv=None):
     parser.add_argument("--calibrate", choices=[*CALIBRATIONS, "none"],
                         default="words+temperature",
                         help="where the masker comes from: b (and w) calibrated on word-level segmentation as the "
-                        "quickstart's TTD start (words+temperature: calibrate_word_masker; the gate is defined on "
-                        "words), b only (words, captions), or the config's (none)")
+                        "quickstart's TTD start (words+temperature: calibrate_word_masker), b only (words, captions), "
+                        "or the config's (none); the gate is defined on word-level segmentation (the first two)")
     parser.add_argument("--masker-scale", type=float, default=1.0, metavar="K",
                         help="after calibration, multiply the masker's w and b by K: the same decision boundary "
                         "(binary masks unchanged), softer (K < 1) or sharper (K > 1) masks, hence other min-max targets")
@@ -207,8 +207,9 @@ def print_report(report):
         print(f"{mode}: {g['verdict']}  target - caption IoU {g['target_minus_caption_iou']:+.1f} (margin "
               f"{g['iou_margin']:+.1f}), coverage dominant - secondary {g['dominant_minus_secondary']:+.1f} "
               f"(margin {g['bias_margin']:+.1f})")
-    if report["settings"]["calibrate"] != "words":
-        print("note: the gate is defined with the masker calibrated on words (--calibrate words)")
+    if CALIBRATIONS.get(report["settings"]["calibrate"], ("config",))[0] != "semseg":
+        print("note: the gate is defined with the masker calibrated on word-level segmentation "
+              "(--calibrate words+temperature or words)")
 
 
 @torch.no_grad()
