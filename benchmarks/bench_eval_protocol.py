@@ -149,7 +149,9 @@ def measure(model, inputs: List[Dict], warmup: int, device: torch.device) -> Dic
     with torch.no_grad():
         for x in inputs[:max(1, warmup)]:
             model([x])
-        with executed_flop_counter() as counter:
+        # counted eagerly: a compiled function met under a dispatch mode (the FLOP counter) must not
+        # change what the timed loop runs
+        with torch.compiler.set_stance("force_eager"), executed_flop_counter() as counter:
             model([inputs[0]])
         flops = float(counter.get_total_flops())
         timed = inputs[warmup:] if len(inputs) > warmup else inputs

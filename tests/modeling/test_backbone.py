@@ -235,7 +235,7 @@ def test_prompt_template_set_imagenet80_replaces_the_templates(tiny_cfg):
 def test_resized_positional_embedding_is_kept_while_unchanged_and_frozen(tiny_cfg):
     """The positional embedding resized to a new grid is computed once per grid while it cannot
     change (no gradient) and again after any in-place update; with a gradient it is not kept."""
-    from ttd_d2.modeling.backbone.clip_dense import interpolate_pos_embed
+    from ttd_d2.modeling.backbone.embeddings import interpolate_pos_embed
 
     backbone = build(tiny_cfg)
     visual = backbone.clip.visual

@@ -85,9 +85,24 @@ def test_compiled_pamr_matches_the_definition_on_several_sizes(backend):
     torch._dynamo.reset()
 
 
+def test_summed_step_equals_the_stacked_step():
+    """The compiled path's iteration (a sum of shifted copies) equals the eager one (the stacked
+    neighbours reduced), neighbour for neighbour, including dilations larger than the image."""
+    from ttd_d2.modeling.pamr import _refine_step, _refine_step_summed
+
+    torch.manual_seed(0)
+    pamr = PAMR(num_iter=1, dilations=(1, 3, 8))
+    for size in ((6, 9), (4, 4)):
+        image, masks = torch.rand(2, 3, *size, dtype=torch.double), torch.rand(2, 4, *size, dtype=torch.double)
+        weights = pamr.affinity(image).double()
+        torch.testing.assert_close(_refine_step_summed(masks, weights, pamr.dilations),
+                                   _refine_step(masks, weights, pamr.dilations))
+
+
 def test_pamr_compile_key_reaches_the_model(tiny_cfg):
     from conftest import build
 
     model = build(tiny_cfg, **{"MODEL.SEG_INFERENCE.PAMR.NUM_ITER": 2, "MODEL.SEG_INFERENCE.PAMR.COMPILE": True})
     assert model.pamr._step.backend == "inductor" and model.pamr._step.dynamic is None
+    assert model.pamr._step.eager.__name__ == "_refine_step_summed"
     assert build(tiny_cfg, **{"MODEL.SEG_INFERENCE.PAMR.NUM_ITER": 2}).pamr._step.__name__ == "_refine_step"

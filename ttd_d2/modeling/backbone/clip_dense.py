@@ -11,19 +11,9 @@ from .clip_loading import build_tokenizer, load_clip
 from ..compile import compile_blocks
 from .token_cache import CachedTokenizer
 from .dense_heads import DENSE_MODES, dense_last_block
+from .embeddings import interpolate_pos_embed, patch_embedding
 from .prompt_templates import resolve_prompt_templates
 from .text_encoding import encode_tokens, round_up, shortest_context
-
-
-def interpolate_pos_embed(pos_embed: torch.Tensor, src_grid: Tuple[int, int], dst_grid: Tuple[int, int]) -> torch.Tensor:
-    """Bicubically resize a ViT positional embedding [1 + H*W, C] from ``src_grid`` to ``dst_grid``."""
-    if tuple(src_grid) == tuple(dst_grid):
-        return pos_embed
-    cls_pos, grid_pos = pos_embed[:1], pos_embed[1:]
-    grid_pos = grid_pos.reshape(1, src_grid[0], src_grid[1], -1).permute(0, 3, 1, 2)
-    grid_pos = F.interpolate(grid_pos.float(), size=dst_grid, mode="bicubic", align_corners=False)
-    grid_pos = grid_pos.permute(0, 2, 3, 1).reshape(dst_grid[0] * dst_grid[1], -1).to(pos_embed.dtype)
-    return torch.cat([cls_pos, grid_pos], dim=0)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -168,9 +158,7 @@ class CLIPDense(Backbone):
     def embed_patches(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Patch + class + (interpolated) positional embeddings, then ln_pre: [B, 1 + h*w, C]."""
         visual = self.clip.visual
-        tokens = visual.conv1(x)
-        grid = tuple(tokens.shape[-2:])
-        tokens = tokens.flatten(2).transpose(1, 2)
+        tokens, grid = patch_embedding(visual.conv1, x)
         cls = visual.class_embedding.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
         tokens = torch.cat([cls, tokens], dim=1)
         tokens = tokens + self._positional_embedding(grid).to(tokens.dtype)
