@@ -253,6 +253,22 @@ def test_max_over_synonyms_matches_loop():
     assert torch.equal(max_over_synonyms(scores[perm], owner[perm], 4), expected)
 
 
+def test_max_over_synonyms_without_owner_is_the_identity_pooling():
+    scores = torch.rand(4, 5, 6, generator=torch.Generator().manual_seed(0))
+    assert max_over_synonyms(scores, None, 4) is scores
+    assert torch.equal(max_over_synonyms(scores, torch.arange(4), 4), scores)
+
+
+def test_class_embeddings_skip_pooling_only_without_synonyms(tiny_cfg, register):
+    model = build(tiny_cfg)
+    plain = register(stuff_classes=["cat", "dog", "bird"])
+    synonyms = register(stuff_classes=["cat", "dog, puppy", "bird"])
+    with torch.no_grad():
+        assert model.class_embeddings(plain)[1] is None
+        emb, owner, num_classes, _ = model.class_embeddings(synonyms)
+    assert owner.tolist() == [0, 1, 1, 2] and num_classes == 3 and emb.shape[0] == 4
+
+
 # ---------------------------------------------------------------------------------- captions
 def test_caption_inference_interface(tiny_cfg, register):
     thing_classes = ["circle", "square", "triangle", "star"]

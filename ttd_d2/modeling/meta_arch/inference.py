@@ -24,8 +24,9 @@ class TTDInference:
 
     # ------------------------------------------------------------------ class embeddings
     def class_embeddings(self, dataset_name: str) -> Tuple[torch.Tensor, torch.Tensor, int, bool]:
-        """(synonym embeddings [S, D], owner [S], number of text classes, has_background) for a
-        dataset's ``stuff_classes``, cached per dataset, both tensors on the model's device (a
+        """(synonym embeddings [S, D], owner [S] or None when every class has one name, number of
+        text classes, has_background) for a dataset's ``stuff_classes``, cached per dataset, both
+        tensors on the model's device (a
         CPU ``owner`` would be copied to the GPU by every pass of the test-time protocol, and a
         host-to-device copy of pageable memory blocks the host; one per pass matches the 8
         syncs per image of ``bench_eval_protocol --profile``). A dataset has a background class (index 0,
@@ -41,7 +42,10 @@ class TTDInference:
             classes = classes[1:]
         names, owner = split_synonyms(classes)
         embeddings = self.backbone.encode_text(names, use_templates=True)
-        entry = (embeddings, owner.to(embeddings.device), len(classes), has_background)
+        # one name per class: no pooling at all (it read and wrote every window's class maps at
+        # full resolution, 48 windows per image in the paper's protocol)
+        owner = None if torch.equal(owner, torch.arange(len(classes))) else owner.to(embeddings.device)
+        entry = (embeddings, owner, len(classes), has_background)
         self._class_cache[dataset_name] = entry
         return entry
 

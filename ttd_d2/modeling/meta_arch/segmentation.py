@@ -18,8 +18,11 @@ def split_synonyms(class_names: Sequence[str]) -> Tuple[List[str], torch.Tensor]
     return names, torch.tensor(owner, dtype=torch.long)
 
 
-def max_over_synonyms(scores: torch.Tensor, owner: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Max-pool [S, ...] synonym scores into [num_classes, ...] class scores (along dim 0)."""
+def max_over_synonyms(scores: torch.Tensor, owner: Optional[torch.Tensor], num_classes: int) -> torch.Tensor:
+    """Max-pool [S, ...] synonym scores into [num_classes, ...] class scores (along dim 0);
+    ``owner`` [S] is each synonym's class, None when name s is class s (the scores as they are)."""
+    if owner is None:
+        return scores
     out = scores.new_full((num_classes, *scores.shape[1:]), float("-inf"))
     index = owner.to(scores.device).view(-1, *([1] * (scores.dim() - 1))).expand_as(scores)
     return out.scatter_reduce(0, index, scores, reduce="amax")
