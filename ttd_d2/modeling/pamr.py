@@ -44,9 +44,10 @@ def _refine_step(refined: torch.Tensor, weights: torch.Tensor, dilations: Sequen
 def _refine_step_summed(refined: torch.Tensor, weights: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
     """:func:`_refine_step` as a sum of shifted copies, one term per neighbour in the order of
     :func:`_neighbours`, never materialising the [B, K, P, H, W] neighbours. Eagerly that is 2P
-    kernels; compiled, inductor fuses the padding, the shifts and the whole sum into one kernel,
-    whereas it materialised the stacked neighbours of :func:`_refine_step` before reducing them
-    (12.6 ms per 10 iterations at 21 x 448 x 597 on an H200, 7 of them writing the stack)."""
+    kernels; compiled, it leaves inductor no stack to write, so the padding, the shifts and the
+    sum can fuse into one kernel. :func:`_refine_step` compiled had inductor write the stacked
+    neighbours before reducing them: 12.6 ms per 10 iterations at 21 x 448 x 597 on an H200,
+    about 7 of them in the kernels writing the stack (this form is not yet timed there)."""
     height, width = refined.shape[-2:]
     total, index = None, 0
     for d in dilations:

@@ -37,8 +37,7 @@ def patch_embedding(conv: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, Tup
     patches [B*h*w, 3*p*p] with the kernel [C, 3*p*p]: the same sums (in another order). Why not
     the convolution: for bf16 inputs without ``cudnn.benchmark``, cuDNN picked a non-tensor-core
     implicit GEMM that took 0.8 ms for 32 windows of 448 x 448 and 3.3 ms for a TTD step's 64
-    images on an H200, 100x the matmul's time (benchmarks/README.md). Any other convolution runs
-    as itself."""
+    images on an H200 (benchmarks/README.md). Any other convolution runs as itself."""
     if not _is_patchify(conv):
         tokens = conv(x)
         return tokens.flatten(2).transpose(1, 2), tuple(tokens.shape[-2:])

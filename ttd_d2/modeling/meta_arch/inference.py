@@ -1,7 +1,7 @@
 """Inference of the TTD meta-architecture: semantic segmentation, caption analysis, tag scores."""
 import hashlib
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,11 +23,10 @@ class TTDInference:
     and the test options set by ``TTD.__init__``."""
 
     # ------------------------------------------------------------------ class embeddings
-    def class_embeddings(self, dataset_name: str) -> Tuple[torch.Tensor, torch.Tensor, int, bool]:
+    def class_embeddings(self, dataset_name: str) -> Tuple[torch.Tensor, Optional[torch.Tensor], int, bool]:
         """(synonym embeddings [S, D], owner [S] or None when every class has one name, number of
         text classes, has_background) for a dataset's ``stuff_classes``, cached per dataset, both
-        tensors on the model's device (a
-        CPU ``owner`` would be copied to the GPU by every pass of the test-time protocol, and a
+        tensors on the model's device (a CPU ``owner`` would be copied to the GPU by every pass of the test-time protocol, and a
         host-to-device copy of pageable memory blocks the host; one per pass matches the 8
         syncs per image of ``bench_eval_protocol --profile``). A dataset has a background class (index 0,
         scored by a constant) when its metadata has ``background_threshold``."""
