@@ -165,6 +165,18 @@ def measure(model, inputs: List[Dict], warmup: int, device: torch.device) -> Dic
             "gflop_per_image": flops / 1e9, "output_shape": list(out.shape)}
 
 
+def compiled_regions_per_image(model, x: Dict) -> float:
+    """How many ``torch.compile`` regions one image's inference runs (0 = everything eager):
+    the evidence that ``--compile`` / ``--compile-pamr`` took effect in the timed loop, since
+    inside this benchmark on the GPU host PAMR once ran its eager kernels with no fallback logged
+    (benchmarks/README.md, 2026-12-03)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model([x])
+    return float(sum(e.count for e in prof.key_averages() if e.key.startswith("Torch-Compiled Region")))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -181,6 +193,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         model = build(args, opts)
         model_window_batch = model.window_batch
         r = measure(model, inputs, args.warmup, device)
+        if args.compile or args.compile_pamr:
+            r["compiled_regions_per_image"] = compiled_regions_per_image(model, inputs[0])
         if args.profile:
             from ttd_d2.utils.profiling import profile_steps
 
@@ -192,8 +206,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         r["floor_ms_per_image"] = r["gflop_per_image"] / rate  # GFLOP / (TFLOP/s) = ms
         r["times_floor"] = r["ms_per_image"] / r["floor_ms_per_image"]
         results[name] = r
+        compiled = (f", {r['compiled_regions_per_image']:.0f} compiled regions per image"
+                    if "compiled_regions_per_image" in r else "")
         print(f"{name}: {r['images_per_s']:.2f} img/s, {r['gflop_per_image']:.1f} GFLOP/img, "
-              f"{r['times_floor']:.2f}x the floor", flush=True)
+              f"{r['times_floor']:.2f}x the floor{compiled}", flush=True)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()

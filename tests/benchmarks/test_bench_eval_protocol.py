@@ -54,3 +54,5 @@ def test_compiled_pamr_runs_the_full_protocol():
     report = bench.main(TINY + ["--settings", "+pamr", "--compile-pamr"])
     assert report["settings"]["compile_pamr"] is True
     assert report["results"]["+pamr"]["output_shape"] == [4, 32, 40]
+    # PAMR's ten iterations ran compiled after the FLOP count, not eagerly
+    assert report["results"]["+pamr"]["compiled_regions_per_image"] >= 10
