@@ -31,6 +31,7 @@ CPU smoke run (tiny model)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -150,8 +151,10 @@ def measure(model, inputs: List[Dict], warmup: int, device: torch.device) -> Dic
         for x in inputs[:max(1, warmup)]:
             model([x])
         # counted eagerly: a compiled function met under a dispatch mode (the FLOP counter) must not
-        # change what the timed loop runs
-        with torch.compiler.set_stance("force_eager"), executed_flop_counter() as counter:
+        # change what the timed loop runs (set_stance: torch >= 2.6)
+        set_stance = getattr(torch.compiler, "set_stance", None)
+        eager = set_stance("force_eager") if set_stance else contextlib.nullcontext()
+        with eager, executed_flop_counter() as counter:
             model([inputs[0]])
         flops = float(counter.get_total_flops())
         timed = inputs[warmup:] if len(inputs) > warmup else inputs
