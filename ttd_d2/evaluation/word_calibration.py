@@ -18,15 +18,16 @@ from .metrics import to_numpy
 logger = logging.getLogger(__name__)
 
 
+def _present_labels(gt: np.ndarray, num_classes: int, ignore_label: int) -> list:
+    """The object labels (1..``num_classes``; 0 is background) present in a label map."""
+    return [label for label in np.unique(gt) if 0 < label <= num_classes and label != ignore_label]
+
+
 def _present_class_pairs(cos_maps: Sequence[np.ndarray], gts: Sequence[np.ndarray], ignore_label: int) -> list:
     """(class cosine map [H, W], its region: 1 inside, 0 outside, -1 ignored) for every class
     present in an image; channel c of ``cos_maps`` is label c + 1 (0 = background)."""
-    pairs = []
-    for cos, gt in zip(cos_maps, gts):
-        for label in np.unique(gt):
-            if 0 < label <= len(cos) and label != ignore_label:
-                pairs.append((cos[label - 1], np.where(gt == ignore_label, -1, gt == label)))
-    return pairs
+    return [(cos[label - 1], np.where(gt == ignore_label, -1, gt == label))
+            for cos, gt in zip(cos_maps, gts) for label in _present_labels(gt, len(cos), ignore_label)]
 
 
 def _pairs_iou(pairs: Sequence[tuple], predict) -> float:
@@ -75,7 +76,7 @@ def word_target_confusions(
 
     images = []
     for cos, gt in zip(cos_maps, gts):
-        present = [label for label in np.unique(gt) if 0 < label <= len(cos) and label != ignore_label]
+        present = _present_labels(gt, len(cos), ignore_label)
         if present:
             region = np.where(gt == ignore_label, -1, np.isin(gt, present))
             images.append((torch.from_numpy(cos[np.asarray(present) - 1]).double()[None], region))
