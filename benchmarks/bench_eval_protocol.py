@@ -46,6 +46,7 @@ if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_eval_proto
 import torch  # noqa: E402
 
 from ttd_d2.data.datasets.label_conversion import write_text_atomic  # noqa: E402
+from ttd_d2.modeling.pamr import PAMR_KERNELS  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 FULL_SCALES = [1.0, 0.5, 1.5, 2.0]
@@ -87,7 +88,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="also profile N images of each setting (ttd_d2.utils.profiling)")
     parser.add_argument("--compile", default="", metavar="MODE",
                         help="MODEL.CLIP.COMPILE.MODE (e.g. reduce-overhead: CUDA graphs); the warm-up compiles")
-    parser.add_argument("--compile-pamr", action="store_true", help="MODEL.SEG_INFERENCE.PAMR.COMPILE True")
+    parser.add_argument("--pamr-kernel", default="auto", choices=PAMR_KERNELS, help="MODEL.SEG_INFERENCE.PAMR.KERNEL")
     parser.add_argument("--output", help="also write the results as JSON")
     return parser.parse_args(argv)
 
@@ -128,8 +129,7 @@ def build(args: argparse.Namespace, opts: List):
         cfg.merge_from_list(["MODEL.SEG_INFERENCE.WINDOW_BATCH", args.window_batch])
     if args.compile:
         cfg.merge_from_list(["MODEL.CLIP.COMPILE.MODE", args.compile])
-    if args.compile_pamr:
-        cfg.merge_from_list(["MODEL.SEG_INFERENCE.PAMR.COMPILE", True])
+    cfg.merge_from_list(["MODEL.SEG_INFERENCE.PAMR.KERNEL", args.pamr_kernel])
     cfg.freeze()
     return build_model(cfg).eval()
 
@@ -170,7 +170,7 @@ def measure(model, inputs: List[Dict], warmup: int, device: torch.device) -> Dic
 
 def compiled_regions_per_image(model, x: Dict) -> float:
     """How many ``torch.compile`` regions one image's inference runs (0 = everything eager):
-    the evidence that ``--compile`` / ``--compile-pamr`` took effect in the timed loop, since
+    the evidence that ``--compile`` took effect in the timed loop, since
     inside this benchmark on the GPU host PAMR once ran its eager kernels with no fallback logged
     (benchmarks/README.md, 2026-12-03)."""
     from torch.profiler import ProfilerActivity, profile
@@ -196,7 +196,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         model = build(args, opts)
         model_window_batch = model.window_batch
         r = measure(model, inputs, args.warmup, device)
-        if args.compile or args.compile_pamr:
+        if args.compile:
             r["compiled_regions_per_image"] = compiled_regions_per_image(model, inputs[0])
         if args.profile:
             from ttd_d2.utils.profiling import profile_steps

@@ -37,9 +37,13 @@ run step_layers2_cudagraphs benchmarks/bench_ttd_step.py --skip-flops --profile 
 run step_default_cg_textdefault benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 30 MODEL.CLIP.COMPILE.MODE reduce-overhead MODEL.CLIP.COMPILE.TEXT_MODE default
 run step_layers2_cg_textdefault benchmarks/bench_ttd_step.py --skip-flops --profile 5 --warmup 30 MODEL.CLIP.COMPILE.MODE reduce-overhead MODEL.CLIP.COMPILE.TEXT_MODE default MODEL.TTD.LORA.IMAGE_LAYERS 2
 run eval_cudagraphs benchmarks/bench_eval_protocol.py --config-file configs/Base-Paper-Eval.yaml --images 10 --warmup 4 --compile reduce-overhead
-# PAMR's iterations compiled (MODEL.SEG_INFERENCE.PAMR.COMPILE): a third of the full protocol's kernel time eagerly
-run eval_pamr_compiled benchmarks/bench_eval_protocol.py --config-file configs/Base-Paper-Eval.yaml --settings +flip +pamr \
-  --images 10 --warmup 3 --compile-pamr --profile 3
+# PAMR alone, eager against its Triton kernel (MODEL.SEG_INFERENCE.PAMR.KERNEL), then the full
+# protocol with each: eagerly PAMR was about half of the protocol's kernel time
+run pamr_kernels benchmarks/bench_pamr.py --classes 21 --triton-blocks 256,1 256,2 256,8 512,4
+run eval_pamr_eager benchmarks/bench_eval_protocol.py --config-file configs/Base-Paper-Eval.yaml --settings +flip +pamr \
+  --images 20 --warmup 4 --window-batch 32 --pamr-kernel eager --profile 3
+run eval_pamr_triton benchmarks/bench_eval_protocol.py --config-file configs/Base-Paper-Eval.yaml --settings +flip +pamr \
+  --images 20 --warmup 4 --window-batch 32 --pamr-kernel triton --profile 3
 run stream_loader benchmarks/bench_stream_loader.py --workers 0 15 --samples 20000 --warmup 1000
 # the synthetic tiny CLIP's pretraining step (the plain step) at 64 and 128 px: the 128 px lever of
 # docs/RESULTS.md trained 15x slower than 64 px for 3.4x the FLOPs

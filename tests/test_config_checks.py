@@ -84,7 +84,7 @@ MODEL_CASES = [
     ("MODEL.SEG_INFERENCE.PROB_THRESHOLD", 1.5, "MODEL.SEG_INFERENCE.PROB_THRESHOLD = 1.5: must be in [0, 1]"),
     ("MODEL.SEG_INFERENCE.PAMR.NUM_ITER", -1, "MODEL.SEG_INFERENCE.PAMR.NUM_ITER = -1: must be >= 0 (0 = off)"),
     ("MODEL.SEG_INFERENCE.PAMR.DILATIONS", [1, 0], "MODEL.SEG_INFERENCE.PAMR.DILATIONS = [1, 0]: must be a non-empty list of positive integers"),
-    ("MODEL.SEG_INFERENCE.PAMR.COMPILE", "yes", "MODEL.SEG_INFERENCE.PAMR.COMPILE = 'yes': must be True or False"),
+    ("MODEL.SEG_INFERENCE.PAMR.KERNEL", "cuda", "MODEL.SEG_INFERENCE.PAMR.KERNEL = 'cuda' is unknown: use one of auto, eager, triton"),
 ]
 
 # Keys only training reads: refused by TTDTrainer(cfg), not by build_model (--eval-only).

@@ -179,9 +179,10 @@ def add_ttd_config(cfg):
     cfg.MODEL.SEG_INFERENCE.PAMR.NUM_ITER = 0
     # Dilations of PAMR's 3x3 neighbourhoods.
     cfg.MODEL.SEG_INFERENCE.PAMR.DILATIONS = [1, 2, 4, 8, 12, 24]
-    # torch.compile each PAMR iteration (inductor; one fused kernel instead of a [K, 8 x dilations,
-    # H, W] neighbour stack; falls back to eager with a warning if compiling fails).
-    cfg.MODEL.SEG_INFERENCE.PAMR.COMPILE = False
+    # How each PAMR iteration runs: auto (the Triton kernel on CUDA when Triton is importable,
+    # else eager) | eager | triton (one fused kernel, ttd_d2/modeling/pamr_kernel.py) | compile
+    # (torch.compile of the step; falls back to eager with a warning if compiling fails).
+    cfg.MODEL.SEG_INFERENCE.PAMR.KERNEL = "auto"
     # Masker threshold that turns a caption's mask into its region (caption evaluation).
     cfg.MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD = 0.5
 

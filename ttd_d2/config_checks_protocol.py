@@ -4,8 +4,9 @@ which calls them and whose helpers they use (so it imports this module where it 
 import math
 from typing import List
 
-from .config_checks import Problem, _choice, _flag, _number
+from .config_checks import Problem, _choice, _number
 from .modeling.backbone.prompt_templates import TEMPLATE_SETS
+from .modeling.pamr import PAMR_KERNELS
 from .modeling.test_time_augmentation import CLASS_SCORES
 
 
@@ -48,5 +49,5 @@ def protocol_problems(cfg) -> List[Problem]:
                 fix=" (0 = off)"),
         _positive_list("MODEL.SEG_INFERENCE.PAMR.DILATIONS", test.PAMR.DILATIONS, integer=True,
                        fix=" (e.g. [1, 2, 4, 8, 12, 24])"),
-        _flag("MODEL.SEG_INFERENCE.PAMR.COMPILE", test.PAMR.COMPILE),
+        _choice("MODEL.SEG_INFERENCE.PAMR.KERNEL", test.PAMR.KERNEL, PAMR_KERNELS),
     ]

@@ -49,10 +49,21 @@ def test_profile_per_setting():
         assert profile["steps"] == 2 and profile["wall_ms"] > 0 and profile["top"]
 
 
-def test_compiled_pamr_runs_the_full_protocol():
+def test_compiled_blocks_run_the_full_protocol():
+    """--compile: the image blocks ran compiled in the timed loop (after the FLOP count), and the
+    readout says so; PAMR's kernel is recorded."""
     bench = load_script("benchmarks/bench_eval_protocol.py")
-    report = bench.main(TINY + ["--settings", "+pamr", "--compile-pamr"])
-    assert report["settings"]["compile_pamr"] is True
+    report = bench.main(TINY + ["--settings", "+pamr", "--compile", "default", "--pamr-kernel", "eager"])
+    assert report["settings"]["pamr_kernel"] == "eager" and report["settings"]["compile"] == "default"
     assert report["results"]["+pamr"]["output_shape"] == [4, 32, 40]
-    # PAMR's ten iterations ran compiled after the FLOP count, not eagerly
-    assert report["results"]["+pamr"]["compiled_regions_per_image"] >= 10
+    assert report["results"]["+pamr"]["compiled_regions_per_image"] >= 1
+
+
+def test_bench_pamr_cpu():
+    """benchmarks/bench_pamr.py on the CPU: the eager kernel, its traffic, a JSON report."""
+    bench = load_script("benchmarks/bench_pamr.py")
+    report = bench.main(["--classes", "3", "--height", "12", "--width", "10", "--iterations", "2", "--dilations", "1", "2",
+                         "--kernels", "eager", "--repeats", "1", "--device", "cpu"])
+    (row,) = report["results"]
+    assert row["kernel"] == "eager" and row["max_abs_diff_vs_eager"] == 0 and row["iteration_ms"] > 0
+    assert report["step_bytes"] == 4 * 12 * 10 * (2 * 3 + 16)

@@ -1,11 +1,18 @@
 """PAMR against a computation written from its definition with explicit loops over pixels and
 neighbours (clamped indices = replicated border)."""
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from ttd_d2.modeling.pamr import PAMR
+from ttd_d2.modeling import pamr_kernel
+from ttd_d2.modeling.pamr import PAMR, _neighbours
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def reference_pamr(image, masks, num_iter, dilations):
@@ -71,38 +78,66 @@ def test_pamr_resizes_masks_and_rejects_bad_arguments():
         PAMR(1, (1,))(torch.rand(3, 8, 8), torch.rand(1, 2, 8, 8))
 
 
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_compiled_pamr_matches_the_definition_on_several_sizes(backend):
-    """MODEL.SEG_INFERENCE.PAMR.COMPILE: the compiled iteration (inductor as on the GPU host, with
-    dynamic shapes: image sizes vary) gives the definition's values, for more than one size."""
-    torch._dynamo.reset()
-    pamr = PAMR(num_iter=3, dilations=(1, 2), compile=True, compile_backend=backend)
-    for size, seed in (((5, 6), 0), ((7, 4), 1), ((6, 9), 2)):
-        torch.manual_seed(seed)
-        image, masks = torch.rand(1, 3, *size), torch.rand(1, 2, *size)
-        torch.testing.assert_close(pamr(image, masks).double(), reference_pamr(image, masks, 3, (1, 2)), atol=1e-5, rtol=1e-5)
-    assert not pamr._step.failed
-    torch._dynamo.reset()
+TRITON_CHECK = r"""
+import torch
+from ttd_d2.modeling import pamr_kernel
+from ttd_d2.modeling.pamr import PAMR, _refine_step
+
+torch.manual_seed(0)
+# odd sizes (pixel and class blocks partly filled), two images, a dilation larger than the image
+for (b, k, h, w), dilations in (((2, 5, 7, 9), (1, 2, 12)), ((1, 9, 3, 17), (1, 4)), ((1, 1, 16, 16), (1,))):
+    image, masks = torch.rand(b, 3, h, w), torch.rand(b, k, h, w)
+    weights = PAMR(1, dilations, kernel="eager").affinity(image)
+    offsets = torch.tensor(pamr_kernel.neighbour_offsets(dilations), dtype=torch.int32)
+    torch.testing.assert_close(pamr_kernel.refine_step_triton(masks, weights, offsets),
+                               _refine_step(masks, weights, dilations), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(PAMR(3, dilations, kernel="triton")(image, masks),
+                               PAMR(3, dilations, kernel="eager")(image, masks), atol=1e-6, rtol=1e-5)
+print("ok")
+"""
 
 
-def test_summed_step_equals_the_stacked_step():
-    """The compiled path's iteration (a sum of shifted copies) equals the eager one (the stacked
-    neighbours reduced), neighbour for neighbour, including dilations larger than the image."""
-    from ttd_d2.modeling.pamr import _refine_step, _refine_step_summed
-
-    torch.manual_seed(0)
-    pamr = PAMR(num_iter=1, dilations=(1, 3, 8))
-    for size in ((6, 9), (4, 4)):
-        image, masks = torch.rand(2, 3, *size, dtype=torch.double), torch.rand(2, 4, *size, dtype=torch.double)
-        weights = pamr.affinity(image).double()
-        torch.testing.assert_close(_refine_step_summed(masks, weights, pamr.dilations),
-                                   _refine_step(masks, weights, pamr.dilations))
+@pytest.mark.skipif(not pamr_kernel.available(), reason="Triton is not installed (CUDA builds of torch ship it)")
+def test_triton_kernel_equals_the_eager_step():
+    """MODEL.SEG_INFERENCE.PAMR.KERNEL triton, run on the CPU by Triton's interpreter (which must
+    be switched on before Triton is imported, hence a fresh interpreter), equals the eager
+    iteration (itself checked against the definition above)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
 
-def test_pamr_compile_key_reaches_the_model(tiny_cfg):
+def test_neighbour_offsets_follow_the_eager_order():
+    """The kernel's offsets are those of ``_neighbours`` (same neighbour order, same weights)."""
+    image = torch.arange(7 * 8, dtype=torch.float).view(1, 1, 7, 8)
+    stacked = _neighbours(image, (1, 3), with_centre=False)[0, 0]  # [P, H, W]
+    for n, (dy, dx) in enumerate(pamr_kernel.neighbour_offsets((1, 3))):
+        y, x = 3, 4
+        assert stacked[n, y, x] == image[0, 0, min(max(y + dy, 0), 6), min(max(x + dx, 0), 7)]
+
+
+def test_kernel_choice_and_errors(monkeypatch):
+    """auto takes the eager step on CPU tensors; triton on CPU tensors without the interpreter,
+    an unknown kernel and a missing Triton each fail with the fix named."""
+    image, masks = torch.rand(1, 3, 6, 6), torch.rand(1, 2, 6, 6)
+    auto = PAMR(2, (1,), kernel="auto")
+    assert not auto._uses_triton(masks.device)
+    torch.testing.assert_close(auto(image, masks), PAMR(2, (1,), kernel="eager")(image, masks))
+    with pytest.raises(ValueError, match="PAMR.KERNEL 'fused' unknown"):
+        PAMR(2, (1,), kernel="fused")
+    if pamr_kernel.available():
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        with pytest.raises(ValueError, match="runs on CUDA tensors.*KERNEL eager or auto"):
+            PAMR(1, (1,), kernel="triton")(image, masks)
+    monkeypatch.setattr(pamr_kernel, "triton", None)
+    with pytest.raises(ValueError, match="needs Triton"):
+        PAMR(1, (1,), kernel="triton")
+    assert not PAMR(1, (1,), kernel="auto")._uses_triton(torch.device("cuda"))
+
+
+def test_pamr_kernel_key_reaches_the_model(tiny_cfg):
     from conftest import build
 
-    model = build(tiny_cfg, **{"MODEL.SEG_INFERENCE.PAMR.NUM_ITER": 2, "MODEL.SEG_INFERENCE.PAMR.COMPILE": True})
-    assert model.pamr._step.backend == "inductor" and model.pamr._step.dynamic is None
-    assert model.pamr._step.eager.__name__ == "_refine_step_summed"
-    assert build(tiny_cfg, **{"MODEL.SEG_INFERENCE.PAMR.NUM_ITER": 2}).pamr._step.__name__ == "_refine_step"
+    model = build(tiny_cfg, **{"MODEL.SEG_INFERENCE.PAMR.NUM_ITER": 2, "MODEL.SEG_INFERENCE.PAMR.KERNEL": "eager"})
+    assert model.pamr.kernel == "eager" and model.pamr.num_iter == 2
+    assert build(tiny_cfg, **{"MODEL.SEG_INFERENCE.PAMR.NUM_ITER": 2}).pamr.kernel == "auto"

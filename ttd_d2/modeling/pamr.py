@@ -15,11 +15,11 @@ the local spread makes the affinity invariant to each channel's scale and offset
 and raw images give the same weights.
 
 Eagerly each iteration materialises every neighbour of every score ([B, K, P, H, W]: 1 GB for
-21 classes at 448 x 597) and reads it twice; on the GPU host that made PAMR about a third of the
-full protocol's kernel time (benchmarks/README.md). ``compile=True`` runs the iteration, written
-as a sum of shifted copies (``_refine_step_summed``), through ``torch.compile`` (inductor fuses
-the shifted reads, the weighting and the sum into one kernel; shapes are dynamic, as image sizes
-vary), falling back to eager execution if compiling fails.
+21 classes at 448 x 597) and reads it twice: 2.3 ms per iteration on an H200, about half of the
+full protocol's kernel time. On CUDA the iteration therefore runs as one Triton kernel
+(``pamr_kernel.py``) that reads the neighbours straight from the scores: 0.27-0.36 ms
+(benchmarks/README.md). ``kernel`` chooses; "auto" (the default) takes Triton on CUDA tensors
+when it is importable and the eager step elsewhere.
 """
 from typing import Sequence
 
@@ -27,9 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .compile import CompiledWithFallback
+from . import pamr_kernel
 
-__all__ = ["PAMR"]
+__all__ = ["PAMR", "PAMR_KERNELS"]
+
+# How an iteration runs (MODEL.SEG_INFERENCE.PAMR.KERNEL): "auto" = the Triton kernel on CUDA
+# tensors when Triton is importable, else eager; "eager" (_refine_step); "triton" (pamr_kernel.py).
+PAMR_KERNELS = ("auto", "eager", "triton")
 
 # The 8 offsets (dy, dx) of a 3x3 window without its centre, in raster order.
 _OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
@@ -39,24 +43,6 @@ def _refine_step(refined: torch.Tensor, weights: torch.Tensor, dilations: Sequen
     """One PAMR iteration: [B, K, H, W] scores -> their neighbours' average under ``weights``
     [B, 1, P, H, W]."""
     return (_neighbours(refined, dilations, with_centre=False) * weights).sum(dim=2)
-
-
-def _refine_step_summed(refined: torch.Tensor, weights: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
-    """:func:`_refine_step` as a sum of shifted copies, one term per neighbour in the order of
-    :func:`_neighbours`, never materialising the [B, K, P, H, W] neighbours. Eagerly that is 2P
-    kernels; compiled, it leaves inductor no stack to write, so the padding, the shifts and the
-    sum can fuse into one kernel. :func:`_refine_step` compiled had inductor write the stacked
-    neighbours before reducing them: 12.6 ms per 10 iterations at 21 x 448 x 597 on an H200,
-    about 7 of them in the kernels writing the stack (this form is not yet timed there)."""
-    height, width = refined.shape[-2:]
-    total, index = None, 0
-    for d in dilations:
-        padded = F.pad(refined, (d, d, d, d), mode="replicate")
-        for dy, dx in _OFFSETS:
-            term = padded[..., d + dy * d: d + dy * d + height, d + dx * d: d + dx * d + width] * weights[:, :, index]
-            total = term if total is None else total + term
-            index += 1
-    return total
 
 
 def _neighbours(x: torch.Tensor, dilations: Sequence[int], with_centre: bool) -> torch.Tensor:
@@ -76,22 +62,37 @@ class PAMR(nn.Module):
     """Pixel-adaptive mask refinement of score maps by the image's local colour affinities."""
 
     def __init__(self, num_iter: int = 10, dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
-                 compile: bool = False, compile_backend: str = "inductor"):
+                 kernel: str = "auto"):
         """
         Args:
             num_iter: refinement steps (>= 1; the paper's protocol: 10).
             dilations: dilations of the 3x3 neighbourhoods, positive integers (paper: 1 2 4 8 12 24).
-            compile: run each iteration through ``torch.compile`` (module docstring).
-            compile_backend: its backend (``inductor``; tests use ``aot_eager``).
+            kernel: how an iteration runs, one of ``PAMR_KERNELS`` (module docstring).
         """
         super().__init__()
         dilations = [int(d) for d in dilations]
         if int(num_iter) < 1 or not dilations or any(d < 1 for d in dilations):
             raise ValueError(f"PAMR needs num_iter >= 1 and positive dilations, got {num_iter}, {dilations}")
-        self.num_iter, self.dilations = int(num_iter), dilations
-        # not an nn.Module attribute: the wrapper holds a plain function
-        self._step = (CompiledWithFallback(_refine_step_summed, "PAMR step", "default", compile_backend, dynamic=None)
-                      if compile else _refine_step)
+        if kernel not in PAMR_KERNELS:
+            raise ValueError(f"MODEL.SEG_INFERENCE.PAMR.KERNEL '{kernel}' unknown; use one of {PAMR_KERNELS}")
+        if kernel == "triton" and not pamr_kernel.available():
+            raise ValueError("MODEL.SEG_INFERENCE.PAMR.KERNEL 'triton' needs Triton (CUDA builds of torch ship it; "
+                             "pip install triton), or use 'auto' or 'eager'")
+        self.num_iter, self.dilations, self.kernel = int(num_iter), dilations, kernel
+        self._offsets = {}  # device -> [P, 2] int32 neighbour offsets of the Triton kernel
+
+    def _uses_triton(self, device: torch.device) -> bool:
+        """Whether iterations on ``device`` run the Triton kernel."""
+        return self.kernel == "triton" or (self.kernel == "auto" and device.type == "cuda" and pamr_kernel.available())
+
+    def _step(self, refined: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """One iteration by the configured kernel."""
+        if self._uses_triton(refined.device):
+            if refined.device not in self._offsets:
+                self._offsets[refined.device] = torch.tensor(pamr_kernel.neighbour_offsets(self.dilations),
+                                                             dtype=torch.int32, device=refined.device)
+            return pamr_kernel.refine_step_triton(refined, weights, self._offsets[refined.device])
+        return _refine_step(refined, weights, self.dilations)
 
     def affinity(self, image: torch.Tensor) -> torch.Tensor:
         """Neighbour weights [B, 1, P, H, W] (P = 8 x len(dilations), summing to 1 over P) of an
@@ -119,5 +120,5 @@ class PAMR(nn.Module):
             refined = F.interpolate(refined, size=image.shape[-2:], mode="bilinear", align_corners=False)
         weights = self.affinity(image)
         for _ in range(self.num_iter):
-            refined = self._step(refined, weights, self.dilations)
+            refined = self._step(refined, weights)
         return refined.to(dtype)

@@ -192,7 +192,7 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
             "window_batch": test.WINDOW_BATCH,
             "flip": test.FLIP,
             "scales": tuple(test.SCALES),
-            "pamr": PAMR(test.PAMR.NUM_ITER, test.PAMR.DILATIONS, test.PAMR.COMPILE) if test.PAMR.NUM_ITER > 0 else None,
+            "pamr": PAMR(test.PAMR.NUM_ITER, test.PAMR.DILATIONS, test.PAMR.KERNEL) if test.PAMR.NUM_ITER > 0 else None,
             "class_scores": test.CLASS_SCORES,
             "logit_scale": test.LOGIT_SCALE,
             "prob_threshold": test.PROB_THRESHOLD,

@@ -1,0 +1,118 @@
+"""PAMR's iteration as one Triton kernel (``MODEL.SEG_INFERENCE.PAMR.KERNEL triton``).
+
+Why hand-written: an iteration reads each score's 8 x len(dilations) neighbours and averages
+them under per-pixel weights. Eagerly (``pamr._refine_step``) the neighbours are first written
+out as a [B, K, P, H, W] stack (1 GB for 21 classes at 448 x 597) and read back; torch.compile
+of the same step either wrote that stack too or, written as a sum of shifted copies, produced a
+kernel three times slower than eager on an H200 (benchmarks/README.md). No library offers the
+operation. This kernel reads the neighbours straight from the scores (they stay in L1/L2: at
+most 2 x 24 + 1 rows of one class plane) and writes only the result, so an iteration costs one
+read of the weights and the scores and one write.
+
+Layout: one program per block of ``BLOCK_PIXELS`` pixels of one image and ``BLOCK_CLASSES``
+classes; each neighbour's weight is loaded once per program and applied to its classes (256 x 4
+was the fastest of the shapes timed on an H200: benchmarks/README.md).
+Borders are replicated (indices clamped), as in ``pamr._neighbours``. Summation runs over the
+neighbours in their order in ``pamr._neighbours``: fp32 results equal the eager step's up to
+rounding.
+
+Triton is an optional dependency (it ships with CUDA builds of torch); ``available()`` says
+whether it is importable. The kernel runs on CUDA tensors, and on CPU tensors only in Triton's
+interpreter (``TRITON_INTERPRET=1`` set before Triton is imported: what the tests do).
+"""
+import os
+from typing import Sequence, Tuple
+
+import torch
+
+__all__ = ["available", "neighbour_offsets", "refine_step_triton"]
+
+try:  # optional: CUDA builds of torch ship Triton
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised where Triton is absent
+    triton = None
+
+    class tl:  # noqa: N801 -- stands in for triton.language so the kernel below can be defined
+        constexpr = int
+
+BLOCK_PIXELS = 256
+BLOCK_CLASSES = 4
+
+
+def available() -> bool:
+    """Whether Triton is importable (the kernel can run)."""
+    return triton is not None
+
+
+def neighbour_offsets(dilations: Sequence[int]) -> Tuple[Tuple[int, int], ...]:
+    """The (dy, dx) offset of every neighbour, in the order of ``pamr._neighbours`` (per
+    dilation, the 3x3 window without its centre in raster order)."""
+    return tuple((dy * d, dx * d) for d in dilations for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))
+
+
+def _refine_step_kernel(scores_ptr, weights_ptr, offsets_ptr, out_ptr, num_classes, height, width,
+                        num_neighbours, BLOCK_PIXELS: tl.constexpr, BLOCK_CLASSES: tl.constexpr):
+    """out[b, k, p] = sum_n weights[b, n, p] * scores[b, k, clamp(p + offset_n)] for one block of
+    pixels p and classes k of image b (grid: pixel blocks, class blocks, images)."""
+    pixel_block, class_block, image = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    plane = height * width
+    pixels = pixel_block * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS)
+    classes = class_block * BLOCK_CLASSES + tl.arange(0, BLOCK_CLASSES)
+    pixel_ok, class_ok = pixels < plane, classes < num_classes
+    row, col = pixels // width, pixels % width
+    image_scores = scores_ptr + image.to(tl.int64) * num_classes * plane
+    class_rows = classes.to(tl.int64)[:, None] * plane
+    load_ok = class_ok[:, None] & pixel_ok[None, :]
+    weight_rows = weights_ptr + image.to(tl.int64) * num_neighbours * plane
+    total = tl.zeros((BLOCK_CLASSES, BLOCK_PIXELS), dtype=tl.float32)
+    for n in range(num_neighbours):
+        dy = tl.load(offsets_ptr + 2 * n)
+        dx = tl.load(offsets_ptr + 2 * n + 1)
+        weight = tl.load(weight_rows + n * plane + pixels, mask=pixel_ok, other=0.0)
+        source = tl.minimum(tl.maximum(row + dy, 0), height - 1) * width + tl.minimum(tl.maximum(col + dx, 0), width - 1)
+        neighbour = tl.load(image_scores + class_rows + source[None, :], mask=load_ok, other=0.0)
+        total += neighbour * weight[None, :]
+    out = out_ptr + image.to(tl.int64) * num_classes * plane + class_rows + pixels[None, :]
+    tl.store(out, total, mask=load_ok)
+
+
+if triton is not None:  # TRITON_INTERPRET=1 (set before Triton is imported) makes it an interpreter
+    _refine_step_kernel = triton.jit(_refine_step_kernel)
+
+
+def _interpreting() -> bool:
+    """Whether Triton runs kernels in its interpreter (TRITON_INTERPRET=1): CPU tensors work then."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def refine_step_triton(scores: torch.Tensor, weights: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """One PAMR iteration (``pamr._refine_step``) in one kernel.
+
+    Args:
+        scores: [B, K, H, W] float32 scores.
+        weights: [B, 1, P, H, W] (or [B, P, H, W]) float32 neighbour weights (``PAMR.affinity``).
+        offsets: [P, 2] int32 (dy, dx) of the neighbours (:func:`neighbour_offsets`), on the
+            scores' device.
+    Returns:
+        [B, K, H, W] float32: each score replaced by its neighbours' weighted sum.
+    """
+    if triton is None:
+        raise RuntimeError("PAMR.KERNEL 'triton' needs Triton (pip install triton; CUDA builds of torch ship it); "
+                           "or set MODEL.SEG_INFERENCE.PAMR.KERNEL eager")
+    batch, num_classes, height, width = scores.shape
+    weights = weights.reshape(batch, -1, height, width)
+    if scores.dtype != torch.float32 or weights.dtype != torch.float32:
+        raise TypeError(f"refine_step_triton takes float32 scores and weights, got {scores.dtype}, {weights.dtype}")
+    if offsets.shape != (weights.shape[1], 2):
+        raise ValueError(f"offsets {tuple(offsets.shape)} do not match {weights.shape[1]} neighbour weights")
+    if scores.device.type != "cuda" and not _interpreting():
+        raise ValueError(f"PAMR.KERNEL 'triton' runs on CUDA tensors, got {scores.device} (the tests run it on the "
+                         "CPU with TRITON_INTERPRET=1); use MODEL.SEG_INFERENCE.PAMR.KERNEL eager or auto")
+    scores, weights, offsets = scores.contiguous(), weights.contiguous(), offsets.to(torch.int32).contiguous()
+    out = torch.empty_like(scores)
+    grid = (triton.cdiv(height * width, BLOCK_PIXELS), triton.cdiv(num_classes, BLOCK_CLASSES), batch)
+    _refine_step_kernel[grid](
+        scores, weights, offsets, out, num_classes, height, width, weights.shape[1],
+        BLOCK_PIXELS=BLOCK_PIXELS, BLOCK_CLASSES=BLOCK_CLASSES)
+    return out
