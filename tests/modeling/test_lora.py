@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
+from ttd_d2.modeling.lora.side_branch import use_batch_first_attention
+
 from ttd_d2.modeling.lora import (
     VALID_TARGETS,
     LoRALinear,
@@ -32,8 +34,12 @@ N_ADAPTED = 2 * 2 * 4  # towers * layers * targets
 
 
 def _tiny_clip(seed=0):
+    """A tiny open_clip CLIP with the batch-first attention CLIPDense gives every block, so that
+    "adapters off" can be compared bit for bit with the base model as ttd_d2 runs it."""
     torch.manual_seed(seed)
-    return open_clip.CLIP(embed_dim=32, vision_cfg=VISION_CFG, text_cfg=TEXT_CFG).eval()
+    model = open_clip.CLIP(embed_dim=32, vision_cfg=VISION_CFG, text_cfg=TEXT_CFG).eval()
+    use_batch_first_attention(model)
+    return model
 
 
 def _frozen(model):

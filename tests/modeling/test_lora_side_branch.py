@@ -74,7 +74,7 @@ def test_lora_linear_honours_disabled_and_override():
     assert torch.equal(lora_linear(plain, "weight", x, plain.bias), plain(x))
 
 
-def test_ttd_model_blocks_use_side_branches_until_merged(tiny_cfg):
+def test_ttd_model_blocks_keep_batch_first_attention_after_merge(tiny_cfg):
     from conftest import build
     from ttd_d2.modeling.lora import merge_lora
 
@@ -87,4 +87,23 @@ def test_ttd_model_blocks_use_side_branches_until_merged(tiny_cfg):
     originals = [p for n, p in model.named_parameters() if n.endswith("in_proj_weight.original")]
     assert originals and all(p.grad is None for p in originals)  # no full-size weight gradient
     merge_lora(model.backbone.clip)
-    assert not any("attention" in b.__dict__ for b in blocks)
+    assert all("attention" in b.__dict__ for b in blocks)  # plain weights read as they are
+    assert not any(parametrize.is_parametrized(b.attn) for b in blocks)
+
+
+def test_batch_first_attention_of_plain_blocks_matches_open_clip():
+    """CLIPDense's attention for blocks without adapters (use_batch_first_attention) gives
+    open_clip's own values, image and text tower (causal mask), up to float rounding."""
+    import open_clip
+
+    from ttd_d2.modeling.lora.side_branch import use_batch_first_attention
+
+    torch.manual_seed(0)
+    ref = open_clip.CLIP(embed_dim=32, vision_cfg={"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+                         text_cfg={"context_length": 16, "vocab_size": 100, "width": 32, "heads": 4, "layers": 2}).eval()
+    ours = copy.deepcopy(ref)
+    assert use_batch_first_attention(ours) == 4
+    images, tokens = torch.randn(2, 3, 32, 32), torch.randint(0, 100, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode_image(images), ref.encode_image(images), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.encode_text(tokens), ref.encode_text(tokens), atol=1e-5, rtol=1e-5)

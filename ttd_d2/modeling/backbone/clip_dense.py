@@ -9,6 +9,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from .clip_loading import build_tokenizer, load_clip
 from ..compile import compile_blocks
+from ..lora.side_branch import use_batch_first_attention
 from .token_cache import CachedTokenizer
 from .dense_heads import DENSE_MODES, dense_last_block
 from .embeddings import interpolate_pos_embed, patch_embedding
@@ -75,6 +76,7 @@ class CLIPDense(Backbone):
         if not prompt_templates or any("{}" not in t for t in prompt_templates):
             raise ValueError(f"MODEL.CLIP.PROMPT_TEMPLATES must be non-empty strings with '{{}}': {prompt_templates}")
         self.clip = clip_model
+        use_batch_first_attention(clip_model)  # every block, adapted or not (lora/side_branch.py: why)
         self.tokenizer = tokenizer
         # Prompted words (tags, class names: a bounded vocabulary) are tokenised once per run.
         self.prompt_tokenizer = CachedTokenizer(tokenizer)

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .layers import VALID_TARGETS, VALID_TOWERS, LoRALinear, LoRAParametrization
-from .side_branch import remove_side_branches, use_side_branches
+from .side_branch import use_side_branches
 from .state import iter_lora_modules
 
 
@@ -227,7 +227,9 @@ def merge_lora(model: nn.Module) -> List[str]:
     """Fold every adapter into its base weight (``W += alpha/rank * B @ A``, regardless of the
     ``enabled`` flag) and remove LoRALinear wrappers / parametrizations, leaving a plain
     open_clip model with the original parameter names. Base parameters keep their
-    ``requires_grad`` (False after :func:`add_lora`). Returns the merged weight names."""
+    ``requires_grad`` (False after :func:`add_lora`). Blocks keep the batch-first attention
+    (``side_branch.use_side_branches``), which reads plain weights as they are. Returns the
+    merged weight names."""
     merged: List[str] = []
     for name, mod in list(model.named_modules()):
         pre = name + "." if name else ""
@@ -244,7 +246,6 @@ def merge_lora(model: nn.Module) -> List[str]:
                 parametrize.remove_parametrizations(mod, tname, leave_parametrized=True)
                 merged.append(pre + tname)
             _remove_hooks(mod)
-        remove_side_branches(mod)
         for cname, child in list(mod.named_children()):
             if isinstance(child, LoRALinear):
                 with torch.no_grad():

@@ -12,6 +12,9 @@ The parametrization stays where it is (state-dict names, LoRA files, merging, th
 unchanged); only the readers change: the dense heads (``dense_heads.py``) and the towers'
 blocks, whose ``attention`` :func:`use_side_branches` replaces by :func:`self_attention`
 (``nn.MultiheadAttention`` reads the raw weights inside ``F.multi_head_attention_forward``).
+``CLIPDense`` does that to every block, adapted or not (:func:`use_batch_first_attention`):
+the batch-first attention also avoids the sequence-first layout of ``nn.MultiheadAttention``'s
+autocast path (see :func:`_block_attention`).
 """
 import types
 from typing import Optional
@@ -23,7 +26,7 @@ from torch.nn.utils import parametrize
 
 from .layers import LoRAParametrization, low_rank_linear
 
-__all__ = ["lora_linear", "self_attention", "use_side_branches", "remove_side_branches"]
+__all__ = ["lora_linear", "self_attention", "use_batch_first_attention", "use_side_branches"]
 
 
 def _lora_of(module: nn.Module, name: str) -> Optional[LoRAParametrization]:
@@ -64,22 +67,33 @@ def self_attention(attn: nn.MultiheadAttention, x: torch.Tensor, attn_mask: Opti
 
 
 def _block_attention(block, q_x, k_x=None, v_x=None, attn_mask=None):
-    """open_clip ``ResidualAttentionBlock.attention`` through :func:`self_attention` while an
-    adapter of the block's attention is on; open_clip's own otherwise (adapters off: the frozen
-    teacher, exactly the base model) and for cross-attention."""
-    adapters = (_lora_of(block.attn, "in_proj_weight"), _lora_of(block.attn.out_proj, "weight"))
-    if (not any(a is not None and a.enabled for a in adapters)
-            or (k_x is not None and k_x is not q_x) or (v_x is not None and v_x is not q_x)):
+    """open_clip ``ResidualAttentionBlock.attention`` through :func:`self_attention`, adapters on
+    or off (off: plain ``F.linear`` of the frozen weights, the base model's values); open_clip's
+    own for cross-attention. Why for plain blocks too: under autocast ``nn.MultiheadAttention``
+    leaves its fast path and runs ``F.multi_head_attention_forward``, which works sequence-first:
+    it transposes its input, makes q/k/v and the attention output contiguous in that layout and
+    returns a transposed view, so every residual add and layer norm after it reads a strided
+    tensor (benchmarks/README.md: the test-time protocol's non-vectorised adds and copies)."""
+    if (k_x is not None and k_x is not q_x) or (v_x is not None and v_x is not q_x):
         return type(block).attention(block, q_x, k_x, v_x, attn_mask)
     return self_attention(block.attn, q_x, attn_mask.to(q_x.dtype) if attn_mask is not None else None)
 
 
 def use_side_branches(block: nn.Module) -> None:
     """Make ``block`` (an open_clip ``ResidualAttentionBlock``) run its attention through
-    :func:`self_attention` (an instance attribute shadowing the class's ``attention``)."""
+    :func:`self_attention` (an instance attribute shadowing the class's ``attention``). Every
+    tower block of ``CLIPDense`` gets it at construction, adapted or not."""
     block.attention = types.MethodType(_block_attention, block)
 
 
-def remove_side_branches(block: nn.Module) -> None:
-    """Undo :func:`use_side_branches` (the class's ``attention`` again)."""
-    block.__dict__.pop("attention", None)
+def use_batch_first_attention(clip_model: nn.Module) -> int:
+    """:func:`use_side_branches` on every block of an open_clip CLIP's image and text towers
+    (what ``CLIPDense`` does to the model it wraps); returns the number of blocks."""
+    blocks = [*clip_model.visual.transformer.resblocks,
+              *getattr(getattr(clip_model, "transformer", None), "resblocks", [])]
+    count = 0
+    for block in blocks:
+        if hasattr(block, "attention") and hasattr(block, "attn"):
+            use_side_branches(block)
+            count += 1
+    return count
