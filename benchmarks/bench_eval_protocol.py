@@ -157,6 +157,8 @@ def measure(model, inputs: List[Dict], warmup: int, device: torch.device) -> Dic
         with eager, executed_flop_counter() as counter:
             model([inputs[0]])
         flops = float(counter.get_total_flops())
+        attention_flops = float(sum(v for op, v in counter.get_flop_counts().get("Global", {}).items()
+                                    if "attention" in str(op)))
         timed = inputs[warmup:] if len(inputs) > warmup else inputs
         _synchronize(device)
         start = time.perf_counter()
@@ -165,7 +167,21 @@ def measure(model, inputs: List[Dict], warmup: int, device: torch.device) -> Dic
         _synchronize(device)
         elapsed = time.perf_counter() - start
     return {"images_per_s": len(timed) / elapsed, "ms_per_image": 1e3 * elapsed / len(timed),
-            "gflop_per_image": flops / 1e9, "output_shape": list(out.shape)}
+            "gflop_per_image": flops / 1e9, "attention_gflop_per_image": attention_flops / 1e9,
+            "output_shape": list(out.shape)}
+
+
+def achieved_rates(result: Dict) -> Dict[str, float]:
+    """TFLOP/s the profiled image's matrix-product and attention kernels ran at: their FLOPs
+    (``measure``) over their device time (``profile.categories``, one image per profiled step)."""
+    categories = result.get("profile", {}).get("categories", {})
+    attention = result["attention_gflop_per_image"]
+    rates = {}
+    if categories.get("matmul"):
+        rates["matmul"] = (result["gflop_per_image"] - attention) / categories["matmul"]  # GFLOP / ms = TFLOP/s
+    if categories.get("attention"):
+        rates["attention"] = attention / categories["attention"]
+    return rates
 
 
 def compiled_regions_per_image(model, x: Dict) -> float:
@@ -205,7 +221,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
             with torch.no_grad():
                 profiled = profile_steps(lambda: model([inputs[next(images) % len(inputs)]]), args.profile, device)
             r["profile"] = profiled.to_dict()
+            r["achieved_tflops"] = achieved_rates(r)
             print(f"[{name}] " + profiled.table(), flush=True)
+            print(f"[{name}] achieved TFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in r["achieved_tflops"].items()),
+                  flush=True)
         r["floor_ms_per_image"] = r["gflop_per_image"] / rate  # GFLOP / (TFLOP/s) = ms
         r["times_floor"] = r["ms_per_image"] / r["floor_ms_per_image"]
         results[name] = r

@@ -2,6 +2,8 @@
 settings of the test-time protocol, FLOPs that grow with the passes."""
 import json
 
+import pytest
+
 from conftest import load_script
 
 TINY = ["--arch", "tests/fixtures/tiny_clip.json", "--height", "32", "--width", "40", "--crop", "32", "--stride", "16",
@@ -54,6 +56,7 @@ def test_compiled_blocks_run_the_full_protocol():
     readout says so; PAMR's kernel is recorded."""
     bench = load_script("benchmarks/bench_eval_protocol.py")
     report = bench.main(TINY + ["--settings", "+pamr", "--compile", "default", "--pamr-kernel", "eager"])
+    assert 0 < report["results"]["+pamr"]["attention_gflop_per_image"] < report["results"]["+pamr"]["gflop_per_image"]
     assert report["settings"]["pamr_kernel"] == "eager" and report["settings"]["compile"] == "default"
     assert report["results"]["+pamr"]["output_shape"] == [4, 32, 40]
     assert report["results"]["+pamr"]["compiled_regions_per_image"] >= 1
@@ -67,3 +70,11 @@ def test_bench_pamr_cpu():
     (row,) = report["results"]
     assert row["kernel"] == "eager" and row["max_abs_diff_vs_eager"] == 0 and row["iteration_ms"] > 0
     assert report["step_bytes"] == 4 * 12 * 10 * (2 * 3 + 16)
+
+
+def test_achieved_rates_divide_each_familys_flops_by_its_kernel_time():
+    bench = load_script("benchmarks/bench_eval_protocol.py")
+    result = {"gflop_per_image": 100.0, "attention_gflop_per_image": 20.0,
+              "profile": {"categories": {"matmul": 0.2, "attention": 0.1, "norm": 0.05}}}
+    assert bench.achieved_rates(result) == {"matmul": pytest.approx(400.0), "attention": pytest.approx(200.0)}
+    assert bench.achieved_rates({"gflop_per_image": 1.0, "attention_gflop_per_image": 0.0, "profile": {}}) == {}

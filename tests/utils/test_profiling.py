@@ -64,3 +64,41 @@ def test_cpu_profile_counts_operators_and_labelled_stages():
     (_, outer), (_, inner) = summary.stages
     assert outer >= inner > 0
     assert "operators called from Python per step: 2" in summary.table()
+
+
+@pytest.mark.parametrize("name, category", [
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64_4x1x1_cga1x1x1_kernel0_0", "attention"),
+    ("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN", "matmul"),
+    ("_refine_step_kernel", "pamr"),
+    ("triton_poi_fused_gelu_view_10", "fused (inductor)"),
+    ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float, float, false>(int, float)", "norm"),
+    ("void at::native::vectorized_elementwise_kernel<8, at::native::bfloat16_copy_kernel_cuda(at::TensorIteratorBase&)", "copy / cast"),
+    ("void at::native::(anonymous namespace)::upsample_bilinear2d_out_frame<float, float>(int, float)", "resize"),
+    ("void at::native::vectorized_elementwise_kernel<8, at::native::GeluCUDAKernelImpl(at::TensorIteratorBase&)", "elementwise / reduce"),
+    ("Memset (Device)", "other"),
+])
+def test_kernel_category_of_kernels_seen_on_the_gpu_host(name, category):
+    from ttd_d2.utils.profiling import kernel_category
+
+    assert kernel_category(name) == category
+
+
+def test_device_time_by_family_sums_the_kernels():
+    """Two steps of three fake CUDA kernels: per-step family times, largest first, summing to
+    the kernels' total (overlap is not removed: busy time is the union, families are sums)."""
+    from types import SimpleNamespace
+
+    from ttd_d2.utils.profiling import summarize_events
+
+    def kernel(name, start, end):
+        return SimpleNamespace(name=name, device_type="DeviceType.CUDA", time_range=SimpleNamespace(start=start, end=end),
+                               cpu_parent=None)
+
+    events = [kernel("nvjet_sm90_tst_128x8", 0, 3000), kernel("triton_poi_fused_add", 3000, 4000),
+              kernel("nvjet_sm90_tst_128x8", 5000, 8000), kernel("_refine_step_kernel", 8000, 8500)]
+    summary = summarize_events(events, steps=2, wall_ms=20.0, device="cuda")
+    assert summary.categories == {"matmul": pytest.approx(3.0), "fused (inductor)": pytest.approx(0.5),
+                                  "pamr": pytest.approx(0.25)}
+    assert list(summary.categories) == ["matmul", "fused (inductor)", "pamr"]
+    assert summary.device_busy_ms == pytest.approx(3.75)
+    assert "device time by kernel family" in summary.table()

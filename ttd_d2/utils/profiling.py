@@ -4,7 +4,8 @@ the device's busy fraction (the union of its kernels' intervals over the wall ti
 host gaps), device-to-host synchronisations per step (on CPU: host reads of scalars), the top
 kernels (CPU: top operators), and the host time of each labelled stage of the step (the
 ``torch.profiler.record_function`` ranges named ``STAGE_PREFIX...`` that the TTD step opens:
-which part of the step keeps the host busy while the device waits).
+which part of the step keeps the host busy while the device waits), and the device time by
+kernel family (matmul, attention, norms, copies and casts, ...: :func:`kernel_category`).
 
 Used by ``benchmarks/bench_ttd_step.py --profile`` and ``benchmarks/bench_eval_protocol.py
 --profile``. The interval arithmetic is a pure function (:func:`busy_time`), tested on its own.
@@ -16,7 +17,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["HOST_READ_EVENT", "STAGE_PREFIX", "SYNC_EVENTS", "ProfileSummary", "busy_time", "profile_steps", "summarize_events"]
+__all__ = ["HOST_READ_EVENT", "KERNEL_CATEGORIES", "STAGE_PREFIX", "SYNC_EVENTS", "ProfileSummary", "busy_time",
+           "kernel_category", "profile_steps", "summarize_events"]
 
 # CUDA runtime calls that block the host until the device catches up (``.item()``, ``bool(t)``,
 # ``.cpu()`` of a device tensor end in ``cudaStreamSynchronize``).
@@ -26,6 +28,30 @@ SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynch
 HOST_READ_EVENT = "aten::_local_scalar_dense"
 # Names of the step's labelled stages (``record_function(STAGE_PREFIX + "teacher")`` ...).
 STAGE_PREFIX = "ttd."
+
+
+# Kernel families of the device-time breakdown, as (category, name fragments), checked in order:
+# the first category with a fragment in a kernel's (lower-cased) name gets its time. Attention
+# comes before matmul (cuDNN's attention kernels are named like GEMMs); "fused" is inductor's.
+KERNEL_CATEGORIES: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+    ("attention", ("sdpa", "flash", "fmha", "attention", "attn")),
+    ("matmul", ("nvjet", "gemm", "cutlass", "xmma", "cublas", "splitk", "mma_")),
+    ("pamr", ("_refine_step_kernel",)),
+    ("fused (inductor)", ("triton_",)),
+    ("norm", ("layer_norm", "layernorm", "batch_norm", "group_norm")),
+    ("copy / cast", ("copy", "cat", "transpose", "permute")),
+    ("resize", ("upsample", "interpolate", "bilinear", "bicubic")),
+    ("elementwise / reduce", ("elementwise", "reduce", "softmax", "gelu", "index", "fill", "where")),
+)
+
+
+def kernel_category(name: str) -> str:
+    """The :data:`KERNEL_CATEGORIES` family of a kernel name ("other" if none)."""
+    lowered = name.lower()
+    for category, fragments in KERNEL_CATEGORIES:
+        if any(f in lowered for f in fragments):
+            return category
+    return "other"
 
 
 def busy_time(intervals: Sequence[Tuple[float, float]]) -> float:
@@ -53,6 +79,7 @@ class ProfileSummary:
     top: List[Tuple[str, float, float]] = field(default_factory=list)  # (name, ms per step, calls per step)
     stages: List[Tuple[str, float]] = field(default_factory=list)  # (stage, host ms per step), in order
     launches: float = 0.0  # kernels per step (CPU: aten operators called from Python, the host's dispatches)
+    categories: Dict[str, float] = field(default_factory=dict)  # device ms per step by kernel_category (GPU only)
 
     @property
     def device_busy_fraction(self) -> Optional[float]:
@@ -79,6 +106,9 @@ class ProfileSummary:
         lines.append(f"  {'kernels' if self.device_busy_ms is not None else 'operators called from Python'} per step: {self.launches:g}")
         lines.append(f"  top {'kernels' if self.device_busy_ms is not None else 'operators (self time)'}:")
         lines += [f"    {ms:8.3f} ms  {calls:6.1f} x  {name[:100]}" for name, ms, calls in self.top]
+        if self.categories:
+            lines.append("  device time by kernel family (kernel intervals summed):")
+            lines += [f"    {ms:8.3f} ms  {name}" for name, ms in self.categories.items()]
         if self.stages:
             lines.append("  host time of the labelled stages (nested stages inside their parent's):")
             lines += [f"    {ms:8.3f} ms  {name}" for name, ms in self.stages]
@@ -127,9 +157,14 @@ def summarize_events(events, steps: int, wall_ms: float, device: str, top: int =
         launches = sum(1 for e in events if e.name.startswith("aten::")
                        and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))) / steps
     ranked = sorted(((n, ms, calls) for n, (ms, calls) in by_name.items()), key=lambda r: -r[1])[:top]
+    categories: Dict[str, float] = defaultdict(float)
+    if on_device:
+        for name, (ms, _) in by_name.items():
+            categories[kernel_category(name)] += ms
     return ProfileSummary(steps=steps, wall_ms=wall_ms / steps, device=device, device_busy_ms=busy,
                           syncs=sum(syncs.values()), sync_counts=syncs, top=ranked,
-                          stages=_stage_times(events, steps), launches=launches)
+                          stages=_stage_times(events, steps), launches=launches,
+                          categories=dict(sorted(categories.items(), key=lambda kv: -kv[1])))
 
 
 def profile_steps(step: Callable[[], object], steps: int, device: torch.device,
