@@ -180,8 +180,8 @@ def add_ttd_config(cfg):
     # Dilations of PAMR's 3x3 neighbourhoods.
     cfg.MODEL.SEG_INFERENCE.PAMR.DILATIONS = [1, 2, 4, 8, 12, 24]
     # How each PAMR iteration runs: auto (the Triton kernel on CUDA when Triton is importable,
-    # else eager) | eager | triton (one fused kernel, ttd_d2/modeling/pamr_kernel.py) | compile
-    # (torch.compile of the step; falls back to eager with a warning if compiling fails).
+    # else eager) | eager (the neighbour stack, any device) | triton (one fused kernel,
+    # ttd_d2/modeling/pamr_kernel.py; CUDA, errors without Triton).
     cfg.MODEL.SEG_INFERENCE.PAMR.KERNEL = "auto"
     # Masker threshold that turns a caption's mask into its region (caption evaluation).
     cfg.MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD = 0.5

@@ -17,7 +17,7 @@ and raw images give the same weights.
 Eagerly each iteration materialises every neighbour of every score ([B, K, P, H, W]: 1 GB for
 21 classes at 448 x 597) and reads it twice: 2.3 ms per iteration on an H200, about half of the
 full protocol's kernel time. On CUDA the iteration therefore runs as one Triton kernel
-(``pamr_kernel.py``) that reads the neighbours straight from the scores: 0.27-0.36 ms
+(``pamr_kernel.py``) that reads the neighbours straight from the scores: 0.23 ms
 (benchmarks/README.md). ``kernel`` chooses; "auto" (the default) takes Triton on CUDA tensors
 when it is importable and the eager step elsewhere.
 """
