@@ -128,8 +128,14 @@ def train_step(model: nn.Module, optimizer, batch: List[Dict]) -> Dict[str, torc
     """One step, its parts labelled for ``--profile`` (the model labels its own stages inside)."""
     with record_function("ttd.forward"):
         losses = model(batch)
+    total = sum(losses.values())
+    if not total.requires_grad:
+        raise SystemExit(f"bench_ttd_step: the losses {sorted(losses)} reach no trainable weight in this config "
+                         f"(MODEL.BACKBONE.NAME {model.backbone.__class__.__name__}); the plain step is a contrastive "
+                         "fine-tune of the CLIP's global embedding, which a frozen-CLIP backbone such as TCL does not "
+                         "train: benchmark it on a CLIPDense config")
     with record_function("ttd.backward"):
-        sum(losses.values()).backward()
+        total.backward()
     with record_function("ttd.optimizer"):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -64,3 +64,19 @@ def test_profile_and_late_adapter_target(bench, tmp_path):
         assert profile["device_busy_ms"] is None and profile["top"]  # CPU: top operators, no kernels
         assert (tmp_path / f"{step}.json").stat().st_size > 0  # the Chrome trace
         assert set(profile["sync_counts"]) == {"aten::_local_scalar_dense"}  # CPU: host reads
+
+
+def test_a_step_whose_losses_train_nothing_fails_with_the_cause(bench):
+    """The plain step on a frozen-CLIP backbone (TCL) has no trainable weight in its loss: a clear
+    error naming the backbone and the fix, not autograd's."""
+    import torch
+    from torch import nn
+
+    class Frozen(nn.Module):
+        backbone = nn.Identity()
+
+        def forward(self, batch):
+            return {"loss_contrastive": torch.zeros(())}
+
+    with pytest.raises(SystemExit, match="reach no trainable weight.*Identity.*CLIPDense config"):
+        bench.train_step(Frozen(), None, [])
