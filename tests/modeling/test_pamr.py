@@ -91,17 +91,22 @@ for (b, k, h, w), dilations in (((2, 5, 7, 9), (1, 2, 12)), ((1, 9, 3, 17), (1, 
     offsets = torch.tensor(pamr_kernel.neighbour_offsets(dilations), dtype=torch.int32)
     torch.testing.assert_close(pamr_kernel.refine_step_triton(masks, weights, offsets),
                                _refine_step(masks, weights, dilations), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(pamr_kernel.affinity_triton(image * 4 - 2, offsets, len(dilations)),
+                               PAMR(1, dilations, kernel="eager").affinity(image * 4 - 2), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(PAMR(3, dilations, kernel="triton")(image, masks),
                                PAMR(3, dilations, kernel="eager")(image, masks), atol=1e-6, rtol=1e-5)
+flat = torch.full((1, 3, 6, 5), 0.5)  # sigma 0: every neighbour alike, uniform weights
+offsets = torch.tensor(pamr_kernel.neighbour_offsets((1, 2)), dtype=torch.int32)
+torch.testing.assert_close(pamr_kernel.affinity_triton(flat, offsets, 2), torch.full((1, 1, 16, 6, 5), 1 / 16))
 print("ok")
 """
 
 
 @pytest.mark.skipif(not pamr_kernel.available(), reason="Triton is not installed (CUDA builds of torch ship it)")
-def test_triton_kernel_equals_the_eager_step():
+def test_triton_kernels_equal_the_eager_step_and_affinity():
     """MODEL.SEG_INFERENCE.PAMR.KERNEL triton, run on the CPU by Triton's interpreter (which must
-    be switched on before Triton is imported, hence a fresh interpreter), equals the eager
-    iteration (itself checked against the definition above)."""
+    be switched on before Triton is imported, hence a fresh interpreter): the iteration and the
+    affinity equal the eager ones (themselves checked against the definition above)."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]

@@ -70,6 +70,7 @@ def test_cpu_profile_counts_operators_and_labelled_stages():
     ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64_4x1x1_cga1x1x1_kernel0_0", "attention"),
     ("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN", "matmul"),
     ("_refine_step_kernel", "pamr"),
+    ("_affinity_kernel", "pamr"),
     ("triton_poi_fused_gelu_view_10", "fused (inductor)"),
     ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float, float, false>(int, float)", "norm"),
     ("void at::native::vectorized_elementwise_kernel<8, at::native::bfloat16_copy_kernel_cuda(at::TensorIteratorBase&)", "copy / cast"),

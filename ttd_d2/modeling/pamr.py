@@ -18,8 +18,9 @@ Eagerly each iteration materialises every neighbour of every score ([B, K, P, H,
 21 classes at 448 x 597) and reads it twice: 2.3 ms per iteration on an H200, about half of the
 full protocol's kernel time. On CUDA the iteration therefore runs as one Triton kernel
 (``pamr_kernel.py``) that reads the neighbours straight from the scores: 0.23 ms
-(benchmarks/README.md). ``kernel`` chooses; "auto" (the default) takes Triton on CUDA tensors
-when it is importable and the eager step elsewhere.
+(benchmarks/README.md), and the affinity of an RGB image as a second one (eagerly it stacks the
+shifted image twice, about 130 small kernels). ``kernel`` chooses; "auto" (the default) takes
+Triton on CUDA tensors when it is importable and the eager code elsewhere.
 """
 from typing import Sequence
 
@@ -85,18 +86,25 @@ class PAMR(nn.Module):
         """Whether iterations on ``device`` run the Triton kernel."""
         return self.kernel == "triton" or (self.kernel == "auto" and device.type == "cuda" and pamr_kernel.available())
 
+    def _offsets_on(self, device: torch.device) -> torch.Tensor:
+        """[P, 2] int32 neighbour offsets of the Triton kernels, made once per device."""
+        if device not in self._offsets:
+            self._offsets[device] = torch.tensor(pamr_kernel.neighbour_offsets(self.dilations),
+                                                 dtype=torch.int32, device=device)
+        return self._offsets[device]
+
     def _step(self, refined: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """One iteration by the configured kernel."""
         if self._uses_triton(refined.device):
-            if refined.device not in self._offsets:
-                self._offsets[refined.device] = torch.tensor(pamr_kernel.neighbour_offsets(self.dilations),
-                                                             dtype=torch.int32, device=refined.device)
-            return pamr_kernel.refine_step_triton(refined, weights, self._offsets[refined.device])
+            return pamr_kernel.refine_step_triton(refined, weights, self._offsets_on(refined.device))
         return _refine_step(refined, weights, self.dilations)
 
     def affinity(self, image: torch.Tensor) -> torch.Tensor:
         """Neighbour weights [B, 1, P, H, W] (P = 8 x len(dilations), summing to 1 over P) of an
-        image [B, 3, H, W] (any number of channels)."""
+        image [B, 3, H, W] (any number of channels); one Triton kernel for RGB images where the
+        iterations use Triton, else the definition's stacked neighbours."""
+        if image.shape[1] == 3 and self._uses_triton(image.device):
+            return pamr_kernel.affinity_triton(image, self._offsets_on(image.device), len(self.dilations))
         image = image.float()
         sigma = _neighbours(image, self.dilations, with_centre=True).std(dim=2, keepdim=True)
         diff = (_neighbours(image, self.dilations, with_centre=False) - image[:, :, None]).abs()

@@ -26,7 +26,7 @@ from typing import Sequence, Tuple
 
 import torch
 
-__all__ = ["available", "neighbour_offsets", "refine_step_triton"]
+__all__ = ["affinity_triton", "available", "neighbour_offsets", "refine_step_triton"]
 
 try:  # optional: CUDA builds of torch ship Triton
     import triton
@@ -78,8 +78,70 @@ def _refine_step_kernel(scores_ptr, weights_ptr, offsets_ptr, out_ptr, num_class
     tl.store(out, total, mask=load_ok)
 
 
-if triton is not None:  # TRITON_INTERPRET=1 (set before Triton is imported) makes it an interpreter
+def _neighbour_value(channel_ptr, offsets_ptr, n, row, col, height, width, pixel_ok):
+    """One channel's value at neighbour ``n`` of each pixel (replicated border), [BLOCK_PIXELS]."""
+    dy, dx = tl.load(offsets_ptr + 2 * n), tl.load(offsets_ptr + 2 * n + 1)
+    source = tl.minimum(tl.maximum(row + dy, 0), height - 1) * width + tl.minimum(tl.maximum(col + dx, 0), width - 1)
+    return tl.load(channel_ptr + source, mask=pixel_ok, other=0.0)
+
+
+def _centre_and_scale(channel_ptr, offsets_ptr, pixels, row, col, height, width, pixel_ok, num_neighbours,
+                      num_dilations):
+    """A channel's value at each pixel and 1 / (3 (1e-8 + 0.1 sigma)), sigma the unbiased standard
+    deviation over the neighbours and one copy of the pixel per dilation (two passes: no
+    E[x^2] - E[x]^2 cancellation)."""
+    count = (num_neighbours + num_dilations).to(tl.float32)
+    value = tl.load(channel_ptr + pixels, mask=pixel_ok, other=0.0)
+    total = value * num_dilations
+    for n in range(num_neighbours):
+        total += _neighbour_value(channel_ptr, offsets_ptr, n, row, col, height, width, pixel_ok)
+    mean = total / count
+    squares = (value - mean) * (value - mean) * num_dilations
+    for n in range(num_neighbours):
+        delta = _neighbour_value(channel_ptr, offsets_ptr, n, row, col, height, width, pixel_ok) - mean
+        squares += delta * delta
+    return value, 1.0 / (3.0 * (1e-8 + 0.1 * tl.sqrt(squares / (count - 1.0))))
+
+
+def _affinity_kernel(image_ptr, offsets_ptr, out_ptr, height, width, num_neighbours, num_dilations,
+                     BLOCK_PIXELS: tl.constexpr):
+    """out[b, n, p] = softmax over n of -mean_c |I_c(p) - I_c(q_n)| / (1e-8 + 0.1 sigma_c(p)) for
+    one block of pixels of RGB image b (``PAMR.affinity``; grid: pixel blocks, images); the
+    softmax is online (running maximum and sum), then a second pass writes the weights."""
+    pixel_block, image = tl.program_id(0), tl.program_id(1)
+    plane = height * width
+    pixels = pixel_block * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS)
+    pixel_ok = pixels < plane
+    row, col = pixels // width, pixels % width
+    red = image_ptr + image.to(tl.int64) * 3 * plane
+    green, blue = red + plane, red + 2 * plane
+    r, r_scale = _centre_and_scale(red, offsets_ptr, pixels, row, col, height, width, pixel_ok, num_neighbours, num_dilations)
+    g, g_scale = _centre_and_scale(green, offsets_ptr, pixels, row, col, height, width, pixel_ok, num_neighbours,
+                                   num_dilations)
+    b, b_scale = _centre_and_scale(blue, offsets_ptr, pixels, row, col, height, width, pixel_ok, num_neighbours,
+                                   num_dilations)
+    running_max = tl.full((BLOCK_PIXELS,), float("-inf"), tl.float32)
+    running_sum = tl.zeros((BLOCK_PIXELS,), dtype=tl.float32)
+    for n in range(num_neighbours):
+        logit = -(tl.abs(r - _neighbour_value(red, offsets_ptr, n, row, col, height, width, pixel_ok)) * r_scale
+                  + tl.abs(g - _neighbour_value(green, offsets_ptr, n, row, col, height, width, pixel_ok)) * g_scale
+                  + tl.abs(b - _neighbour_value(blue, offsets_ptr, n, row, col, height, width, pixel_ok)) * b_scale)
+        new_max = tl.maximum(running_max, logit)
+        running_sum = running_sum * tl.exp(running_max - new_max) + tl.exp(logit - new_max)
+        running_max = new_max
+    out = out_ptr + image.to(tl.int64) * num_neighbours * plane + pixels
+    for n in range(num_neighbours):
+        logit = -(tl.abs(r - _neighbour_value(red, offsets_ptr, n, row, col, height, width, pixel_ok)) * r_scale
+                  + tl.abs(g - _neighbour_value(green, offsets_ptr, n, row, col, height, width, pixel_ok)) * g_scale
+                  + tl.abs(b - _neighbour_value(blue, offsets_ptr, n, row, col, height, width, pixel_ok)) * b_scale)
+        tl.store(out + n * plane, tl.exp(logit - running_max) / running_sum, mask=pixel_ok)
+
+
+if triton is not None:  # TRITON_INTERPRET=1 (set before Triton is imported) makes them interpreted
     _refine_step_kernel = triton.jit(_refine_step_kernel)
+    _neighbour_value = triton.jit(_neighbour_value)
+    _centre_and_scale = triton.jit(_centre_and_scale)
+    _affinity_kernel = triton.jit(_affinity_kernel)
 
 
 def _interpreting() -> bool:
@@ -98,18 +160,13 @@ def refine_step_triton(scores: torch.Tensor, weights: torch.Tensor, offsets: tor
     Returns:
         [B, K, H, W] float32: each score replaced by its neighbours' weighted sum.
     """
-    if triton is None:
-        raise RuntimeError("PAMR.KERNEL 'triton' needs Triton (pip install triton; CUDA builds of torch ship it); "
-                           "or set MODEL.SEG_INFERENCE.PAMR.KERNEL eager")
+    _check_device(scores)
     batch, num_classes, height, width = scores.shape
     weights = weights.reshape(batch, -1, height, width)
     if scores.dtype != torch.float32 or weights.dtype != torch.float32:
         raise TypeError(f"refine_step_triton takes float32 scores and weights, got {scores.dtype}, {weights.dtype}")
     if offsets.shape != (weights.shape[1], 2):
         raise ValueError(f"offsets {tuple(offsets.shape)} do not match {weights.shape[1]} neighbour weights")
-    if scores.device.type != "cuda" and not _interpreting():
-        raise ValueError(f"PAMR.KERNEL 'triton' runs on CUDA tensors, got {scores.device} (the tests run it on the "
-                         "CPU with TRITON_INTERPRET=1); use MODEL.SEG_INFERENCE.PAMR.KERNEL eager or auto")
     scores, weights, offsets = scores.contiguous(), weights.contiguous(), offsets.to(torch.int32).contiguous()
     out = torch.empty_like(scores)
     grid = (triton.cdiv(height * width, BLOCK_PIXELS), triton.cdiv(num_classes, BLOCK_CLASSES), batch)
@@ -117,3 +174,32 @@ def refine_step_triton(scores: torch.Tensor, weights: torch.Tensor, offsets: tor
         scores, weights, offsets, out, num_classes, height, width, weights.shape[1],
         BLOCK_PIXELS=BLOCK_PIXELS, BLOCK_CLASSES=BLOCK_CLASSES)
     return out
+
+
+def affinity_triton(image: torch.Tensor, offsets: torch.Tensor, num_dilations: int) -> torch.Tensor:
+    """``PAMR.affinity`` in one kernel: neighbour weights [B, 1, P, H, W] of an RGB image
+    [B, 3, H, W] (cast to float32), ``offsets`` [P, 2] int32 (:func:`neighbour_offsets` of ``num_dilations``
+    dilations) on the image's device. Eagerly the affinity stacks 9 x len(dilations) shifted
+    copies of the image twice (about 130 small kernels per image); here one kernel reads them."""
+    _check_device(image)
+    batch, channels, height, width = image.shape
+    if channels != 3:
+        raise ValueError(f"affinity_triton takes RGB images [B, 3, H, W], got {tuple(image.shape)}")
+    image, offsets = image.float().contiguous(), offsets.to(torch.int32).contiguous()
+    if offsets.shape != (8 * num_dilations, 2):
+        raise ValueError(f"offsets {tuple(offsets.shape)} are not those of {num_dilations} dilations")
+    out = torch.empty(batch, offsets.shape[0], height, width, device=image.device, dtype=torch.float32)
+    grid = (triton.cdiv(height * width, BLOCK_PIXELS), batch)
+    _affinity_kernel[grid](image, offsets, out, height, width, offsets.shape[0], num_dilations,
+                           BLOCK_PIXELS=BLOCK_PIXELS)
+    return out[:, None]
+
+
+def _check_device(tensor: torch.Tensor) -> None:
+    """Triton present, and a CUDA tensor or the interpreter: else an error naming the fix."""
+    if triton is None:
+        raise RuntimeError("PAMR.KERNEL 'triton' needs Triton (pip install triton; CUDA builds of torch ship it); "
+                           "or set MODEL.SEG_INFERENCE.PAMR.KERNEL eager")
+    if tensor.device.type != "cuda" and not _interpreting():
+        raise ValueError(f"PAMR.KERNEL 'triton' runs on CUDA tensors, got {tensor.device} (the tests run it on the "
+                         "CPU with TRITON_INTERPRET=1); use MODEL.SEG_INFERENCE.PAMR.KERNEL eager or auto")

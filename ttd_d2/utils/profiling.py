@@ -36,7 +36,7 @@ STAGE_PREFIX = "ttd."
 KERNEL_CATEGORIES: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("attention", ("sdpa", "flash", "fmha", "attention", "attn")),
     ("matmul", ("nvjet", "gemm", "cutlass", "xmma", "cublas", "splitk", "mma_")),
-    ("pamr", ("_refine_step_kernel",)),
+    ("pamr", ("_refine_step_kernel", "_affinity_kernel")),
     ("fused (inductor)", ("triton_",)),
     ("norm", ("layer_norm", "layernorm", "batch_norm", "group_norm")),
     ("copy / cast", ("copy", "cat", "transpose", "permute")),
