@@ -179,8 +179,8 @@ def add_ttd_config(cfg):
     cfg.MODEL.SEG_INFERENCE.PAMR.NUM_ITER = 0
     # Dilations of PAMR's 3x3 neighbourhoods.
     cfg.MODEL.SEG_INFERENCE.PAMR.DILATIONS = [1, 2, 4, 8, 12, 24]
-    # How each PAMR iteration runs: auto (the Triton kernel on CUDA when Triton is importable,
-    # else eager) | eager (the neighbour stack, any device) | triton (one fused kernel,
+    # How each PAMR iteration runs: auto (the Triton kernels on CUDA when Triton is importable,
+    # else eager; eager with a warning if they fail) | eager (the neighbour stack, any device) | triton (one fused kernel,
     # ttd_d2/modeling/pamr_kernel.py; CUDA, errors without Triton).
     cfg.MODEL.SEG_INFERENCE.PAMR.KERNEL = "auto"
     # Masker threshold that turns a caption's mask into its region (caption evaluation).

@@ -146,3 +146,23 @@ def test_pamr_kernel_key_reaches_the_model(tiny_cfg):
     model = build(tiny_cfg, **{"MODEL.SEG_INFERENCE.PAMR.NUM_ITER": 2, "MODEL.SEG_INFERENCE.PAMR.KERNEL": "eager"})
     assert model.pamr.kernel == "eager" and model.pamr.num_iter == 2
     assert build(tiny_cfg, **{"MODEL.SEG_INFERENCE.PAMR.NUM_ITER": 2}).pamr.kernel == "auto"
+
+
+def test_auto_falls_back_to_eager_when_triton_fails(monkeypatch, caplog):
+    """KERNEL auto never fails where eager works: a Triton error (here: the kernels refuse CPU
+    tensors without the interpreter) logs one warning and PAMR runs eagerly from then on;
+    KERNEL triton raises it."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(pamr_kernel, "triton", object())  # "importable", whatever is installed
+    monkeypatch.setattr(pamr_kernel, "_interpreting", lambda: False)
+    image, masks = torch.rand(1, 3, 6, 7), torch.rand(1, 2, 6, 7)
+    auto = PAMR(2, (1, 2), kernel="auto")
+    monkeypatch.setattr(PAMR, "_uses_triton",  # as on CUDA
+                        lambda self, device: self.kernel != "eager" and not self._triton_failed)
+    with caplog.at_level("WARNING"):
+        out = auto(image, masks)
+    assert auto._triton_failed and "running PAMR eagerly" in caplog.text
+    torch.testing.assert_close(out, PAMR(2, (1, 2), kernel="eager")(image, masks))
+    strict = PAMR(2, (1, 2), kernel="triton")
+    with pytest.raises(ValueError, match="runs on CUDA tensors"):
+        strict(image, masks)

@@ -22,6 +22,7 @@ full protocol's kernel time. On CUDA the iteration therefore runs as one Triton 
 shifted image twice, about 130 small kernels). ``kernel`` chooses; "auto" (the default) takes
 Triton on CUDA tensors when it is importable and the eager code elsewhere.
 """
+import logging
 from typing import Sequence
 
 import torch
@@ -29,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import pamr_kernel
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["PAMR", "PAMR_KERNELS"]
 
@@ -81,10 +84,12 @@ class PAMR(nn.Module):
                              "pip install triton), or use 'auto' or 'eager'")
         self.num_iter, self.dilations, self.kernel = int(num_iter), dilations, kernel
         self._offsets = {}  # device -> [P, 2] int32 neighbour offsets of the Triton kernel
+        self._triton_failed = False  # "auto" after a Triton error: eager from then on
 
     def _uses_triton(self, device: torch.device) -> bool:
         """Whether iterations on ``device`` run the Triton kernel."""
-        return self.kernel == "triton" or (self.kernel == "auto" and device.type == "cuda" and pamr_kernel.available())
+        return self.kernel == "triton" or (self.kernel == "auto" and not self._triton_failed
+                                           and device.type == "cuda" and pamr_kernel.available())
 
     def _offsets_on(self, device: torch.device) -> torch.Tensor:
         """[P, 2] int32 neighbour offsets of the Triton kernels, made once per device."""
@@ -126,7 +131,20 @@ class PAMR(nn.Module):
         refined = masks.float()
         if refined.shape[-2:] != image.shape[-2:]:
             refined = F.interpolate(refined, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        try:
+            out = self._refine(image, refined)
+        except Exception as error:  # noqa: BLE001 -- "auto" never fails where eager works (e.g. a GPU Triton cannot target)
+            if self.kernel != "auto" or not self._uses_triton(refined.device):
+                raise
+            self._triton_failed = True
+            logger.warning("PAMR's Triton kernels failed (%s: %s); running PAMR eagerly (MODEL.SEG_INFERENCE.PAMR.KERNEL "
+                           "eager silences this)", type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            out = self._refine(image, refined)
+        return out.to(dtype)
+
+    def _refine(self, image: torch.Tensor, refined: torch.Tensor) -> torch.Tensor:
+        """The affinity of ``image``, then ``num_iter`` iterations on float32 scores at its size."""
         weights = self.affinity(image)
         for _ in range(self.num_iter):
             refined = self._step(refined, weights)
-        return refined.to(dtype)
+        return refined
