@@ -91,6 +91,16 @@ def test_ttd_model_blocks_keep_batch_first_attention_after_merge(tiny_cfg):
     assert not any(parametrize.is_parametrized(b.attn) for b in blocks)
 
 
+def test_clipdense_gives_unadapted_blocks_the_batch_first_attention(tiny_cfg):
+    """Without TTD (no adapter anywhere) every tower block still runs self_attention."""
+    from conftest import build
+
+    model = build(tiny_cfg)
+    blocks = list(model.backbone.clip.visual.transformer.resblocks) + list(model.backbone.clip.transformer.resblocks)
+    assert blocks and all("attention" in b.__dict__ for b in blocks)
+    assert not any(parametrize.is_parametrized(b.attn) for b in blocks)
+
+
 def test_batch_first_attention_of_plain_blocks_matches_open_clip():
     """CLIPDense's attention for blocks without adapters (use_batch_first_attention) gives
     open_clip's own values, image and text tower (causal mask), up to float rounding."""

@@ -76,6 +76,8 @@ def test_cpu_profile_counts_operators_and_labelled_stages():
     ("void at::native::vectorized_elementwise_kernel<8, at::native::bfloat16_copy_kernel_cuda(at::TensorIteratorBase&)", "copy / cast"),
     ("void at::native::(anonymous namespace)::upsample_bilinear2d_out_frame<float, float>(int, float)", "resize"),
     ("void at::native::vectorized_elementwise_kernel<8, at::native::GeluCUDAKernelImpl(at::TensorIteratorBase&)", "elementwise / reduce"),
+    ("void at::native::(anonymous namespace)::CatArrayBatchedCopy<float, unsigned int, 4, 64, 64>", "copy / cast"),
+    ("void at::native::_scatter_gather_elementwise_kernel<128, 4>", "elementwise / reduce"),
     ("Memset (Device)", "other"),
 ])
 def test_kernel_category_of_kernels_seen_on_the_gpu_host(name, category):

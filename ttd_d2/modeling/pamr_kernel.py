@@ -52,6 +52,13 @@ def neighbour_offsets(dilations: Sequence[int]) -> Tuple[Tuple[int, int], ...]:
     return tuple((dy * d, dx * d) for d in dilations for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))
 
 
+def _neighbour_index(offsets_ptr, n, row, col, height, width):
+    """Flat index in a plane of neighbour ``n`` (offset ``offsets[n]``) of each pixel (row, col),
+    the border replicated (indices clamped, as ``pamr._neighbours`` pads)."""
+    dy, dx = tl.load(offsets_ptr + 2 * n), tl.load(offsets_ptr + 2 * n + 1)
+    return tl.minimum(tl.maximum(row + dy, 0), height - 1) * width + tl.minimum(tl.maximum(col + dx, 0), width - 1)
+
+
 def _refine_step_kernel(scores_ptr, weights_ptr, offsets_ptr, out_ptr, num_classes, height, width,
                         num_neighbours, BLOCK_PIXELS: tl.constexpr, BLOCK_CLASSES: tl.constexpr):
     """out[b, k, p] = sum_n weights[b, n, p] * scores[b, k, clamp(p + offset_n)] for one block of
@@ -68,10 +75,8 @@ def _refine_step_kernel(scores_ptr, weights_ptr, offsets_ptr, out_ptr, num_class
     weight_rows = weights_ptr + image.to(tl.int64) * num_neighbours * plane
     total = tl.zeros((BLOCK_CLASSES, BLOCK_PIXELS), dtype=tl.float32)
     for n in range(num_neighbours):
-        dy = tl.load(offsets_ptr + 2 * n)
-        dx = tl.load(offsets_ptr + 2 * n + 1)
         weight = tl.load(weight_rows + n * plane + pixels, mask=pixel_ok, other=0.0)
-        source = tl.minimum(tl.maximum(row + dy, 0), height - 1) * width + tl.minimum(tl.maximum(col + dx, 0), width - 1)
+        source = _neighbour_index(offsets_ptr, n, row, col, height, width)
         neighbour = tl.load(image_scores + class_rows + source[None, :], mask=load_ok, other=0.0)
         total += neighbour * weight[None, :]
     out = out_ptr + image.to(tl.int64) * num_classes * plane + class_rows + pixels[None, :]
@@ -80,9 +85,7 @@ def _refine_step_kernel(scores_ptr, weights_ptr, offsets_ptr, out_ptr, num_class
 
 def _neighbour_value(channel_ptr, offsets_ptr, n, row, col, height, width, pixel_ok):
     """One channel's value at neighbour ``n`` of each pixel (replicated border), [BLOCK_PIXELS]."""
-    dy, dx = tl.load(offsets_ptr + 2 * n), tl.load(offsets_ptr + 2 * n + 1)
-    source = tl.minimum(tl.maximum(row + dy, 0), height - 1) * width + tl.minimum(tl.maximum(col + dx, 0), width - 1)
-    return tl.load(channel_ptr + source, mask=pixel_ok, other=0.0)
+    return tl.load(channel_ptr + _neighbour_index(offsets_ptr, n, row, col, height, width), mask=pixel_ok, other=0.0)
 
 
 def _centre_and_scale(channel_ptr, offsets_ptr, pixels, row, col, height, width, pixel_ok, num_neighbours,
@@ -138,6 +141,7 @@ def _affinity_kernel(image_ptr, offsets_ptr, out_ptr, height, width, num_neighbo
 
 
 if triton is not None:  # TRITON_INTERPRET=1 (set before Triton is imported) makes them interpreted
+    _neighbour_index = triton.jit(_neighbour_index)
     _refine_step_kernel = triton.jit(_refine_step_kernel)
     _neighbour_value = triton.jit(_neighbour_value)
     _centre_and_scale = triton.jit(_centre_and_scale)

@@ -39,7 +39,7 @@ KERNEL_CATEGORIES: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("pamr", ("_refine_step_kernel", "_affinity_kernel")),
     ("fused (inductor)", ("triton_",)),
     ("norm", ("layer_norm", "layernorm", "batch_norm", "group_norm")),
-    ("copy / cast", ("copy", "cat", "transpose", "permute")),
+    ("copy / cast", ("copy", "catarray", "transpose", "permute")),
     ("resize", ("upsample", "interpolate", "bilinear", "bicubic")),
     ("elementwise / reduce", ("elementwise", "reduce", "softmax", "gelu", "index", "fill", "where")),
 )

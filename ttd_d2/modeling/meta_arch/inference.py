@@ -26,9 +26,9 @@ class TTDInference:
     def class_embeddings(self, dataset_name: str) -> Tuple[torch.Tensor, Optional[torch.Tensor], int, bool]:
         """(synonym embeddings [S, D], owner [S] or None when every class has one name, number of
         text classes, has_background) for a dataset's ``stuff_classes``, cached per dataset, both
-        tensors on the model's device (a CPU ``owner`` would be copied to the GPU by every pass of the test-time protocol, and a
-        host-to-device copy of pageable memory blocks the host; one per pass matches the 8
-        syncs per image of ``bench_eval_protocol --profile``). A dataset has a background class (index 0,
+        tensors on the model's device (a CPU ``owner`` would be copied to the GPU by every pass
+        of the test-time protocol, and a host-to-device copy of pageable memory blocks the host;
+        one per pass matches the 8 syncs per image of ``bench_eval_protocol --profile``). A dataset has a background class (index 0,
         scored by a constant) when its metadata has ``background_threshold``."""
         if dataset_name in self._class_cache:
             return self._class_cache[dataset_name]
@@ -92,7 +92,8 @@ class TTDInference:
         return feats, size
 
     # ------------------------------------------------------------------ semantic segmentation
-    def _class_scores(self, images: torch.Tensor, text_emb: torch.Tensor, owner: torch.Tensor, num_classes: int):
+    def _class_scores(self, images: torch.Tensor, text_emb: torch.Tensor, owner: Optional[torch.Tensor],
+                      num_classes: int):
         """Masker probabilities [N, C, H, W] of every class for normalised images [N, 3, H, W]."""
         cos = self._cosine_maps(images, text_emb)
         return max_over_synonyms(self.masker(cos).transpose(0, 1), owner, num_classes).transpose(0, 1)
