@@ -46,6 +46,7 @@ if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_eval_proto
 import torch  # noqa: E402
 
 from ttd_d2.data.datasets.label_conversion import write_text_atomic  # noqa: E402
+from ttd_d2.modeling.kernel_choice import KERNELS  # noqa: E402
 from ttd_d2.modeling.pamr import PAMR_KERNELS  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
@@ -86,9 +87,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--settings", nargs="+", help="only these settings (default: all five)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also profile N images of each setting (ttd_d2.utils.profiling)")
+    parser.add_argument("--top", type=int, default=12, help="kernels listed per profile")
     parser.add_argument("--compile", default="", metavar="MODE",
                         help="MODEL.CLIP.COMPILE.MODE (e.g. reduce-overhead: CUDA graphs); the warm-up compiles")
     parser.add_argument("--pamr-kernel", default="auto", choices=PAMR_KERNELS, help="MODEL.SEG_INFERENCE.PAMR.KERNEL")
+    parser.add_argument("--stitch-kernel", default="auto", choices=KERNELS, help="MODEL.SEG_INFERENCE.STITCH_KERNEL")
     parser.add_argument("--output", help="also write the results as JSON")
     return parser.parse_args(argv)
 
@@ -130,6 +133,7 @@ def build(args: argparse.Namespace, opts: List):
     if args.compile:
         cfg.merge_from_list(["MODEL.CLIP.COMPILE.MODE", args.compile])
     cfg.merge_from_list(["MODEL.SEG_INFERENCE.PAMR.KERNEL", args.pamr_kernel])
+    cfg.merge_from_list(["MODEL.SEG_INFERENCE.STITCH_KERNEL", args.stitch_kernel])
     cfg.freeze()
     return build_model(cfg).eval()
 
@@ -219,7 +223,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
 
             images = iter(range(args.profile))
             with torch.no_grad():
-                profiled = profile_steps(lambda: model([inputs[next(images) % len(inputs)]]), args.profile, device)
+                profiled = profile_steps(lambda: model([inputs[next(images) % len(inputs)]]), args.profile, device,
+                                         top=args.top)
             r["profile"] = profiled.to_dict()
             r["achieved_tflops"] = achieved_rates(r)
             print(f"[{name}] " + profiled.table(), flush=True)

@@ -156,6 +156,11 @@ def add_ttd_config(cfg):
     # once): batching keeps a GPU busy (a batch-1 ViT-B/16 forward is launch-bound); memory grows
     # with it (each window's class maps are names x crop x crop floats).
     cfg.MODEL.SEG_INFERENCE.WINDOW_BATCH = 8
+    # How the windows' low-resolution maps become a pass's scores (upsampling, masker, synonym
+    # maximum, window average): auto (one Triton kernel on CUDA when Triton is importable, else
+    # eager; eager with a warning if it fails) | eager (any device) | triton (CUDA, errors
+    # without Triton); ttd_d2/modeling/stitch_kernel.py.
+    cfg.MODEL.SEG_INFERENCE.STITCH_KERNEL = "auto"
     # Constant background score for datasets whose class 0 is "background"; a negative value
     # uses the dataset's `background_threshold` metadata.
     cfg.MODEL.SEG_INFERENCE.BACKGROUND_THRESHOLD = -1.0

@@ -6,6 +6,7 @@ from typing import List
 
 from .config_checks import Problem, _choice, _number
 from .modeling.backbone.prompt_templates import TEMPLATE_SETS
+from .modeling.kernel_choice import KERNELS
 from .modeling.pamr import PAMR_KERNELS
 from .modeling.test_time_augmentation import CLASS_SCORES
 
@@ -50,4 +51,5 @@ def protocol_problems(cfg) -> List[Problem]:
         _positive_list("MODEL.SEG_INFERENCE.PAMR.DILATIONS", test.PAMR.DILATIONS, integer=True,
                        fix=" (e.g. [1, 2, 4, 8, 12, 24])"),
         _choice("MODEL.SEG_INFERENCE.PAMR.KERNEL", test.PAMR.KERNEL, PAMR_KERNELS),
+        _choice("MODEL.SEG_INFERENCE.STITCH_KERNEL", test.STITCH_KERNEL, KERNELS),
     ]

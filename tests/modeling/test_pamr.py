@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ttd_d2.modeling import pamr_kernel
+from ttd_d2.modeling import kernel_choice, pamr_kernel
+from ttd_d2.modeling.kernel_choice import KernelChoice
 from ttd_d2.modeling.pamr import PAMR, _neighbours
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,7 +81,8 @@ def test_pamr_resizes_masks_and_rejects_bad_arguments():
 
 TRITON_CHECK = r"""
 import torch
-from ttd_d2.modeling import pamr_kernel
+from ttd_d2.modeling import kernel_choice, pamr_kernel
+from ttd_d2.modeling.kernel_choice import KernelChoice
 from ttd_d2.modeling.pamr import PAMR, _refine_step
 
 torch.manual_seed(0)
@@ -102,7 +104,7 @@ print("ok")
 """
 
 
-@pytest.mark.skipif(not pamr_kernel.available(), reason="Triton is not installed (CUDA builds of torch ship it)")
+@pytest.mark.skipif(not kernel_choice.available(), reason="Triton is not installed (CUDA builds of torch ship it)")
 def test_triton_kernels_equal_the_eager_step_and_affinity():
     """MODEL.SEG_INFERENCE.PAMR.KERNEL triton, run on the CPU by Triton's interpreter (which must
     be switched on before Triton is imported, hence a fresh interpreter): the iteration and the
@@ -130,11 +132,11 @@ def test_kernel_choice_and_errors(monkeypatch):
     torch.testing.assert_close(auto(image, masks), PAMR(2, (1,), kernel="eager")(image, masks))
     with pytest.raises(ValueError, match="PAMR.KERNEL 'fused' unknown"):
         PAMR(2, (1,), kernel="fused")
-    if pamr_kernel.available():
+    if kernel_choice.available():
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
         with pytest.raises(ValueError, match="runs on CUDA tensors.*KERNEL eager or auto"):
             PAMR(1, (1,), kernel="triton")(image, masks)
-    monkeypatch.setattr(pamr_kernel, "triton", None)
+    monkeypatch.setattr(kernel_choice, "triton", None)
     with pytest.raises(ValueError, match="needs Triton"):
         PAMR(1, (1,), kernel="triton")
     assert not PAMR(1, (1,), kernel="auto")._uses_triton(torch.device("cuda"))
@@ -153,15 +155,15 @@ def test_auto_falls_back_to_eager_when_triton_fails(monkeypatch, caplog):
     tensors without the interpreter) logs one warning and PAMR runs eagerly from then on;
     KERNEL triton raises it."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr(pamr_kernel, "triton", object())  # "importable", whatever is installed
-    monkeypatch.setattr(pamr_kernel, "_interpreting", lambda: False)
+    monkeypatch.setattr(kernel_choice, "triton", object())  # "importable", whatever is installed
+    monkeypatch.setattr(kernel_choice, "interpreting", lambda: False)
     image, masks = torch.rand(1, 3, 6, 7), torch.rand(1, 2, 6, 7)
     auto = PAMR(2, (1, 2), kernel="auto")
-    monkeypatch.setattr(PAMR, "_uses_triton",  # as on CUDA
-                        lambda self, device: self.kernel != "eager" and not self._triton_failed)
+    monkeypatch.setattr(KernelChoice, "uses_triton",  # as on CUDA
+                        lambda self, device: self.kernel != "eager" and not self.failed)
     with caplog.at_level("WARNING"):
         out = auto(image, masks)
-    assert auto._triton_failed and "running PAMR eagerly" in caplog.text
+    assert auto.choice.failed and "running PAMR eagerly" in caplog.text
     torch.testing.assert_close(out, PAMR(2, (1, 2), kernel="eager")(image, masks))
     strict = PAMR(2, (1, 2), kernel="triton")
     with pytest.raises(ValueError, match="runs on CUDA tensors"):

@@ -22,7 +22,6 @@ full protocol's kernel time. On CUDA the iteration therefore runs as one Triton 
 shifted image twice, about 130 small kernels). ``kernel`` chooses; "auto" (the default) takes
 Triton on CUDA tensors when it is importable and the eager code elsewhere.
 """
-import logging
 from typing import Sequence
 
 import torch
@@ -30,14 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import pamr_kernel
-
-logger = logging.getLogger(__name__)
+from .kernel_choice import KERNELS, KernelChoice
 
 __all__ = ["PAMR", "PAMR_KERNELS"]
 
 # How an iteration runs (MODEL.SEG_INFERENCE.PAMR.KERNEL): "auto" = the Triton kernel on CUDA
 # tensors when Triton is importable, else eager; "eager" (_refine_step); "triton" (pamr_kernel.py).
-PAMR_KERNELS = ("auto", "eager", "triton")
+PAMR_KERNELS = KERNELS
 
 # The 8 offsets (dy, dx) of a 3x3 window without its centre, in raster order.
 _OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
@@ -77,19 +75,13 @@ class PAMR(nn.Module):
         dilations = [int(d) for d in dilations]
         if int(num_iter) < 1 or not dilations or any(d < 1 for d in dilations):
             raise ValueError(f"PAMR needs num_iter >= 1 and positive dilations, got {num_iter}, {dilations}")
-        if kernel not in PAMR_KERNELS:
-            raise ValueError(f"MODEL.SEG_INFERENCE.PAMR.KERNEL '{kernel}' unknown; use one of {PAMR_KERNELS}")
-        if kernel == "triton" and not pamr_kernel.available():
-            raise ValueError("MODEL.SEG_INFERENCE.PAMR.KERNEL 'triton' needs Triton (CUDA builds of torch ship it; "
-                             "pip install triton), or use 'auto' or 'eager'")
+        self.choice = KernelChoice(kernel, pamr_kernel.KEY)
         self.num_iter, self.dilations, self.kernel = int(num_iter), dilations, kernel
         self._offsets = {}  # device -> [P, 2] int32 neighbour offsets of the Triton kernel
-        self._triton_failed = False  # "auto" after a Triton error: eager from then on
 
     def _uses_triton(self, device: torch.device) -> bool:
         """Whether iterations on ``device`` run the Triton kernel."""
-        return self.kernel == "triton" or (self.kernel == "auto" and not self._triton_failed
-                                           and device.type == "cuda" and pamr_kernel.available())
+        return self.choice.uses_triton(device)
 
     def _offsets_on(self, device: torch.device) -> torch.Tensor:
         """[P, 2] int32 neighbour offsets of the Triton kernels, made once per device."""
@@ -131,15 +123,8 @@ class PAMR(nn.Module):
         refined = masks.float()
         if refined.shape[-2:] != image.shape[-2:]:
             refined = F.interpolate(refined, size=image.shape[-2:], mode="bilinear", align_corners=False)
-        try:
-            out = self._refine(image, refined)
-        except Exception as error:  # noqa: BLE001 -- "auto" never fails where eager works (e.g. a GPU Triton cannot target)
-            if self.kernel != "auto" or not self._uses_triton(refined.device):
-                raise
-            self._triton_failed = True
-            logger.warning("PAMR's Triton kernels failed (%s: %s); running PAMR eagerly (MODEL.SEG_INFERENCE.PAMR.KERNEL "
-                           "eager silences this)", type(error).__name__, str(error).splitlines()[0] if str(error) else "")
-            out = self._refine(image, refined)
+        out = self.choice.run(refined.device, lambda: self._refine(image, refined),
+                              lambda: self._refine(image, refined), "PAMR")  # eager once "auto" failed
         return out.to(dtype)
 
     def _refine(self, image: torch.Tensor, refined: torch.Tensor) -> torch.Tensor:

@@ -17,33 +17,21 @@ Borders are replicated (indices clamped), as in ``pamr._neighbours``. Summation 
 neighbours in their order in ``pamr._neighbours``: fp32 results equal the eager step's up to
 rounding.
 
-Triton is an optional dependency (it ships with CUDA builds of torch); ``available()`` says
-whether it is importable. The kernel runs on CUDA tensors, and on CPU tensors only in Triton's
-interpreter (``TRITON_INTERPRET=1`` set before Triton is imported: what the tests do).
+Triton is optional (``kernel_choice``); on CPU tensors the kernels run only in its interpreter.
 """
-import os
 from typing import Sequence, Tuple
 
 import torch
 
-__all__ = ["affinity_triton", "available", "neighbour_offsets", "refine_step_triton"]
+from . import kernel_choice
+from .kernel_choice import tl, triton
 
-try:  # optional: CUDA builds of torch ship Triton
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised where Triton is absent
-    triton = None
+__all__ = ["affinity_triton", "neighbour_offsets", "refine_step_triton"]
 
-    class tl:  # noqa: N801 -- stands in for triton.language so the kernel below can be defined
-        constexpr = int
+KEY = "MODEL.SEG_INFERENCE.PAMR.KERNEL"
 
 BLOCK_PIXELS = 256
 BLOCK_CLASSES = 2
-
-
-def available() -> bool:
-    """Whether Triton is importable (the kernel can run)."""
-    return triton is not None
 
 
 def neighbour_offsets(dilations: Sequence[int]) -> Tuple[Tuple[int, int], ...]:
@@ -148,11 +136,6 @@ if triton is not None:  # TRITON_INTERPRET=1 (set before Triton is imported) mak
     _affinity_kernel = triton.jit(_affinity_kernel)
 
 
-def _interpreting() -> bool:
-    """Whether Triton runs kernels in its interpreter (TRITON_INTERPRET=1): CPU tensors work then."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
-
-
 def refine_step_triton(scores: torch.Tensor, weights: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """One PAMR iteration (``pamr._refine_step``) in one kernel.
 
@@ -164,7 +147,7 @@ def refine_step_triton(scores: torch.Tensor, weights: torch.Tensor, offsets: tor
     Returns:
         [B, K, H, W] float32: each score replaced by its neighbours' weighted sum.
     """
-    _check_device(scores)
+    kernel_choice.check_runnable(scores, KEY)
     batch, num_classes, height, width = scores.shape
     weights = weights.reshape(batch, -1, height, width)
     if scores.dtype != torch.float32 or weights.dtype != torch.float32:
@@ -185,7 +168,7 @@ def affinity_triton(image: torch.Tensor, offsets: torch.Tensor, num_dilations: i
     [B, 3, H, W] (cast to float32), ``offsets`` [P, 2] int32 (:func:`neighbour_offsets` of ``num_dilations``
     dilations) on the image's device. Eagerly the affinity stacks 9 x len(dilations) shifted
     copies of the image twice (about 130 small kernels per image); here one kernel reads them."""
-    _check_device(image)
+    kernel_choice.check_runnable(image, KEY)
     batch, channels, height, width = image.shape
     if channels != 3:
         raise ValueError(f"affinity_triton takes RGB images [B, 3, H, W], got {tuple(image.shape)}")
@@ -197,13 +180,3 @@ def affinity_triton(image: torch.Tensor, offsets: torch.Tensor, num_dilations: i
     _affinity_kernel[grid](image, offsets, out, height, width, offsets.shape[0], num_dilations,
                            BLOCK_PIXELS=BLOCK_PIXELS)
     return out[:, None]
-
-
-def _check_device(tensor: torch.Tensor) -> None:
-    """Triton present, and a CUDA tensor or the interpreter: else an error naming the fix."""
-    if triton is None:
-        raise RuntimeError("PAMR.KERNEL 'triton' needs Triton (pip install triton; CUDA builds of torch ship it); "
-                           "or set MODEL.SEG_INFERENCE.PAMR.KERNEL eager")
-    if tensor.device.type != "cuda" and not _interpreting():
-        raise ValueError(f"PAMR.KERNEL 'triton' runs on CUDA tensors, got {tensor.device} (the tests run it on the "
-                         "CPU with TRITON_INTERPRET=1); use MODEL.SEG_INFERENCE.PAMR.KERNEL eager or auto")

@@ -37,6 +37,7 @@ KERNEL_CATEGORIES: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("attention", ("sdpa", "flash", "fmha", "attention", "attn")),
     ("matmul", ("nvjet", "gemm", "cutlass", "xmma", "cublas", "splitk", "mma_")),
     ("pamr", ("_refine_step_kernel", "_affinity_kernel")),
+    ("window stitching", ("_stitch_kernel",)),
     ("fused (inductor)", ("triton_",)),
     ("norm", ("layer_norm", "layernorm", "batch_norm", "group_norm")),
     ("copy / cast", ("copy", "catarray", "transpose", "permute")),

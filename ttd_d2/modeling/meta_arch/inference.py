@@ -12,7 +12,11 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from ..ttd.scoring import SCORING_METHODS, cosine_maps, score_tags
 from ..test_time_augmentation import multi_scale_flip
 from ..ttd.tags import candidate_tags, nltk_noun_adjective_mask, token_window
-from .segmentation import max_over_synonyms, maps_to_image, pad_to_patch_grid, slide_inference, split_synonyms, upsample
+from ..stitch_kernel import stitch_windows_triton, synonym_layout
+from .segmentation import (
+    max_over_synonyms, maps_to_image, pad_to_patch_grid, padded_size, slide_inference, split_synonyms, upsample,
+    window_maps,
+)
 
 METHOD_ALIASES = {"pixel": "s_pixel", "image": "s_image", "text": "s_text", "image+text": "image_text"}
 
@@ -105,6 +109,47 @@ class TTDInference:
         text = text_emb[None].expand(len(images), -1, -1)
         return maps_to_image(cosine_maps(feats["dense"], text), padded_size, images.shape[-2:])
 
+    def _synonym_layout(self, owner: Optional[torch.Tensor], num_names: int, num_classes: int, device: torch.device):
+        """``stitch_kernel.synonym_layout``, kept beside the class embeddings it belongs to (one
+        host read of ``owner`` per dataset; ``owner`` stays cached with them, so its id is stable)."""
+        key = ("synonym_layout", num_names, str(device)) if owner is None else ("synonym_layout", id(owner))
+        if key not in self._class_cache:
+            self._class_cache[key] = synonym_layout(owner, num_names, num_classes, device)
+        return self._class_cache[key]
+
+    def _window_scores(self, images: torch.Tensor, text_emb: torch.Tensor, owner: Optional[torch.Tensor],
+                       num_classes: int, apply_masker: bool) -> torch.Tensor:
+        """One pass's scores [N, C, H, W] of normalised images [N, 3, H, W] (a scaled image and
+        its flip) by sliding windows (``slide_crop``, ``slide_stride``, ``window_batch``): with
+        ``apply_masker`` each window's masker probabilities max-pooled over synonyms
+        (``_class_scores``; C = ``num_classes``), else its cosine maps (C = the names of
+        ``text_emb`` [S, D]), averaged where windows overlap. ``stitch`` (STITCH_KERNEL) picks
+        the eager upsample-then-add of ``slide_inference`` or one Triton kernel over the windows'
+        low-resolution maps (``stitch_kernel.py``; the same values up to float rounding)."""
+        def eager():
+            def window(crops):
+                if apply_masker:
+                    return self._class_scores(crops, text_emb, owner, num_classes)
+                return self._cosine_maps(crops, text_emb)
+
+            return slide_inference(window, images, self.slide_crop, self.slide_stride, self.window_batch)
+
+        def fused():
+            def window(crops):
+                feats, _ = self._image_features(crops, with_global=False)
+                return cosine_maps(feats["dense"], text_emb[None].expand(len(crops), -1, -1))
+
+            maps, windows = window_maps(window, images, self.slide_crop, self.slide_stride, self.window_batch)
+            y0, x0, y1, x1 = windows[0]
+            window_size = (y1 - y0, x1 - x0)
+            layout = self._synonym_layout(owner if apply_masker else None, maps.shape[1], num_classes, maps.device)
+            masker = torch.stack([self.masker.w, self.masker.b]).detach() if apply_masker else None
+            return stitch_windows_triton(
+                maps.float(), [w[:2] for w in windows], len(images), tuple(images.shape[-2:]), window_size,
+                padded_size(window_size, self.backbone.size_divisibility), layout, masker)
+
+        return self.stitch.run(images.device, fused, eager, "the window stitching")
+
     def semantic_segmentation(self, x: Dict, dataset_name: str) -> torch.Tensor:
         """Scores [C (+1 background), H, W] at the input's original size (docs/EVALUATION.md,
         "Test-time protocol"): sliding windows inside each scale / flip pass
@@ -116,13 +161,8 @@ class TTDInference:
         image = self.normalize(x["image"])[None]
         softmax = self.class_scores == "softmax"
 
-        def window(images):
-            if softmax:
-                return self._cosine_maps(images, text_emb)
-            return self._class_scores(images, text_emb, owner, num_classes)
-
         def predict(images):
-            return slide_inference(window, images, self.slide_crop, self.slide_stride, self.window_batch)
+            return self._window_scores(images, text_emb, owner, num_classes, apply_masker=not softmax)
 
         scores = multi_scale_flip(predict, image, self.scales, self.flip)
         if softmax:
@@ -145,11 +185,8 @@ class TTDInference:
         the TTD authors evaluate caption masks: the masker's probabilities of its cosine map in
         sliding windows inside each scale / flip pass, averaged, then PAMR; the steps of the
         "ttd" class scores of :meth:`semantic_segmentation`, for one caption [1, D]."""
-        def window(images):
-            return self.masker(self._cosine_maps(images, caption_emb))
-
         def predict(images):
-            return slide_inference(window, images, self.slide_crop, self.slide_stride, self.window_batch)
+            return self._window_scores(images, caption_emb, None, 1, apply_masker=True)
 
         prob = multi_scale_flip(predict, image, self.scales, self.flip)  # [1, H, W]
         if self.pamr is not None:

@@ -56,7 +56,7 @@ def slide_inference(
         return predict(images)
     num_images, _, height, width = images.shape
     windows = sliding_windows(height, width, crop, stride or crop)
-    crops = torch.cat([images[..., y0:y1, x0:x1] for y0, x0, y1, x1 in windows])  # [len(windows) * B, ...]
+    crops = _window_crops(images, windows)
     step = batch_size if batch_size > 0 else len(crops)
     count = images.new_zeros(height, width)
     for y0, x0, y1, x1 in windows:
@@ -74,6 +74,33 @@ def slide_inference(
             y0, x0, y1, x1 = windows[window]
             total[image, :, y0:y1, x0:x1] += window_pred
     return total / count
+
+
+def window_maps(
+    predict: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, crop: int, stride: int, batch_size: int = 0,
+) -> Tuple[torch.Tensor, List[Tuple[int, int, int, int]]]:
+    """What ``predict`` gives for every window of ``images`` [B, 3, H, W], nothing stitched yet:
+    the input of the fused stitching (``stitch_kernel.py``), for which ``predict`` returns each
+    window's maps at their own (low) resolution, [N, 3, h, w] -> [N, S, h', w'].
+
+    Returns (maps [len(windows) * B, S, h', w'] window-major: window i of image b at i * B + b,
+    as :func:`slide_inference` lays the crops out; the windows (y0, x0, y1, x1)). The windows
+    go through ``predict`` ``batch_size`` at a time (0 = all at once); ``crop <= 0`` is one
+    window, the whole images.
+    """
+    num_images, _, height, width = images.shape
+    if crop <= 0:
+        return predict(images), [(0, 0, height, width)]
+    windows = sliding_windows(height, width, crop, stride or crop)
+    crops = _window_crops(images, windows)
+    step = batch_size if batch_size > 0 else len(crops)
+    maps = [predict(crops[start:start + step]) for start in range(0, len(crops), step)]
+    return (maps[0] if len(maps) == 1 else torch.cat(maps)), windows
+
+
+def _window_crops(images: torch.Tensor, windows: Sequence[Tuple[int, int, int, int]]) -> torch.Tensor:
+    """[len(windows) * B, 3, h, w]: the windows of images [B, 3, H, W], window-major."""
+    return torch.cat([images[..., y0:y1, x0:x1] for y0, x0, y1, x1 in windows])
 
 
 def upsample(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:

@@ -16,7 +16,9 @@ from torch.profiler import record_function
 from ...data.collate import stack_field
 from ..backbone.clip_loading import resolve_arch
 from ..masker import Masker, build_masker
+from ..kernel_choice import KernelChoice
 from ..pamr import PAMR
+from ..stitch_kernel import KEY as STITCH_KEY
 from ..test_time_augmentation import CLASS_SCORES
 from ..ttd.scoring import SCORING_METHODS
 from ..ttd.text_cache import TextEmbeddingCache
@@ -66,6 +68,7 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
         slide_crop: int = 0,
         slide_stride: int = 0,
         window_batch: int = 8,
+        stitch_kernel: str = "auto",
         flip: bool = False,
         scales: Sequence[float] = (1.0,),
         pamr: Optional[nn.Module] = None,
@@ -97,6 +100,8 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
             background_threshold: constant background score (< 0: the dataset's metadata).
             slide_crop, slide_stride: sliding-window inference (crop 0 = whole image).
             window_batch: windows per forward in sliding-window inference (0 = all of a scale).
+            stitch_kernel: auto | eager | triton: how the windows' maps become a pass's scores
+                (``stitch_kernel.py``; ``kernel_choice``).
             flip: add a horizontally flipped pass at inference (of every scale).
             scales: resize factors of the multi-scale inference (``multi_scale_flip``).
             pamr: a ``PAMR`` refining the class scores at inference, or None.
@@ -131,6 +136,7 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
         self.background_threshold = background_threshold
         self.slide_crop, self.slide_stride, self.flip = slide_crop, slide_stride, flip
         self.window_batch = window_batch
+        self.stitch = KernelChoice(stitch_kernel, STITCH_KEY)
         if class_scores not in CLASS_SCORES:
             raise ValueError(f"MODEL.SEG_INFERENCE.CLASS_SCORES '{class_scores}' unknown; use one of {CLASS_SCORES}")
         self.scales, self.pamr, self.class_scores = tuple(scales), pamr, class_scores
@@ -190,6 +196,7 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
             "slide_crop": test.SLIDE_CROP,
             "slide_stride": test.SLIDE_STRIDE,
             "window_batch": test.WINDOW_BATCH,
+            "stitch_kernel": test.STITCH_KERNEL,
             "flip": test.FLIP,
             "scales": tuple(test.SCALES),
             "pamr": PAMR(test.PAMR.NUM_ITER, test.PAMR.DILATIONS, test.PAMR.KERNEL) if test.PAMR.NUM_ITER > 0 else None,
