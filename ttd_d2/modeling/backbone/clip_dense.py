@@ -8,7 +8,7 @@ from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from .clip_loading import build_tokenizer, load_clip
-from ..compile import compile_blocks
+from ..compile import CompiledWithFallback, compile_blocks
 from ..lora.side_branch import use_batch_first_attention
 from .token_cache import CachedTokenizer
 from .dense_heads import DENSE_MODES, dense_last_block
@@ -115,8 +115,9 @@ class CLIPDense(Backbone):
         }
 
     def compile_towers(self, mode: str, backend: str = "inductor", text_mode: str = "same") -> int:
-        """``torch.compile`` the image and text towers' transformer blocks (``MODEL.CLIP.COMPILE``,
-        :mod:`ttd_d2.modeling.compile`: with a fallback to eager per block); returns the number of blocks.
+        """``torch.compile`` the image and text towers' transformer blocks and the dense head
+        (``MODEL.CLIP.COMPILE``, :mod:`ttd_d2.modeling.compile`: with a fallback to eager per
+        block); returns the number of blocks.
         Image blocks get one graph per shape (a training run's images have one, the test-time
         protocol's windows a few); text blocks get dynamic shapes from their second shape on, since
         every step's tag count gives another padded batch (:meth:`encode_token_ids`), and one graph
@@ -124,6 +125,8 @@ class CLIPDense(Backbone):
         (``MODEL.CLIP.COMPILE.TEXT_MODE``): the text blocks' mode, "same" = ``mode``."""
         text_blocks = getattr(getattr(self.clip, "transformer", None), "resblocks", [])
         text_mode = mode if text_mode == "same" else text_mode
+        if mode and not isinstance(self.__dict__.get("_dense_head"), CompiledWithFallback):
+            self._dense_head = CompiledWithFallback(self._dense_head, "visual.dense_head", mode, backend)
         return (compile_blocks(self.clip.visual.transformer.resblocks, "visual.transformer.resblocks", mode, backend)
                 + compile_blocks(text_blocks, "transformer.resblocks", text_mode, backend, dynamic=None))
 
@@ -226,11 +229,7 @@ class CLIPDense(Backbone):
             out = {}
             dense_tokens = None
             if with_dense:
-                if self.dense_mode == "vanilla":
-                    dense_tokens = last(tokens)
-                else:
-                    dense_tokens = dense_last_block(last, tokens, self.dense_mode, grid, self.attn_scale, self.naclip_sigma)
-                dense = visual.ln_post(dense_tokens[:, 1:]) @ visual.proj
+                dense_tokens, dense = self._dense_head(last, tokens, grid)
                 out["dense"] = dense.float().transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
             if with_global:
                 # After the dense path: under parametrize.cached() the first read of an adapted
@@ -239,6 +238,20 @@ class CLIPDense(Backbone):
                     vanilla = dense_tokens if self.dense_mode == "vanilla" and with_dense else last(tokens)
                     out["global"] = self.pool(vanilla).float()
         return out
+
+    def _dense_head(self, last: torch.nn.Module, tokens: torch.Tensor, grid: Tuple[int, int]):
+        """The last block as the dense head: (its tokens [B, 1 + h*w, C] in "vanilla" mode, where
+        they are the global path's too, else None; the patch embeddings [B, h*w, D] after
+        ``ln_post`` and ``proj``). One function, so that ``compile_towers`` compiles it too
+        (eagerly its layer norms, casts and copies cost ~1 ms per image of the paper's protocol
+        on the GPU host, benchmarks/README.md)."""
+        visual = self.clip.visual
+        if self.dense_mode == "vanilla":
+            dense_tokens = last(tokens)
+        else:
+            dense_tokens = dense_last_block(last, tokens, self.dense_mode, grid, self.attn_scale, self.naclip_sigma)
+        dense = visual.ln_post(dense_tokens[:, 1:]) @ visual.proj
+        return (dense_tokens if self.dense_mode == "vanilla" else None), dense
 
     def tokenize(self, texts: List[str]) -> torch.Tensor:
         """Token ids [N, L] on the model's device (captions longer than the context are truncated)."""
