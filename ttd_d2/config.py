@@ -34,8 +34,10 @@ def add_ttd_config(cfg):
     # The same on the CPU (off: fp32). Pays on CPUs with bf16 instructions (AVX512-BF16, AMX:
     # ~2x the fp32 rate of convolutions and matrix products); elsewhere bf16 is emulated, slower.
     cfg.MODEL.CLIP.BF16_CPU = False
-    # torch.compile of both towers' transformer blocks (ttd_d2/modeling/compile.py; a
-    # block whose compilation fails runs eagerly, with a warning).
+    # torch.compile of both towers' transformer blocks, and of the image tower's dense path as
+    # one region for gradient-free calls (the test-time protocol's windows)
+    # (ttd_d2/modeling/compile.py; a block or region whose compilation fails runs eagerly, with
+    # a warning).
     cfg.MODEL.CLIP.COMPILE = CN()
     # "" (eager) | default | reduce-overhead (CUDA graphs: no per-kernel launch cost) |
     # max-autotune | max-autotune-no-cudagraphs (torch.compile's modes, read by inductor).

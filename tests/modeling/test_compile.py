@@ -201,3 +201,40 @@ def test_text_mode_compiles_the_text_blocks_their_own_way(tiny_cfg):
     assert all(isinstance(b.__dict__.get("forward"), CompiledWithFallback) for b in eager_text.visual.transformer.resblocks)
     with pytest.raises(ValueError, match=r"MODEL.CLIP.COMPILE.TEXT_MODE = 'fast' is unknown: use one of same, , default"):
         build(tiny_cfg, **opts, **{"MODEL.CLIP.COMPILE.TEXT_MODE": "fast"})
+
+
+def test_gradient_free_dense_tower_is_one_compiled_region(tiny_cfg):
+    """Dense-only calls without grad (the test-time protocol's windows) run every block and the
+    dense head as one graph: the blocks' own wrappers run eagerly inside its trace (no frame of
+    their own), and the embeddings equal the eager model's. With grad or the global embedding,
+    the per-block graphs run as before."""
+    from torch._dynamo.utils import counters
+
+    eager = build(tiny_cfg)
+    model = build(tiny_cfg, **{"MODEL.CLIP.COMPILE.MODE": "reduce-overhead", "MODEL.CLIP.COMPILE.BACKEND": "aot_eager"})
+    x = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(2))
+    counters.clear()
+    with torch.no_grad():
+        for _ in range(2):
+            out = model.backbone(x, with_global=False)["dense"]
+            torch.testing.assert_close(out, eager.backbone(x, with_global=False)["dense"], rtol=1e-5, atol=1e-6)
+    assert counters["frames"]["total"] == counters["frames"]["ok"] == 1  # the region, traced once
+    assert not model.backbone._dense_tower.failed
+    model.backbone(x, with_global=False)["dense"].sum().backward()  # with grad: the blocks' graphs
+    assert counters["frames"]["total"] == counters["frames"]["ok"] > 1
+
+
+def test_a_failing_dense_tower_runs_eagerly(tiny_cfg, caplog):
+    def broken(gm, example_inputs):
+        raise RuntimeError("this backend cannot compile anything")
+
+    torch._dynamo.register_backend(broken, name="ttd_test_broken_tower")
+    try:
+        model = build(tiny_cfg, **{"MODEL.CLIP.COMPILE.MODE": "default", "MODEL.CLIP.COMPILE.BACKEND": "ttd_test_broken_tower"})
+        x = torch.randn(2, 3, 32, 32)
+        with caplog.at_level(logging.WARNING, logger="ttd_d2.modeling.compile"), torch.no_grad():
+            out = model.backbone(x, with_global=False)["dense"]
+        torch.testing.assert_close(out, build(tiny_cfg).backbone(x, with_global=False)["dense"])
+        assert "torch.compile of visual.dense_tower failed" in caplog.text and model.backbone._dense_tower.failed
+    finally:
+        torch._dynamo.backends.registry._COMPILER_FNS.pop("ttd_test_broken_tower", None)

@@ -21,6 +21,11 @@ weights are its inputs): block k's output would be overwritten by block k+1's ca
 residual stream still reads it (the GPU host raised exactly that). So under CUDA graphs the
 wrapper returns a copy of each output, torch's documented remedy; it costs one activation copy
 per block call, which the removed kernel launches pay for.
+
+Regions: a wrapped function called while dynamo traces another one (a block inside
+``CLIPDense``'s gradient-free dense tower, ``_dense_tower``) runs its eager function, so the
+outer region is traced as one graph: its blocks' adds and layer norms can fuse across block
+boundaries, and under CUDA graphs only the region's output is copied, not each block's.
 """
 import copy
 import logging
@@ -75,6 +80,8 @@ class CompiledWithFallback:
         return CompiledWithFallback(copy.deepcopy(self.eager, memo), self.name, self.mode, self.backend, self.dynamic)
 
     def __call__(self, *args, **kwargs):
+        if torch.compiler.is_compiling():
+            return self.eager(*args, **kwargs)  # inside a compiled region: traced as part of it
         if not self.failed:
             try:
                 out = self.compiled(*args, **kwargs)
