@@ -11,6 +11,8 @@ def add_ttd_config(cfg):
     # (a relative path is looked up in the working directory, then in ttd_d2/model_configs/).
     cfg.MODEL.CLIP.ARCH = "ViT-B-16"
     # open_clip pretrained tag (e.g. "openai"), a local checkpoint file, or "" for random init.
+    # A tag trained with QuickGELU (OpenAI's) builds ARCH with QuickGELU; for a local file of
+    # OpenAI's weights name the "-quickgelu" architecture (e.g. "ViT-B-16-quickgelu").
     cfg.MODEL.CLIP.PRETRAINED = ""
     # Folder where open_clip caches downloaded weights ("" = open_clip's default).
     cfg.MODEL.CLIP.CACHE_DIR = ""

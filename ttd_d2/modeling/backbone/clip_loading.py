@@ -71,9 +71,26 @@ def check_pretrained(name: str, pretrained: str) -> None:
         )
 
 
+def needs_quick_gelu(name: str, pretrained: str) -> bool:
+    """Whether open_clip tag ``pretrained`` of model ``name`` was trained with QuickGELU while
+    ``name``'s config builds GELU (OpenAI's weights under "ViT-B-16"; open_clip >= 2.20 only
+    warns about the mismatch, and every activation of the model would then differ from the one
+    its weights were trained with). Local checkpoint files cannot be told apart: name an
+    architecture with the right activation for them ("ViT-B-16-quickgelu" for OpenAI's)."""
+    if not pretrained or pretrained not in open_clip.list_pretrained_tags_by_model(name):
+        return False
+    tag_quick_gelu = bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
+    return tag_quick_gelu and not (open_clip.get_model_config(name) or {}).get("quick_gelu", False)
+
+
 def _create(name: str, pretrained: str, cache_dir: str) -> torch.nn.Module:
+    quick_gelu = needs_quick_gelu(name, pretrained)
+    if quick_gelu:
+        logger.info("open_clip tag '%s' of %s was trained with QuickGELU: building %s with it "
+                    "(as open_clip's '-quickgelu' configs do)", pretrained, name, name)
     try:
-        return open_clip.create_model(name, pretrained=pretrained or None, cache_dir=cache_dir or None)
+        return open_clip.create_model(name, pretrained=pretrained or None, cache_dir=cache_dir or None,
+                                      force_quick_gelu=quick_gelu)
     except RuntimeError as e:
         if "download" not in str(e).lower():
             raise
