@@ -19,7 +19,8 @@ between two synchronisations. FLOPs: ``torch.utils.flop_counter.FlopCounterMode`
 device's measured dense matmul rate (bf16 on CUDA, fp32 on CPU; ``--matmul-size``), and the
 ratio measured time / floor is the target of issue 9 (within 2x).
 
-GPU host (one H200; random ViT-B/16 weights: the cost does not depend on them)::
+GPU host (one H200; random ViT-B/16 weights: the cost does not depend on them; QuickGELU, as
+OpenAI's weights are built, unless ``--arch`` says otherwise)::
 
     python benchmarks/bench_eval_protocol.py --output output/bench_eval_protocol.json
 
@@ -73,7 +74,9 @@ def protocol_settings(crop: int, stride: int) -> Dict[str, List]:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default="configs/Base-Paper-Eval.yaml")
-    parser.add_argument("--arch", default="ViT-B-16", help="open_clip model name or JSON config")
+    parser.add_argument("--arch", default="ViT-B-16-quickgelu",
+                        help="open_clip model name or JSON config (default: ViT-B/16 with QuickGELU, the "
+                             "activation of OpenAI's weights, which configs/ load)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--height", type=int, default=448, help="image height after the test resize (short side)")
     parser.add_argument("--width", type=int, default=597, help="image width (448 x 597: a 500 x 375 VOC image)")
