@@ -58,6 +58,7 @@ with warnings.catch_warnings(record=True) as IMPORT_WARNINGS:
     from ttd_d2.evaluation.calibration import calibrate_background_threshold, calibrate_tag_threshold
     from ttd_d2.evaluation.word_calibration import calibrate_word_masker
     from ttd_d2.evaluation.result_cache import cached_call, evaluation_key
+    from ttd_d2.utils.cpu_memory import keep_freed_cpu_memory
     from ttd_d2.evaluation.summary import print_quickstart_summary, quickstart_report, summarize
     from ttd_d2.evaluation.tag_selection import BINARY_METHODS
     from ttd_d2.modeling.backbone.clip_dense import cpu_has_native_bf16
@@ -258,6 +259,8 @@ def main(argv=None):
     log_path = output_dir / "log.txt"
     log_to_file(log_path)
     device = ["MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu"]
+    if device[1] == "cpu":
+        keep_freed_cpu_memory()  # this process's calibrations and evaluations (train_net.py: its own)
     model_opts = [*device, *(["MODEL.CLIP.DENSE_MODE", args.dense_mode] if args.dense_mode else []),
                   "MODEL.CLIP.BF16_CPU", str(use_cpu_bf16(args.cpu_bf16))]
     base_cfg = load_cfg(args.base_config, model_opts)

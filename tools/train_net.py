@@ -15,6 +15,7 @@ import ttd_d2  # noqa: F401  (registers the backbone, meta-architecture and data
 from ttd_d2 import TTDTrainer, add_ttd_config
 from ttd_d2.engine import TTDCheckpointer
 from ttd_d2.engine.preflight import check_inputs
+from ttd_d2.utils.cpu_memory import keep_freed_cpu_memory
 
 
 def setup(args):
@@ -24,6 +25,8 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     check_inputs(cfg, training=not args.eval_only)  # every missing weight file and dataset, before any output
+    if cfg.MODEL.DEVICE == "cpu":
+        keep_freed_cpu_memory()  # large CPU tensors reuse freed memory (ttd_d2/utils/cpu_memory.py: why)
     default_setup(cfg, args)
     # ttd_d2's own loggers (data, hooks) to the same console and log.txt, as detectron2 projects do
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ttd_d2")
