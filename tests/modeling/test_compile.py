@@ -75,22 +75,26 @@ def test_compiled_inference_equals_eager(tiny_cfg, dataset):
         torch.testing.assert_close(compiled(inputs)[0]["sem_seg"], eager(inputs)[0]["sem_seg"], rtol=1e-5, atol=1e-6)
 
 
-def test_failing_compilation_falls_back_to_eager(tiny_cfg, caplog):
+@pytest.fixture
+def broken_backend():
+    """The name of a registered torch.compile backend that fails on every graph."""
     def broken(gm, example_inputs):
         raise RuntimeError("this backend cannot compile anything")
 
     torch._dynamo.register_backend(broken, name="ttd_test_broken")
-    try:
-        model = build(tiny_cfg, **{"MODEL.CLIP.COMPILE.MODE": "default", "MODEL.CLIP.COMPILE.BACKEND": "ttd_test_broken"})
-        reference = build(tiny_cfg)
-        x = torch.randn(2, 3, 32, 32)
-        with caplog.at_level(logging.WARNING, logger="ttd_d2.modeling.compile"), torch.no_grad():
-            out = model.backbone(x)["dense"]
-        torch.testing.assert_close(out, reference.backbone(x)["dense"])
-        assert "torch.compile of visual.transformer.resblocks.0 failed" in caplog.text
-        assert all(b.forward.failed for b in model.backbone.clip.visual.transformer.resblocks[:-1])
-    finally:
-        torch._dynamo.backends.registry._COMPILER_FNS.pop("ttd_test_broken", None)
+    yield "ttd_test_broken"
+    torch._dynamo.backends.registry._COMPILER_FNS.pop("ttd_test_broken", None)
+
+
+def test_failing_compilation_falls_back_to_eager(tiny_cfg, caplog, broken_backend):
+    model = build(tiny_cfg, **{"MODEL.CLIP.COMPILE.MODE": "default", "MODEL.CLIP.COMPILE.BACKEND": broken_backend})
+    reference = build(tiny_cfg)
+    x = torch.randn(2, 3, 32, 32)
+    with caplog.at_level(logging.WARNING, logger="ttd_d2.modeling.compile"), torch.no_grad():
+        out = model.backbone(x)["dense"]
+    torch.testing.assert_close(out, reference.backbone(x)["dense"])
+    assert "torch.compile of visual.transformer.resblocks.0 failed" in caplog.text
+    assert all(b.forward.failed for b in model.backbone.clip.visual.transformer.resblocks[:-1])
 
 
 def test_keys_are_checked(tiny_cfg):
@@ -224,17 +228,10 @@ def test_gradient_free_dense_tower_is_one_compiled_region(tiny_cfg):
     assert counters["frames"]["total"] == counters["frames"]["ok"] > 1
 
 
-def test_a_failing_dense_tower_runs_eagerly(tiny_cfg, caplog):
-    def broken(gm, example_inputs):
-        raise RuntimeError("this backend cannot compile anything")
-
-    torch._dynamo.register_backend(broken, name="ttd_test_broken_tower")
-    try:
-        model = build(tiny_cfg, **{"MODEL.CLIP.COMPILE.MODE": "default", "MODEL.CLIP.COMPILE.BACKEND": "ttd_test_broken_tower"})
-        x = torch.randn(2, 3, 32, 32)
-        with caplog.at_level(logging.WARNING, logger="ttd_d2.modeling.compile"), torch.no_grad():
-            out = model.backbone(x, with_global=False)["dense"]
-        torch.testing.assert_close(out, build(tiny_cfg).backbone(x, with_global=False)["dense"])
-        assert "torch.compile of visual.dense_tower failed" in caplog.text and model.backbone._dense_tower.failed
-    finally:
-        torch._dynamo.backends.registry._COMPILER_FNS.pop("ttd_test_broken_tower", None)
+def test_a_failing_dense_tower_runs_eagerly(tiny_cfg, caplog, broken_backend):
+    model = build(tiny_cfg, **{"MODEL.CLIP.COMPILE.MODE": "default", "MODEL.CLIP.COMPILE.BACKEND": broken_backend})
+    x = torch.randn(2, 3, 32, 32)
+    with caplog.at_level(logging.WARNING, logger="ttd_d2.modeling.compile"), torch.no_grad():
+        out = model.backbone(x, with_global=False)["dense"]
+    torch.testing.assert_close(out, build(tiny_cfg).backbone(x, with_global=False)["dense"])
+    assert "torch.compile of visual.dense_tower failed" in caplog.text and model.backbone._dense_tower.failed
