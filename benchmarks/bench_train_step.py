@@ -41,6 +41,7 @@ import ttd_d2  # noqa: E402,F401  (registers the backbone, meta-architecture and
 from ttd_d2 import TTDTrainer, add_ttd_config  # noqa: E402
 from ttd_d2.data.datasets.label_conversion import write_text_atomic  # noqa: E402
 from ttd_d2.engine.deferred_scalars import DeferredMetricsHook  # noqa: E402
+from ttd_d2.utils.cpu_memory import keep_freed_cpu_memory  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -76,6 +77,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = build_cfg(args, tmp)
+        if cfg.MODEL.DEVICE == "cpu":
+            keep_freed_cpu_memory()  # as tools/train_net.py does
         trainer = TTDTrainer(cfg)
         trainer.resume_or_load(resume=False)
         device = torch.device(cfg.MODEL.DEVICE)

@@ -58,11 +58,11 @@ with warnings.catch_warnings(record=True) as IMPORT_WARNINGS:
     from ttd_d2.evaluation.calibration import calibrate_background_threshold, calibrate_tag_threshold
     from ttd_d2.evaluation.word_calibration import calibrate_word_masker
     from ttd_d2.evaluation.result_cache import cached_call, evaluation_key
-    from ttd_d2.utils.cpu_memory import keep_freed_cpu_memory
     from ttd_d2.evaluation.summary import print_quickstart_summary, quickstart_report, summarize
     from ttd_d2.evaluation.tag_selection import BINARY_METHODS
     from ttd_d2.modeling.backbone.clip_dense import cpu_has_native_bf16
     from ttd_d2.modeling.backbone.dense_heads import DENSE_MODES
+    from ttd_d2.utils.cpu_memory import keep_freed_cpu_memory
     from ttd_d2.utils.progress import Progress, run_logged
     from ttd_d2.utils.visualize import caption_grid, pick_images
 

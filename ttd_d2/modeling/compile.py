@@ -47,6 +47,8 @@ CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 # with and without grad, and a few padded text lengths; the tiny test CLIP's training step and
 # inference together need 8 (tests/modeling/test_compile.py).
 RECOMPILE_LIMIT = 64
+# Whether dynamo is tracing the caller (torch.compiler's since 2.3, torch._dynamo's before).
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
 
 
 def compile_backends() -> Tuple[str, ...]:
@@ -80,7 +82,7 @@ class CompiledWithFallback:
         return CompiledWithFallback(copy.deepcopy(self.eager, memo), self.name, self.mode, self.backend, self.dynamic)
 
     def __call__(self, *args, **kwargs):
-        if torch.compiler.is_compiling():
+        if _is_compiling():
             return self.eager(*args, **kwargs)  # inside a compiled region: traced as part of it
         if not self.failed:
             try:

@@ -223,7 +223,7 @@ class CLIPDense(TextTowerMethods, Backbone):
         ("dense") and/or as itself ("global"). ``global_grad=False``: "global" is computed
         without a graph (for callers that only read it detached)."""
         visual = self.clip.visual
-        if with_dense and not with_global and not torch.is_grad_enabled() and self._tower_compiled():
+        if with_dense and not with_global and not torch.is_grad_enabled():  # one region when compiled
             with self.autocast(tokens.device):
                 dense = self._dense_tower(tokens, grid, first_block)
             return {"dense": dense.float().transpose(1, 2).reshape(tokens.shape[0], -1, *grid)}
@@ -244,13 +244,10 @@ class CLIPDense(TextTowerMethods, Backbone):
                     out["global"] = self.pool(vanilla).float()
         return out
 
-    def _tower_compiled(self) -> bool:
-        return isinstance(self.__dict__.get("_dense_tower"), CompiledWithFallback)
-
     def _dense_tower(self, tokens: torch.Tensor, grid: Tuple[int, int], first_block: int) -> torch.Tensor:
         """Blocks ``first_block``.. and the last one as the dense head: the patch embeddings
-        [B, h*w, D] of tokens [B, 1 + h*w, C]. ``compile_towers`` compiles it as one region, which
-        ``forward_head`` runs for gradient-free dense-only calls (the test-time protocol's windows):
+        [B, h*w, D] of tokens [B, 1 + h*w, C], for ``forward_head``'s gradient-free dense-only calls
+        (the test-time protocol's windows). ``compile_towers`` compiles it as one region:
         one graph instead of one per block, so CUDA graphs copy only its output, not each
         block's, and launch one graph instead of twelve (the paper's protocol on an H200: 23.3
         ms per image against 24.6 per block, benchmarks/README.md)."""
