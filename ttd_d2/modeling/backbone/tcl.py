@@ -52,7 +52,7 @@ class TCLHead(nn.Module):
     def forward(self, tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         """tokens [B, 1 + h*w, C] (input of the last block) -> dense embeddings [B, D, 4h, 4w]."""
         x = dense_last_block(self.block, tokens, self.dense_path, grid, self.attn_scale, self.naclip_sigma)[:, 1:]
-        x = self.decoder(x.transpose(1, 2).reshape(x.shape[0], -1, *grid))
+        x = self.decoder(x.reshape(x.shape[0], *grid, x.shape[-1]).permute(0, 3, 1, 2))  # channels-last view
         x = self.ln_post(x.permute(0, 2, 3, 1)) @ self.proj
         return x.permute(0, 3, 1, 2)
 

@@ -1,0 +1,87 @@
+"""TCL's gated decoder: the first branch of each block computed at the input resolution (four
+phase convolutions) equals the branch on the upsampled map, values and gradients."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ttd_d2.modeling.backbone.tcl_decoder import (
+    GatedDecoder, interleave_phases, nearest_upsampled_conv, phase_kernels,
+)
+
+
+def upsample(x):
+    return x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+
+
+def reference_decoder(decoder, x):
+    """The decoder from its definition: per block, nearest 2x upsampling, then for each branch
+    x + tanh(gate) * conv(GELU(LayerNorm over channels(x)))."""
+    for block in decoder.blocks:
+        x = upsample(x)
+        for branch in block.convs:
+            y = F.layer_norm(x.movedim(1, -1), (x.shape[1],), branch.norm.weight, branch.norm.bias,
+                             branch.norm.eps).movedim(-1, 1)
+            x = x + torch.tanh(branch.gate) * F.conv2d(F.gelu(y), branch.conv.weight, branch.conv.bias,
+                                                        padding=branch.conv.kernel_size[0] // 2)
+    return x
+
+
+def test_phase_kernels_of_a_3x3_kernel_by_hand():
+    w = torch.arange(1.0, 10.0).view(1, 1, 3, 3)  # rows (1 2 3) (4 5 6) (7 8 9)
+    kernels = phase_kernels(w)
+    # even output rows read input rows (i-1, i): taps (top) and (middle + bottom); odd rows (i, i+1):
+    # (top + middle) and (bottom); columns likewise
+    expected = {(0, 0): [[1, 2 + 3], [4 + 7, 5 + 6 + 8 + 9]], (0, 1): [[1 + 2, 3], [4 + 5 + 7 + 8, 6 + 9]],
+                (1, 0): [[1 + 4, 2 + 3 + 5 + 6], [7, 8 + 9]], (1, 1): [[1 + 2 + 4 + 5, 3 + 6], [7 + 8, 9]]}
+    for (a, b), values in expected.items():
+        assert kernels[a][b].shape == (1, 1, 2, 2)
+        assert torch.equal(kernels[a][b][0, 0], torch.tensor(values, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+def test_nearest_upsampled_conv_equals_the_conv_of_the_upsampled_map(kernel_size):
+    torch.manual_seed(kernel_size)
+    x = torch.randn(2, 5, 4, 7, dtype=torch.float64)  # not square, odd width
+    weight = torch.randn(3, 5, kernel_size, kernel_size, dtype=torch.float64)
+    bias = torch.randn(3, dtype=torch.float64)
+    expected = F.conv2d(upsample(x), weight, bias, padding=kernel_size // 2)
+    phases = nearest_upsampled_conv(x, weight, bias)
+    assert all(p.shape == (2, 3, 4, 7) for row in phases for p in row)
+    torch.testing.assert_close(interleave_phases(phases), expected, rtol=0, atol=1e-12)
+
+
+def test_interleave_places_phase_a_b_at_pixel_2i_plus_a_2j_plus_b():
+    phases = [[torch.full((1, 2, 3, 4), float(10 * a + b)) for b in (0, 1)] for a in (0, 1)]
+    out = interleave_phases(phases)
+    assert out.shape == (1, 2, 6, 8)
+    for a in (0, 1):
+        for b in (0, 1):
+            assert torch.all(out[:, :, a::2, b::2] == 10 * a + b)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_decoder_equals_its_definition_values_and_gradients(kernel_size):
+    torch.manual_seed(0)
+    decoder = GatedDecoder(6, num_blocks=2, kernel_size=kernel_size).double()
+    with torch.no_grad():
+        for i, param in enumerate(decoder.parameters()):
+            param.add_(0.1 * torch.randn_like(param))  # non-zero gates, non-trivial norms
+    x = torch.randn(2, 6, 3, 5, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for forward in (decoder, lambda t: reference_decoder(decoder, t)):
+        out = forward(x)
+        out.square().sum().backward()
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in decoder.parameters()])
+        x.grad = None
+        decoder.zero_grad(set_to_none=True)
+        grads[-1].insert(0, out.detach())
+    (out, *got), (ref, *expected) = grads
+    assert out.shape == (2, 6, 12, 20) and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-9)
+
+
+def test_decoder_needs_a_branch_per_block():
+    with pytest.raises(ValueError, match="num_convs"):
+        GatedDecoder(4, num_convs=0)
