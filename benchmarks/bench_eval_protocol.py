@@ -96,6 +96,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--pamr-kernel", default="auto", choices=PAMR_KERNELS, help="MODEL.SEG_INFERENCE.PAMR.KERNEL")
     parser.add_argument("--stitch-kernel", default="auto", choices=KERNELS, help="MODEL.SEG_INFERENCE.STITCH_KERNEL")
     parser.add_argument("--output", help="also write the results as JSON")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                        help="config overrides of every setting, KEY VALUE ..., after the options (not right after "
+                        "--settings): e.g. configs/tcl.yaml's MODEL.TCL.WEIGHTS \"\"")
     return parser.parse_args(argv)
 
 
@@ -130,7 +133,8 @@ def build(args: argparse.Namespace, opts: List):
     arch = args.arch if not args.arch.endswith(".json") or Path(args.arch).is_file() else str(REPO_ROOT / args.arch)
     cfg.merge_from_list(["MODEL.CLIP.ARCH", arch, "MODEL.CLIP.PRETRAINED", "", "MODEL.DEVICE", args.device,
                          "MODEL.SEG_INFERENCE.SLIDE_CROP", 0, "MODEL.SEG_INFERENCE.SCALES", [1.0],
-                         "MODEL.SEG_INFERENCE.FLIP", False, "MODEL.SEG_INFERENCE.PAMR.NUM_ITER", 0, *opts])
+                         "MODEL.SEG_INFERENCE.FLIP", False, "MODEL.SEG_INFERENCE.PAMR.NUM_ITER", 0, *opts,
+                         *args.opts])
     if args.window_batch is not None:
         cfg.merge_from_list(["MODEL.SEG_INFERENCE.WINDOW_BATCH", args.window_batch])
     if args.compile:
