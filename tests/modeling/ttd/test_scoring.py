@@ -124,6 +124,26 @@ def test_cosine_maps_matches_cosine_similarity():
             assert torch.allclose(maps[b, k], expected)
 
 
+def test_cosine_maps_values_and_gradients_equal_normalising_the_map():
+    """The division by |F(p)| on the K maps (scoring.cosine_maps) against normalising the map
+    itself, F.normalize's definition, including a zero pixel (its norm clamped at 1e-12)."""
+    generator = torch.Generator().manual_seed(21)
+    dense = torch.randn(2, 6, 3, 4, generator=generator, dtype=torch.float64) * 3
+    dense[1, :, 2, 3] = 0
+    text = torch.randn(2, 4, 6, generator=generator, dtype=torch.float64)
+    weights = torch.randn(2, 4, 3, 4, generator=generator, dtype=torch.float64)
+    grads = []
+    for forward in (cosine_maps, lambda d, t: torch.einsum("bdhw,bkd->bkhw", F.normalize(d, dim=1),
+                                                              F.normalize(t, dim=-1))):
+        d, t = dense.clone().requires_grad_(True), text.clone().requires_grad_(True)
+        maps = forward(d, t)
+        (maps * weights).sum().backward()
+        grads.append((maps.detach(), d.grad, t.grad))
+    for got, expected in zip(*grads):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(grads[0][0][1, :, 2, 3], torch.zeros(4, dtype=torch.float64))
+
+
 def test_caption_without_valid_tags_scores_zero_without_nan():
     cos = torch.rand(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
     valid = torch.tensor([[False, False, False], [True, False, True]])

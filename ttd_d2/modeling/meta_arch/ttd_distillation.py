@@ -86,8 +86,9 @@ class TTDDistillation:
         dense, valid = student["dense"], tag_batch["valid"]
         if tag_emb is None:
             tag_emb = self._tag_embeddings(tag_batch, self._encode_tags, dense.shape[1])
-        caption_mask = self.masker(cosine_maps(dense, caption_emb[:, None])[:, 0])  # [B, h, w]
-        tag_cos = cosine_maps(dense, tag_emb)  # [B, K, h, w]
+        # the caption's and the tags' maps in one pass over the dense map
+        cos = cosine_maps(dense, torch.cat([caption_emb[:, None], tag_emb.to(caption_emb.dtype)], dim=1))
+        caption_mask, tag_cos = self.masker(cos[:, 0]), cos[:, 1:]  # [B, h, w], [B, K, h, w]
         tag_masks = self.masker(tag_cos)
         with torch.no_grad():
             if teacher is None:

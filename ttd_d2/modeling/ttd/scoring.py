@@ -47,11 +47,16 @@ def cosine_maps(dense: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """Cosine similarity maps S_k(p) = cos(F(p), t_k).
 
     Args:
-        dense: [B, D, h, w] pixel embeddings (normalised along D here).
+        dense: [B, D, h, w] pixel embeddings.
         text: [B, K, D] text embeddings.
     Returns: [B, K, h, w].
+
+    F(p) . t_k / max(|F(p)|, 1e-12) with t_k normalised: ``F.normalize``'s values and gradients,
+    with the division on the K maps instead of the D-channel map (training: D 128 at 64 x 64, K
+    about 9), which costs a fraction of the passes over the map, forward and backward.
     """
-    return torch.einsum("bdhw,bkd->bkhw", F.normalize(dense, dim=1), F.normalize(text, dim=-1))
+    dots = torch.einsum("bdhw,bkd->bkhw", dense, F.normalize(text, dim=-1))
+    return dots / torch.linalg.vector_norm(dense, dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def image_tag_scores(
