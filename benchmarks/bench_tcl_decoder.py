@@ -103,7 +103,7 @@ def main(argv=None) -> Dict:
         training()  # warm-up of both
         gflops = conv_gflops(decoder, args.batch, args.grid, args.channels, phased=name == "decoder")
         fwd_ms, train_ms = _time_ms(inference, repeats, device), _time_ms(training, repeats, device)
-        results["paths"][name] = {"conv_gflop_forward": round(gflops, 2), "forward_ms": round(fwd_ms, 3),
+        results["paths"][name] = {"conv_gflop_forward": gflops, "forward_ms": round(fwd_ms, 3),
                                   "forward_backward_ms": round(train_ms, 3),
                                   "forward_conv_tflops": round(gflops / fwd_ms, 3)}
         print(f"{name:>10}: forward {fwd_ms:9.3f} ms ({gflops:8.1f} GFLOP of convolutions, "

@@ -78,3 +78,12 @@ def test_achieved_rates_divide_each_familys_flops_by_its_kernel_time():
               "profile": {"categories": {"matmul": 0.2, "attention": 0.1, "norm": 0.05}}}
     assert bench.achieved_rates(result) == {"matmul": pytest.approx(400.0), "attention": pytest.approx(200.0)}
     assert bench.achieved_rates({"gflop_per_image": 1.0, "attention_gflop_per_image": 0.0, "profile": {}}) == {}
+
+
+def test_trailing_overrides_reach_every_setting():
+    """KEY VALUE after the options: configs/tcl.yaml without its checkpoint file."""
+    bench = load_script("benchmarks/bench_eval_protocol.py")
+    report = bench.main(TINY + ["--config-file", "configs/tcl.yaml", "--settings", "single", "--classes", "3",
+                                "MODEL.TCL.WEIGHTS", '""'])
+    assert report["settings"]["opts"] == ["MODEL.TCL.WEIGHTS", '""']
+    assert report["results"]["single"]["gflop_per_image"] > 0
