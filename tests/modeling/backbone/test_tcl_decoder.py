@@ -64,18 +64,17 @@ def test_decoder_equals_its_definition_values_and_gradients(kernel_size):
     torch.manual_seed(0)
     decoder = GatedDecoder(6, num_blocks=2, kernel_size=kernel_size).double()
     with torch.no_grad():
-        for i, param in enumerate(decoder.parameters()):
+        for param in decoder.parameters():
             param.add_(0.1 * torch.randn_like(param))  # non-zero gates, non-trivial norms
     x = torch.randn(2, 6, 3, 5, dtype=torch.float64, requires_grad=True)
-    grads = []
-    for forward in (decoder, lambda t: reference_decoder(decoder, t)):
+
+    def output_and_grads(forward):
         out = forward(x)
-        out.square().sum().backward()
-        grads.append([x.grad.clone()] + [p.grad.clone() for p in decoder.parameters()])
-        x.grad = None
-        decoder.zero_grad(set_to_none=True)
-        grads[-1].insert(0, out.detach())
-    (out, *got), (ref, *expected) = grads
+        grads = torch.autograd.grad(out.square().sum(), [x, *decoder.parameters()])
+        return out.detach(), grads
+
+    out, got = output_and_grads(decoder)
+    ref, expected = output_and_grads(lambda t: reference_decoder(decoder, t))
     assert out.shape == (2, 6, 12, 20) and out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     for g, e in zip(got, expected):

@@ -49,11 +49,10 @@ def nearest_upsampled_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     k = weight.shape[-1]
     p = k // 2
     h, w = x.shape[-2:]
-    top = -((-p) // 2)  # input rows above the map that phase 0 reads: ceil(p / 2)
-    bottom = (1 - p) // 2 + p  # rows below it that phase 1 reads
-    padded = F.pad(x, (top, bottom, top, bottom))
+    pad = -((-p) // 2)  # ceil(p / 2): the rows above the map phase 0 reads, and below it phase 1
+    padded = F.pad(x, (pad, pad, pad, pad))
     kernels = phase_kernels(weight)
-    starts = [top + (a - p) // 2 for a in (0, 1)]
+    starts = [pad + (a - p) // 2 for a in (0, 1)]
     return [[F.conv2d(padded[:, :, starts[a]:starts[a] + h + p, starts[b]:starts[b] + w + p], kernels[a][b], bias)
              for b in (0, 1)] for a in (0, 1)]
 

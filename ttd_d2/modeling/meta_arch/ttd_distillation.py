@@ -87,7 +87,7 @@ class TTDDistillation:
         if tag_emb is None:
             tag_emb = self._tag_embeddings(tag_batch, self._encode_tags, dense.shape[1])
         # the caption's and the tags' maps in one pass over the dense map
-        cos = cosine_maps(dense, torch.cat([caption_emb[:, None], tag_emb.to(caption_emb.dtype)], dim=1))
+        cos = cosine_maps(dense, torch.cat([caption_emb[:, None], tag_emb], dim=1))
         caption_mask, tag_cos = self.masker(cos[:, 0]), cos[:, 1:]  # [B, h, w], [B, K, h, w]
         tag_masks = self.masker(tag_cos)
         with torch.no_grad():
