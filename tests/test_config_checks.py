@@ -181,6 +181,12 @@ def test_tcl_dense_path_is_checked(no_clip):
         build_model(cfg)
 
 
+def test_tcl_decoder_conv_is_checked(no_clip):
+    cfg = set_keys(make_tiny_cfg(), {"MODEL.BACKBONE.NAME": "TCL", "MODEL.TCL.DECODER_CONV": "fft"})
+    with pytest.raises(ValueError, match="MODEL.TCL.DECODER_CONV = 'fft' is unknown: use one of auto, winograd, direct"):
+        build_model(cfg)
+
+
 @pytest.mark.parametrize("keys", [{"MODEL.TTD.ENABLED": True}, {"MODEL.TTD.LORA.WEIGHTS": "model_lora_final.pth"}])
 def test_tcl_objective_is_refused_beside_ttd_and_lora_files(no_clip, keys):
     cfg = set_keys(make_tiny_cfg(), {**TCL_OBJECTIVE, **keys})

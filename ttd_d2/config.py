@@ -69,6 +69,9 @@ def add_ttd_config(cfg):
     cfg.MODEL.TCL.PIXEL_STD = [0.229, 0.224, 0.225]
     # With MODEL.TTD.ENABLED, also train the decoder in full (False: frozen; LoRA adapters only).
     cfg.MODEL.TCL.TRAIN_DECODER = False
+    # How the decoder's 3x3 convolutions run: auto (Winograd F(4x4, 3x3) on float32 CPU tensors,
+    # about 1.4x faster there; PyTorch's own elsewhere), winograd, or direct (PyTorch's F.conv2d).
+    cfg.MODEL.TCL.DECODER_CONV = "auto"
     # Temperature of the Gumbel-sigmoid that samples the masks cutting captions' regions out of
     # images in training (TCL's objective, loss_tcl_image).
     cfg.MODEL.TCL.GUMBEL_TAU = 1.0

@@ -26,6 +26,7 @@ from .modeling.backbone.clip_loading import vision_config
 from .modeling.compile import COMPILE_MODES, compile_backends
 from .modeling.backbone.dense_heads import DENSE_MODES
 from .modeling.backbone.tcl import TCL
+from .modeling.backbone.tcl_decoder import CONV_ALGORITHMS
 from .modeling.lora import VALID_TARGETS, VALID_TOWERS
 from .modeling.meta_arch.ttd import TEACHERS
 from .modeling.ttd.losses import DISTANCES, TARGET_NORMS
@@ -148,6 +149,7 @@ def _tcl_problems(cfg) -> List[Problem]:
         f"MODEL.CLIP.DENSE_MODE = {cfg.MODEL.CLIP.DENSE_MODE!r}: the TCL backbone runs its copied last block as "
         "MaskCLIP (or MODEL.TCL.DENSE_PATH); set it to maskclip" if is_tcl and cfg.MODEL.CLIP.DENSE_MODE != "maskclip" else None,
         _choice("MODEL.TCL.DENSE_PATH", tcl.DENSE_PATH, DENSE_MODES),
+        _choice("MODEL.TCL.DECODER_CONV", tcl.DECODER_CONV, CONV_ALGORITHMS),
     ]
 
 

@@ -1,11 +1,13 @@
 """TCL's gated decoder: the first branch of each block computed at the input resolution (four
-phase convolutions) equals the branch on the upsampled map, values and gradients."""
+phase convolutions, or one of stacked phase kernels) equals the branch on the upsampled map, and
+the Winograd path equals the definition, values and gradients."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ttd_d2.modeling.backbone.tcl_decoder import (
-    GatedDecoder, interleave_phases, nearest_upsampled_conv, phase_kernels,
+    GatedDecoder, interleave_phases, nearest_upsampled_conv, phase_kernels, stacked_phase_kernel,
+    upsample_add_stacked_phases,
 )
 
 
@@ -84,3 +86,78 @@ def test_decoder_equals_its_definition_values_and_gradients(kernel_size):
 def test_decoder_needs_a_branch_per_block():
     with pytest.raises(ValueError, match="num_convs"):
         GatedDecoder(4, num_convs=0)
+
+
+def perturbed_decoder(**kwargs):
+    torch.manual_seed(0)
+    decoder = GatedDecoder(6, num_blocks=2, **kwargs).double()
+    with torch.no_grad():
+        for param in decoder.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    return decoder
+
+
+def test_stacked_phase_kernel_convolution_gives_the_four_phases():
+    torch.manual_seed(3)
+    x = torch.randn(2, 5, 4, 7, dtype=torch.float64)
+    weight = torch.randn(3, 5, 3, 3, dtype=torch.float64)
+    stacked = F.conv2d(x, stacked_phase_kernel(weight), padding=1)  # [2, 12, 4, 7]
+    phases = nearest_upsampled_conv(x, weight, None)
+    for a in (0, 1):
+        for b in (0, 1):
+            k = 2 * a + b
+            torch.testing.assert_close(stacked[:, 3 * k:3 * (k + 1)], phases[a][b], rtol=0, atol=1e-12)
+    low = torch.randn(2, 3, 4, 7, dtype=torch.float64)
+    expected = interleave_phases([[low + phases[a][b] for b in (0, 1)] for a in (0, 1)])
+    torch.testing.assert_close(upsample_add_stacked_phases(stacked, low), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("trained", [True, False])
+def test_winograd_decoder_equals_its_definition_values_and_gradients(trained):
+    decoder = perturbed_decoder(conv="winograd").requires_grad_(trained)
+    x = torch.randn(2, 6, 3, 5, dtype=torch.float64, requires_grad=True)
+    params = list(decoder.parameters()) if trained else []
+
+    def output_and_grads(forward):
+        out = forward(x)
+        return out.detach(), torch.autograd.grad(out.square().sum(), [x, *params])
+
+    out, got = output_and_grads(decoder)
+    ref, expected = output_and_grads(lambda t: reference_decoder(decoder, t))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-9)
+
+
+def test_auto_takes_winograd_on_float32_cpu_tensors_only():
+    branch = GatedDecoder(4).blocks[0].convs[0]
+    assert branch.uses_winograd(torch.zeros(1, 4, 2, 2))
+    assert not branch.uses_winograd(torch.zeros(1, 4, 2, 2, dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not branch.uses_winograd(torch.zeros(1, 4, 2, 2))
+    assert not GatedDecoder(4, kernel_size=5).blocks[0].convs[0].uses_winograd(torch.zeros(1, 4, 2, 2))
+    assert not GatedDecoder(4, conv="direct").blocks[0].convs[0].uses_winograd(torch.zeros(1, 4, 2, 2))
+    with pytest.raises(ValueError, match="DECODER_CONV 'fast' unknown"):
+        GatedDecoder(4, conv="fast")
+    with pytest.raises(ValueError, match="needs kernel size 3"):
+        GatedDecoder(4, kernel_size=5, conv="winograd")
+
+
+def test_frozen_weights_keep_their_transformed_kernels_until_they_change():
+    decoder = perturbed_decoder(conv="winograd").requires_grad_(False)
+    branch = decoder.blocks[0].convs[1]
+    x = torch.randn(1, 6, 3, 5, dtype=torch.float64)
+    first = decoder(x)
+    kernel = branch._winograd_cache[1]
+    torch.testing.assert_close(decoder(x), first, rtol=0, atol=0)
+    assert branch._winograd_cache[1] is kernel  # reused
+    with torch.no_grad():
+        branch.gate.add_(0.5)  # an in-place update (optimiser step, checkpoint load) bumps the version
+    changed = decoder(x)
+    assert branch._winograd_cache[1] is not kernel
+    torch.testing.assert_close(changed, reference_decoder(decoder, x), rtol=1e-10, atol=1e-10)
+    kept = branch._winograd_cache
+    decoder.requires_grad_(True)
+    out = decoder(x)  # weights needing a gradient: their kernels are built per call and not kept
+    assert out.requires_grad and branch._winograd_cache is kept

@@ -39,13 +39,13 @@ class TCLHead(nn.Module):
     copies of ``visual``'s own weights."""
 
     def __init__(self, visual: nn.Module, decoder_blocks: int = 2, dense_path: str = "maskclip",
-                 attn_scale: float = 0.0, naclip_sigma: float = 5.0):
+                 attn_scale: float = 0.0, naclip_sigma: float = 5.0, decoder_conv: str = "auto"):
         super().__init__()
         if dense_path not in DENSE_MODES:
             raise ValueError(f"MODEL.TCL.DENSE_PATH '{dense_path}' unknown; choose one of {DENSE_MODES}")
         self.dense_path, self.attn_scale, self.naclip_sigma = dense_path, attn_scale, naclip_sigma
         self.block = copy.deepcopy(visual.transformer.resblocks[-1])
-        self.decoder = GatedDecoder(visual.transformer.width, num_blocks=decoder_blocks)
+        self.decoder = GatedDecoder(visual.transformer.width, num_blocks=decoder_blocks, conv=decoder_conv)
         self.ln_post = copy.deepcopy(visual.ln_post)
         self.proj = nn.Parameter(visual.proj.detach().clone())
 
@@ -79,6 +79,7 @@ class TCL(CLIPDense):
         train_decoder: bool = False,
         decoder_blocks: int = 2,
         dense_path: str = "maskclip",
+        decoder_conv: str = "auto",
         objective: Optional[TCLObjective] = None,
         **clip_args,
     ):
@@ -92,6 +93,8 @@ class TCL(CLIPDense):
             decoder_blocks: upsampling blocks of the decoder (TCL: 2, i.e. 4x).
             dense_path: how the head's copied last block runs (``MODEL.TCL.DENSE_PATH``): TCL's
                 MaskCLIP value path, or another training-free head of ``dense_heads.py``.
+            decoder_conv: how the decoder's 3x3 convolutions run (``MODEL.TCL.DECODER_CONV``:
+                auto, winograd, direct; ``tcl_decoder.CONV_ALGORITHMS``).
             objective: TCL's own training objective (``MODEL.TCL.LOSS``), or None (every
                 weight 0, e.g. under TTD): the meta-architecture adds ``training_losses``.
             clip_args: the arguments of ``CLIPDense`` (``clip_model``, ``tokenizer``,
@@ -105,7 +108,7 @@ class TCL(CLIPDense):
         visual = self.clip.visual
         if not isinstance(getattr(visual, "proj", None), torch.Tensor):
             raise ValueError("TCL needs an open_clip ViT with an output projection (visual.proj)")
-        head = TCLHead(visual, decoder_blocks, dense_path, self.attn_scale, self.naclip_sigma)
+        head = TCLHead(visual, decoder_blocks, dense_path, self.attn_scale, self.naclip_sigma, decoder_conv)
         self.clip.requires_grad_(False)  # TCL's CLIP is frozen; only its head trains
         if dense_path in HEADS_WITHOUT_LAST_MLP:  # what the path skips gets no gradient: frozen (DDP needs it)
             for name in ("ln_2", "mlp", "ls_2"):
@@ -128,7 +131,7 @@ class TCL(CLIPDense):
         if len(tcl.PIXEL_MEAN):  # [] = the CLIP's own (open_clip's preprocessing config)
             args["pixel_mean"], args["pixel_std"] = list(tcl.PIXEL_MEAN), list(tcl.PIXEL_STD)
         args.update(weights=tcl.WEIGHTS, masker_from_weights=tcl.MASKER_FROM_WEIGHTS, train_decoder=tcl.TRAIN_DECODER,
-                    dense_path=tcl.DENSE_PATH)
+                    dense_path=tcl.DENSE_PATH, decoder_conv=tcl.DECODER_CONV)
         objective = TCLObjective(cfg)
         args["objective"] = objective if objective.enabled else None
         return args

@@ -13,12 +13,23 @@ convolutions of the map itself, one per output phase (``nearest_upsampled_conv``
 runs at the input resolution, (k//2 + 1)^2 / k^2 of the multiply-adds (4/9 for k = 3), with the
 same result up to float rounding. The decoder is channels-last throughout (its LayerNorms read
 channels as the last dimension without a copy).
+
+On float32 CPU tensors (``conv="auto"``, ``MODEL.TCL.DECODER_CONV``) the 3x3 convolutions run by
+Winograd's F(4x4, 3x3) (``winograd.py``; oneDNN has no such path there), a first branch's four
+phase kernels as one convolution with 4x the output channels (``stacked_phase_kernel``). While
+the decoder's weights need no gradient (inference, the frozen teacher and student of TTD) each
+branch keeps its transformed kernel until a weight changes.
 """
-from typing import List
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .winograd import WinogradKernel, winograd_conv3x3
+
+# MODEL.TCL.DECODER_CONV: Winograd on float32 CPU tensors outside autocast (auto), always, or never (direct)
+CONV_ALGORITHMS = ("auto", "winograd", "direct")
 
 
 def _fold_taps(weight: torch.Tensor, dim: int, phase: int) -> torch.Tensor:
@@ -57,6 +68,32 @@ def nearest_upsampled_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
              for b in (0, 1)] for a in (0, 1)]
 
 
+def stacked_phase_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """The four phase kernels of a 3x3 ``weight`` [O, I, 3, 3] (``phase_kernels``), each placed in
+    a 3x3 kernel of the input rows and columns -1, 0, +1 it reads (phase 0: -1, 0; phase 1: 0, +1)
+    and stacked as [4O, I, 3, 3], output channel (2a + b) * O + o: one convolution of the map
+    (padding 1) gives all four phases."""
+    if tuple(weight.shape[-2:]) != (3, 3):
+        raise ValueError(f"stacked_phase_kernel needs a 3x3 kernel, got {tuple(weight.shape)}")
+    kernels = phase_kernels(weight)
+    place = {0: (0, 1), 1: (1, 0)}  # zero column / row after (phase 0) or before (phase 1) its 2 taps
+    return torch.cat([F.pad(kernels[a][b], (*place[b], *place[a])) for a in (0, 1) for b in (0, 1)])
+
+
+def upsample_add_stacked_phases(stacked: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``up(x)`` + the phases ``stacked`` [B, 4C, h, w] (channel (2a + b) * C + c, channels-last:
+    ``stacked_phase_kernel``'s order) -> [B, C, 2h, 2w] channels-last, in one pass."""
+    b, c, h, w = x.shape
+    phases = stacked.permute(0, 2, 3, 1).view(b, h, w, 2, 2, c)
+    low = x.permute(0, 2, 3, 1)[:, :, :, None, None, :]
+    if torch.is_grad_enabled() and (stacked.requires_grad or x.requires_grad):  # out= has no autograd
+        out = (phases + low).permute(0, 1, 3, 2, 4, 5)
+    else:
+        out = x.new_empty(b, h, 2, w, 2, c)
+        torch.add(phases, low, out=out.permute(0, 1, 3, 2, 4, 5))
+    return out.reshape(b, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+
+
 def interleave_phases(phases: List[List[torch.Tensor]]) -> torch.Tensor:
     """Four phase maps ``[a][b]`` [B, C, h, w] -> [B, C, 2h, 2w] (channels-last) with pixel
     (2i + a, 2j + b) from phase (a, b)'s pixel (i, j)."""
@@ -72,15 +109,22 @@ class GatedConv(nn.Module):
     The LayerNorm normalises over channels at every position; the convolution keeps the size
     (kernel ``k``, zero padding k // 2). ``gate`` is a learnable scalar initialised to 0; it
     scales the convolution's weight and bias (the same product, without a pass over the map).
+    ``conv``: how a 3x3 convolution runs (``CONV_ALGORITHMS``; module docstring).
     """
 
-    def __init__(self, channels: int, kernel_size: int = 3):
+    def __init__(self, channels: int, kernel_size: int = 3, conv: str = "auto"):
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"GatedConv needs an odd kernel size to keep the map size, got {kernel_size}")
+        if conv not in CONV_ALGORITHMS:
+            raise ValueError(f"MODEL.TCL.DECODER_CONV '{conv}' unknown; use one of {CONV_ALGORITHMS}")
+        if conv == "winograd" and kernel_size != 3:
+            raise ValueError(f"MODEL.TCL.DECODER_CONV 'winograd' needs kernel size 3, got {kernel_size}; use auto or direct")
         self.norm = nn.LayerNorm(channels)
         self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)
         self.gate = nn.Parameter(torch.zeros(()))
+        self.conv_algorithm = conv
+        self._winograd_cache: Optional[Tuple] = None  # (key, kernel, bias) while the weights need no gradient
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """GELU(LayerNorm_C(x)) [B, C, H, W], channels-last."""
@@ -90,24 +134,58 @@ class GatedConv(nn.Module):
         gate = torch.tanh(self.gate)
         return gate * self.conv.weight, gate * self.conv.bias
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def uses_winograd(self, x: torch.Tensor) -> bool:
+        """Whether the convolution of ``x`` runs by F(4x4, 3x3) (``conv_algorithm``; "auto": a
+        3x3 kernel on a float32 CPU tensor outside CPU autocast, where oneDNN's bf16 is faster)."""
+        if self.conv_algorithm != "auto":
+            return self.conv_algorithm == "winograd"
+        return (self.conv.kernel_size == (3, 3) and x.device.type == "cpu" and x.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu"))
+
+    def winograd_weights(self, stacked: bool) -> Tuple[torch.Tensor, torch.Tensor, WinogradKernel]:
+        """The gated kernel (``stacked_phase_kernel``'s when ``stacked``), the gated bias (repeated
+        per phase when ``stacked``) and the kernel's ``WinogradKernel``. While no weight needs a
+        gradient they are kept, keyed by the weights' storage and version counters (every
+        in-place update, optimiser step or checkpoint load bumps them), and reused."""
+        params = (self.conv.weight, self.conv.bias, self.gate)
+        cacheable = not (torch.is_grad_enabled() and any(p.requires_grad for p in params))
+        key = (stacked, *((p.device, p.dtype, p.data_ptr(), p._version) for p in params))
+        if cacheable and self._winograd_cache is not None and self._winograd_cache[0] == key:
+            _, kernel, bias = self._winograd_cache
+            return kernel.weight, bias, kernel
         weight, bias = self.gated_weights()
-        return F.conv2d(self.activations(x), weight, bias, padding=self.conv.padding)
+        if stacked:
+            weight, bias = stacked_phase_kernel(weight), bias.repeat(4)
+        kernel = WinogradKernel(weight)
+        if cacheable:
+            self._winograd_cache = (key, kernel, bias.detach())
+        return weight, bias, kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.activations(x)
+        if self.uses_winograd(x):
+            return winograd_conv3x3(x, *self.winograd_weights(stacked=False))
+        weight, bias = self.gated_weights()
+        return F.conv2d(x, weight, bias, padding=self.conv.padding)
 
     def residual_after_upsample(self, x: torch.Tensor) -> torch.Tensor:
         """``up(x) + self(up(x))`` for x [B, C, h, w] and up the 2x nearest upsampling ->
         [B, C, 2h, 2w], computed at x's resolution (module docstring)."""
+        activations = self.activations(x)
+        if self.uses_winograd(activations):
+            stacked = winograd_conv3x3(activations, *self.winograd_weights(stacked=True))
+            return upsample_add_stacked_phases(stacked, x)
         weight, bias = self.gated_weights()
-        phases = nearest_upsampled_conv(self.activations(x), weight, bias)
+        phases = nearest_upsampled_conv(activations, weight, bias)
         return interleave_phases([[x + phase for phase in row] for row in phases])
 
 
 class UpsampleBlock(nn.Module):
     """Nearest 2x upsampling, then ``len(convs)`` residual gated branches: [B, C, H, W] -> [B, C, 2H, 2W]."""
 
-    def __init__(self, channels: int, kernel_size: int = 3, num_convs: int = 2):
+    def __init__(self, channels: int, kernel_size: int = 3, num_convs: int = 2, conv: str = "auto"):
         super().__init__()
-        self.convs = nn.ModuleList(GatedConv(channels, kernel_size) for _ in range(num_convs))
+        self.convs = nn.ModuleList(GatedConv(channels, kernel_size, conv) for _ in range(num_convs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         first, *rest = self.convs
@@ -121,13 +199,15 @@ class GatedDecoder(nn.Module):
     """``num_blocks`` upsampling blocks: [B, C, h, w] -> [B, C, h * 2^n, w * 2^n].
 
     TCL's configuration (ViT-B/16): 2 blocks of 2 branches each, kernel 3, C = the ViT width.
+    ``conv``: how the 3x3 convolutions run (``CONV_ALGORITHMS``, ``MODEL.TCL.DECODER_CONV``).
     """
 
-    def __init__(self, channels: int, num_blocks: int = 2, kernel_size: int = 3, num_convs: int = 2):
+    def __init__(self, channels: int, num_blocks: int = 2, kernel_size: int = 3, num_convs: int = 2,
+                 conv: str = "auto"):
         super().__init__()
         if num_convs < 1:
             raise ValueError(f"an upsampling block needs at least one gated branch, got num_convs={num_convs}")
-        self.blocks = nn.ModuleList(UpsampleBlock(channels, kernel_size, num_convs) for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(UpsampleBlock(channels, kernel_size, num_convs, conv) for _ in range(num_blocks))
 
     @property
     def scale(self) -> int:
