@@ -1,5 +1,6 @@
-"""``TTD.reusing_image_features``: inside the block the backbone runs once per distinct input and
-every output equals the one computed without the block, under two masker biases (the
+"""``TTD.reusing_image_features``: inside the block the backbone runs once per distinct input, the
+text tower once per distinct caption and tag list, and every output equals the one computed
+without the block, under two masker biases (the
 quickstart's two settings), for semantic segmentation and caption analysis."""
 import pytest
 import torch
@@ -36,12 +37,15 @@ def test_outputs_equal_the_uncached_ones_and_the_backbone_runs_once_per_input(ti
     model = build(tiny_cfg)
     batch, biases = inputs(dataset), (-2.0, 0.5)
     expected = outputs(model, batch, biases)
-    calls = []
-    forward = model.backbone.forward
+    calls, texts = [], []
+    forward, encode_text = model.backbone.forward, model.backbone.encode_text
     model.backbone.forward = lambda *a, **k: calls.append(k.get("with_global")) or forward(*a, **k)
+    model.backbone.encode_text = lambda t, **k: texts.append((tuple(t), k.get("use_templates"))) or encode_text(t, **k)
     with model.reusing_image_features():
         got = outputs(model, batch, biases)
     assert len(calls) == 3 + 3  # semseg (no global) once per image; captions need the global embedding
+    caption, tags = (("a red circle and a blue square",), False), (("red", "circle", "blue", "square"), True)
+    assert texts.count(caption) == texts.count(tags) == 1  # three images, two settings: encoded once
     for want, have in zip(expected, got):
         for a, b in zip(want, have):
             assert a.keys() == b.keys()
@@ -54,8 +58,10 @@ def test_outputs_equal_the_uncached_ones_and_the_backbone_runs_once_per_input(ti
                     assert value == b[key], key
     assert model._feature_cache is None  # released at the end of the block
     calls.clear()
+    texts.clear()
     outputs(model, batch, biases)
     assert len(calls) == 2 * 6  # outside the block nothing is reused
+    assert texts.count(caption) == texts.count(tags) == 2 * 3
 
 
 def test_the_block_refuses_training_mode(tiny_cfg):

@@ -66,11 +66,12 @@ class TTDInference:
     @contextmanager
     def reusing_image_features(self) -> Iterator[None]:
         """Inside the block, the backbone's outputs are kept per input (by its content) and reused,
-        so evaluating one model under several masker or threshold settings (tools/quickstart.py:
-        as trained and calibrated) runs the image tower once per image. Only the heads after the
-        backbone may change inside (masker, thresholds, text): the image tower must stay as it
-        is, so the block is for eval mode only. Memory: one entry per distinct input; its key
-        hashes the input's bytes on the host (a GPU input is copied there once per call)."""
+        and so are the text tower's embeddings of captions and tags (by their text): evaluating one
+        model under several masker or threshold settings (tools/quickstart.py: as trained and
+        calibrated) runs each tower once per input. Only the heads after the towers may change
+        inside (masker, thresholds, which texts are asked for): both towers must stay as they
+        are, so the block is for eval mode only. Memory: one entry per distinct input; an image's
+        key hashes its bytes on the host (a GPU input is copied there once per call)."""
         if self.training:
             raise RuntimeError("reusing_image_features() is for evaluation: call model.eval() first")
         self._feature_cache = {}
@@ -94,6 +95,17 @@ class TTDInference:
         if feats is None or (with_global and "global" not in feats):
             feats = cache[key] = self.backbone(padded, with_global=with_global)
         return feats, size
+
+    def _encode_text(self, texts: Sequence[str], use_templates: bool = False) -> torch.Tensor:
+        """``backbone.encode_text``; inside ``reusing_image_features`` the result for the same
+        texts is kept and reused."""
+        cache = self._feature_cache
+        if cache is None or self.training:
+            return self.backbone.encode_text(list(texts), use_templates=use_templates)
+        key = ("text", tuple(texts), use_templates)
+        if key not in cache:
+            cache[key] = self.backbone.encode_text(list(texts), use_templates=use_templates)
+        return cache[key]
 
     # ------------------------------------------------------------------ semantic segmentation
     def _class_scores(self, images: torch.Tensor, text_emb: torch.Tensor, owner: Optional[torch.Tensor],
@@ -210,14 +222,14 @@ class TTDInference:
         feats, padded_size = self._image_features(image)
         dense, global_emb = feats["dense"], F.normalize(feats["global"], dim=-1)
         tags = self.candidate_tags([caption])[0]
-        caption_emb = self.backbone.encode_text([caption])
+        caption_emb = self._encode_text([caption])
         cos_caption = maps_to_image(cosine_maps(dense, caption_emb[None])[0, 0], padded_size, image.shape[-2:], out_size)
         if self._single_pass():
             caption_mask = self.masker(cos_caption).clamp(0, 1)
         else:
             caption_mask = self._caption_probability(image, caption_emb, out_size)
         out = {"caption_mask": caption_mask, "caption_cos": cos_caption, "tags": tags, "tag_threshold": self.tag_threshold}
-        tag_emb = self.backbone.encode_text(tags, use_templates=True)[None]  # [1, K, D]
+        tag_emb = self._encode_text(tags, use_templates=True)[None]  # [1, K, D]
         valid = torch.ones(1, len(tags), dtype=torch.bool, device=dense.device)
         cos_maps = cosine_maps(dense, tag_emb)
         tau = self.backbone.logit_scale
