@@ -156,7 +156,7 @@ def test_cuda_graph_outputs_are_copied_before_the_next_replay(mode, copies):
 def test_a_ttd_step_keeps_every_variant_compiled(tiny_cfg):
     """Student and teacher, image and text, grad and no-grad, new shapes: as many graphs as
     dynamo's default limit of 8 per code object already (the blocks of a tower share theirs:
-    tests/modeling/test_lora_shared_class.py); none may be left to run eagerly."""
+    tests/modeling/lora/test_shared_class.py); none may be left to run eagerly."""
     from torch._dynamo.utils import counters
 
     model = build(tiny_cfg, train=True, **TTD, **{"MODEL.CLIP.COMPILE.MODE": "default",
