@@ -144,20 +144,28 @@ def test_auto_takes_winograd_on_float32_cpu_tensors_only():
         GatedDecoder(4, kernel_size=5, conv="winograd")
 
 
-def test_frozen_weights_keep_their_transformed_kernels_until_they_change():
-    decoder = perturbed_decoder(conv="winograd").requires_grad_(False)
-    branch = decoder.blocks[0].convs[1]
+@pytest.mark.parametrize("conv, first_kind, rest_kind", [("winograd", "winograd_stacked", "winograd"),
+                                                       ("direct", "phases", "gated")])
+def test_frozen_weights_keep_their_derived_kernels_until_they_change(conv, first_kind, rest_kind):
+    decoder = perturbed_decoder(conv=conv).requires_grad_(False)
+    first_branch, branch = decoder.blocks[0].convs[0], decoder.blocks[0].convs[1]
     x = torch.randn(1, 6, 3, 5, dtype=torch.float64)
     first = decoder(x)
-    kernel = branch._winograd_cache[1]
+    assert set(first_branch._weights_cache) == {first_kind} and set(branch._weights_cache) == {rest_kind}
+    kept_first, kept = first_branch._weights_cache[first_kind][1], branch._weights_cache[rest_kind][1]
     torch.testing.assert_close(decoder(x), first, rtol=0, atol=0)
-    assert branch._winograd_cache[1] is kernel  # reused
+    assert first_branch._weights_cache[first_kind][1] is kept_first  # reused
+    assert branch._weights_cache[rest_kind][1] is kept
     with torch.no_grad():
         branch.gate.add_(0.5)  # an in-place update (optimiser step, checkpoint load) bumps the version
+        first_branch.conv.weight.mul_(1.5)
     changed = decoder(x)
-    assert branch._winograd_cache[1] is not kernel
+    assert branch._weights_cache[rest_kind][1] is not kept
+    assert first_branch._weights_cache[first_kind][1] is not kept_first
     torch.testing.assert_close(changed, reference_decoder(decoder, x), rtol=1e-10, atol=1e-10)
-    kept = branch._winograd_cache
+    kept = dict(branch._weights_cache)
     decoder.requires_grad_(True)
     out = decoder(x)  # weights needing a gradient: their kernels are built per call and not kept
-    assert out.requires_grad and branch._winograd_cache is kept
+    assert out.requires_grad and branch._weights_cache == kept
+    out.sum().backward()
+    assert branch.gate.grad is not None and first_branch.conv.weight.grad is not None

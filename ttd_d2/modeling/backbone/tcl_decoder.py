@@ -20,7 +20,7 @@ phase kernels as one convolution with 4x the output channels (``stacked_phase_ke
 the decoder's weights need no gradient (inference, the frozen teacher and student of TTD) each
 branch keeps its transformed kernel until a weight changes.
 """
-from typing import List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -53,16 +53,18 @@ def phase_kernels(weight: torch.Tensor) -> List[List[torch.Tensor]]:
     return [[_fold_taps(rows[a], 3, b) for b in (0, 1)] for a in (0, 1)]
 
 
-def nearest_upsampled_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> List[List[torch.Tensor]]:
+def nearest_upsampled_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                           kernels: Optional[List[List[torch.Tensor]]] = None) -> List[List[torch.Tensor]]:
     """``conv2d(upsample_nearest_2x(x), weight, bias, padding=k//2)`` for x [B, I, h, w], as its
     four output phases ``[a][b]`` [B, O, h, w] (phase (a, b) holds output pixels (2i + a, 2j + b);
-    ``interleave_phases`` assembles them), computed on ``x`` itself."""
+    ``interleave_phases`` assembles them), computed on ``x`` itself. ``kernels``: ``weight``'s
+    ``phase_kernels`` when the caller has them already."""
     k = weight.shape[-1]
     p = k // 2
     h, w = x.shape[-2:]
     pad = -((-p) // 2)  # ceil(p / 2): the rows above the map phase 0 reads, and below it phase 1
     padded = F.pad(x, (pad, pad, pad, pad))
-    kernels = phase_kernels(weight)
+    kernels = phase_kernels(weight) if kernels is None else kernels
     starts = [pad + (a - p) // 2 for a in (0, 1)]
     return [[F.conv2d(padded[:, :, starts[a]:starts[a] + h + p, starts[b]:starts[b] + w + p], kernels[a][b], bias)
              for b in (0, 1)] for a in (0, 1)]
@@ -124,7 +126,7 @@ class GatedConv(nn.Module):
         self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)
         self.gate = nn.Parameter(torch.zeros(()))
         self.conv_algorithm = conv
-        self._winograd_cache: Optional[Tuple] = None  # (key, kernel, bias) while the weights need no gradient
+        self._weights_cache: Dict[str, Tuple] = {}  # kind -> (key, weights) while the weights need no gradient
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """GELU(LayerNorm_C(x)) [B, C, H, W], channels-last."""
@@ -142,30 +144,44 @@ class GatedConv(nn.Module):
         return (self.conv.kernel_size == (3, 3) and x.device.type == "cpu" and x.dtype == torch.float32
                 and not torch.is_autocast_enabled("cpu"))
 
+    def _weights_kept(self, kind: str, build: Callable[[], Tuple]) -> Tuple:
+        """``build()``, the convolution's weights in the form ``kind`` needs (gated, phase
+        kernels, Winograd transforms). While no weight needs a gradient (evaluation, the frozen
+        teacher, a TTD student whose decoder is frozen) the result is kept, keyed by the
+        weights' storage and version counters (every in-place update, optimiser step or
+        checkpoint load bumps them), and reused: rebuilding the phase kernels' slice sums cost a
+        CPU evaluation of one 128 px image about 7 of its 67 ms (tools/quickstart.py's model)."""
+        params = (self.conv.weight, self.conv.bias, self.gate)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return build()
+        key = tuple((p.device, p.dtype, p.data_ptr(), p._version) for p in params)
+        kept = self._weights_cache.get(kind)
+        if kept is None or kept[0] != key:
+            kept = self._weights_cache[kind] = (key, build())
+        return kept[1]
+
     def winograd_weights(self, stacked: bool) -> Tuple[torch.Tensor, torch.Tensor, WinogradKernel]:
         """The gated kernel (``stacked_phase_kernel``'s when ``stacked``), the gated bias (repeated
-        per phase when ``stacked``) and the kernel's ``WinogradKernel``. While no weight needs a
-        gradient they are kept, keyed by the weights' storage and version counters (every
-        in-place update, optimiser step or checkpoint load bumps them), and reused."""
-        params = (self.conv.weight, self.conv.bias, self.gate)
-        cacheable = not (torch.is_grad_enabled() and any(p.requires_grad for p in params))
-        key = (stacked, *((p.device, p.dtype, p.data_ptr(), p._version) for p in params))
-        if cacheable and self._winograd_cache is not None and self._winograd_cache[0] == key:
-            _, kernel, bias = self._winograd_cache
-            return kernel.weight, bias, kernel
-        weight, bias = self.gated_weights()
-        if stacked:
-            weight, bias = stacked_phase_kernel(weight), bias.repeat(4)
-        kernel = WinogradKernel(weight)
-        if cacheable:
-            self._winograd_cache = (key, kernel, bias.detach())
-        return weight, bias, kernel
+        per phase when ``stacked``) and the kernel's ``WinogradKernel`` (``_weights_kept``)."""
+        def build():
+            weight, bias = self.gated_weights()
+            if stacked:
+                weight, bias = stacked_phase_kernel(weight), bias.repeat(4)
+            return weight, bias, WinogradKernel(weight)
+        return self._weights_kept("winograd_stacked" if stacked else "winograd", build)
+
+    def phase_weights(self) -> Tuple[torch.Tensor, torch.Tensor, List[List[torch.Tensor]]]:
+        """The gated kernel, the gated bias and the kernel's ``phase_kernels`` (``_weights_kept``)."""
+        def build():
+            weight, bias = self.gated_weights()
+            return weight, bias, phase_kernels(weight)
+        return self._weights_kept("phases", build)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.activations(x)
         if self.uses_winograd(x):
             return winograd_conv3x3(x, *self.winograd_weights(stacked=False))
-        weight, bias = self.gated_weights()
+        weight, bias = self._weights_kept("gated", self.gated_weights)
         return F.conv2d(x, weight, bias, padding=self.conv.padding)
 
     def residual_after_upsample(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,8 +191,7 @@ class GatedConv(nn.Module):
         if self.uses_winograd(activations):
             stacked = winograd_conv3x3(activations, *self.winograd_weights(stacked=True))
             return upsample_add_stacked_phases(stacked, x)
-        weight, bias = self.gated_weights()
-        phases = nearest_upsampled_conv(activations, weight, bias)
+        phases = nearest_upsampled_conv(activations, *self.phase_weights())
         return interleave_phases([[x + phase for phase in row] for row in phases])
 
 
