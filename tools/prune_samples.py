@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ttd_d2  # noqa: F401,E402  (registers the backbones and datasets)
 from ttd_d2 import TTDTrainer, add_ttd_config  # noqa: E402
 from ttd_d2.data.datasets.label_conversion import write_text_atomic  # noqa: E402
-from ttd_d2.data.mappers import read_image_checked  # noqa: E402
+from ttd_d2.data.image_io import read_image_checked  # noqa: E402
 from ttd_d2.data.streams import expand_shards, sample_to_record  # noqa: E402
 
 logger = logging.getLogger("prune_samples")

@@ -74,3 +74,20 @@ def test_pickled_as_one_tensor_per_field():
     assert stack_field(rebuilt, "image").data_ptr() == rebuilt[0]["image"].data_ptr()
     rebuilt[0].pop("caption")  # the samples are ordinary dicts (SkipCountingLoader pops fields)
     assert "caption" in rebuilt[1]
+
+
+def _collate_and_report_sharing(samples):
+    batch = packed_batch_collator(samples)
+    return {key: (stack.is_shared(), stack.clone()) for key, stack in batch.stacks.items()}
+
+
+def test_in_a_loader_worker_the_stacks_are_made_in_shared_memory():
+    """No copy on the way to the main process: the worker stacks straight into shared memory
+    (the main process, outside any worker, gets an ordinary stack)."""
+    assert not any(shared for shared, _ in _collate_and_report_sharing(_samples(4)).values())
+    loader = torch.utils.data.DataLoader(_Stream(), batch_size=4, num_workers=1, collate_fn=_collate_and_report_sharing)
+    expected = _samples(8)
+    for k, report in enumerate(loader):
+        assert set(report) == {"image", "caption_tokens"} and all(shared for shared, _ in report.values())
+        want = torch.stack([torch.from_numpy(s["image"]) for s in expected[4 * k:4 * k + 4]])
+        assert torch.equal(report["image"][1], want)

@@ -1,6 +1,5 @@
 """Dataset mappers: image-caption pairs for training, any record for evaluation."""
 import copy
-import io
 import logging
 import sys
 from typing import Dict, Optional, Tuple
@@ -8,29 +7,13 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from PIL import Image
 
 from ..modeling.backbone.clip_loading import build_tokenizer
 from ..modeling.ttd.tags import candidate_tags, token_window
+from .image_io import read_image_checked
 
 logger = logging.getLogger(__name__)
-
-
-def read_image_checked(file_name: str, image_format: str = "RGB", data: Optional[bytes] = None) -> np.ndarray:
-    """Read an image [H, W, 3] uint8 from ``file_name``, or decode ``data`` (its bytes, e.g. a tar
-    member; ``file_name`` then names it), as detectron2's ``read_image`` does (EXIF orientation
-    applied); or raise an ``OSError`` that names the file and the fix."""
-    try:
-        if data is None:
-            return utils.read_image(file_name, format=image_format)
-        return utils.convert_PIL_to_numpy(utils._apply_exif_orientation(Image.open(io.BytesIO(data))), image_format)
-    except Exception as e:  # PIL raises several types for missing, truncated or corrupt files
-        raise OSError(
-            f"cannot read image '{file_name}' ({type(e).__name__}: {e}). Replace or remove the file, "
-            "or regenerate the dataset (tools/generate_synthetic.py for the synthetic benchmark)."
-        ) from e
 
 
 def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
@@ -91,7 +74,10 @@ class CaptionTrainMapper:
 
     def __call__(self, record: Dict) -> Optional[Dict]:
         try:
-            image = read_image_checked(record["file_name"], self.image_format, record.get("image_bytes"))
+            # a view, whatever the decoder's layout: the crop and flip below keep it a view, and
+            # the sample's one copy is the CHW array it returns
+            image = read_image_checked(record["file_name"], self.image_format, record.get("image_bytes"),
+                                       channels_first=True).transpose(1, 2, 0)
         except OSError as e:
             logger.warning("skipping a training sample: %s", e)
             return None
