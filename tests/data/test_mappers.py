@@ -53,3 +53,34 @@ def test_an_image_at_the_train_size_is_not_resized(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(path)
     CaptionTrainMapper(train_size=32, tokenizer=None)({"file_name": str(path), "caption": "x"})
     assert calls == [1]
+
+
+def test_caption_tokens_are_the_tokenizers_and_repeats_are_cached(tmp_path, monkeypatch):
+    """Each sample's caption_tokens equal open_clip's tokenizer on its caption, repeated captions
+    reuse a cached copy (the tokenizer runs once per distinct caption), every sample gets its own
+    array, and the cache stops growing at CAPTION_TOKEN_CACHE_SIZE."""
+    from conftest import TINY_ARCH
+
+    from ttd_d2.data import mappers
+    from ttd_d2.modeling.backbone.clip_loading import build_tokenizer
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
+    tokenizer = build_tokenizer(TINY_ARCH)
+    calls = []
+
+    def counting(texts):
+        calls.append(list(texts))
+        return tokenizer(texts)
+
+    monkeypatch.setattr(mappers, "CAPTION_TOKEN_CACHE_SIZE", 2)
+    mapper = CaptionTrainMapper(train_size=32, tokenizer=counting)
+    captions = ["a red cat", "two dogs", "a red cat", "a tree", "two dogs", "a tree"]
+    samples = [mapper({"file_name": str(path), "caption": c}) for c in captions]
+    for caption, sample in zip(captions, samples):
+        assert sample["caption_tokens"].dtype == np.int64
+        np.testing.assert_array_equal(sample["caption_tokens"], tokenizer([caption])[0].numpy())
+    assert calls == [["a red cat"], ["two dogs"], ["a tree"], ["a tree"]]  # "a tree" came past the cache's size
+    samples[0]["caption_tokens"][:] = 0  # a sample's array is its own
+    np.testing.assert_array_equal(mapper({"file_name": str(path), "caption": "a red cat"})["caption_tokens"],
+                                  tokenizer(["a red cat"])[0].numpy())

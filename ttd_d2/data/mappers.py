@@ -15,6 +15,12 @@ from .image_io import read_image_checked
 
 logger = logging.getLogger(__name__)
 
+# Captions whose token ids a loader worker keeps (about 0.6 KB each): a repeated caption then
+# costs a dict lookup instead of open_clip's text cleaning and BPE (0.05 ms on a 2-core CPU,
+# an eighth of a 128 px sample's mapping). The synthetic benchmark's 20k training scenes have
+# 6,667 distinct captions; web captions rarely repeat, and past this many the cache stops growing.
+CAPTION_TOKEN_CACHE_SIZE = 8192
+
 
 def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
     """[H, W, 3] uint8 -> [3, H, W] uint8 tensor."""
@@ -61,6 +67,7 @@ class CaptionTrainMapper:
         self.tokenizer = tokenizer
         self.tag_options = tag_options if tokenizer is not None else None
         self._fits = token_window(tokenizer, tokenizer.context_length) if self.tag_options else None
+        self._caption_tokens: Dict[str, np.ndarray] = {}
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -98,10 +105,20 @@ class CaptionTrainMapper:
             "width": self.train_size,
         }
         if self.tokenizer is not None:
-            sample["caption_tokens"] = self.tokenizer([record["caption"]])[0].numpy()
+            sample["caption_tokens"] = self._tokens(record["caption"])
         if self.tag_options is not None:
             sample["candidate_tags"] = candidate_tags([record["caption"]], self._fits, *self.tag_options)[0]
         return sample
+
+
+    def _tokens(self, caption: str) -> np.ndarray:
+        """[L] int64 token ids of ``caption``, a fresh array (the cache keeps its own)."""
+        tokens = self._caption_tokens.get(caption)
+        if tokens is None:
+            tokens = self.tokenizer([caption])[0].numpy()
+            if len(self._caption_tokens) < CAPTION_TOKEN_CACHE_SIZE:
+                self._caption_tokens[caption] = tokens
+        return tokens.copy()
 
 
 class TestMapper:
