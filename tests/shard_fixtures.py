@@ -17,6 +17,18 @@ def jpeg(seed: int, height: int = 40, width: int = 48) -> bytes:
     return cv2.imencode(".jpg", image)[1].tobytes()
 
 
+def write_image_json_folder(root: Path, count: int, caption=lambda i: f"a red circle number {i}") -> Path:
+    """The TTD authors' folder layout, ``root/image/{i:06d}.jpg`` + ``root/json/{i:06d}.json``
+    ({"caption": caption(i), "url": ...}: the caption beside a field the loader ignores) for
+    ``count`` good pairs; returns ``root``."""
+    (root / "image").mkdir(parents=True)
+    (root / "json").mkdir()
+    for i in range(count):
+        (root / "image" / f"{i:06d}.jpg").write_bytes(jpeg(i))
+        (root / "json" / f"{i:06d}.json").write_text(json.dumps({"caption": caption(i), "url": f"https://example.com/{i}"}))
+    return root
+
+
 def write_shard(path: Path, members: List[tuple]) -> Path:
     """members: (name, bytes) in order."""
     with tarfile.open(path, "w") as tar:

@@ -5,17 +5,12 @@ import json
 import pytest
 
 from conftest import TINY_ARCH, load_script
-from shard_fixtures import jpeg
+from shard_fixtures import write_image_json_folder
 
 
 @pytest.mark.parametrize("cold", [False, True])
 def test_smoke(tmp_path, cold):
-    root = tmp_path / "folder"
-    (root / "image").mkdir(parents=True)
-    (root / "json").mkdir()
-    for i in range(6):
-        (root / "image" / f"{i:03d}.jpg").write_bytes(jpeg(i))
-        (root / "json" / f"{i:03d}.json").write_text(json.dumps({"caption": f"a red circle {i % 2}"}))
+    root = write_image_json_folder(tmp_path / "folder", 6, lambda i: f"a red circle {i % 2}")
     bench = load_script("benchmarks/bench_mapper.py")
     out = tmp_path / "mapper.json"
     report = bench.main(["--config-file", "configs/synthetic/pretrain_tiny_clip.yaml", "--samples", "4", "--warmup", "2",

@@ -3,16 +3,11 @@ image-JSON folder, timed and profiled, with the labelled stages of the TTD step 
 import json
 
 from conftest import TINY_ARCH, load_script
-from shard_fixtures import jpeg
+from shard_fixtures import write_image_json_folder
 
 
 def test_smoke_with_profile(tmp_path):
-    root = tmp_path / "folder"
-    (root / "image").mkdir(parents=True)
-    (root / "json").mkdir()
-    for i in range(8):
-        (root / "image" / f"{i:03d}.jpg").write_bytes(jpeg(i))
-        (root / "json" / f"{i:03d}.json").write_text(json.dumps({"caption": f"a red circle and a blue square {i}"}))
+    root = write_image_json_folder(tmp_path / "folder", 8, lambda i: f"a red circle and a blue square {i}")
     bench = load_script("benchmarks/bench_train_step.py")
     out = tmp_path / "train_step.json"
     report = bench.main([

@@ -8,16 +8,12 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from conftest import load_script, make_tiny_train_cfg
-from shard_fixtures import jpeg
+from shard_fixtures import jpeg, write_image_json_folder
 from ttd_d2.data.datasets.image_text import FOLDER_SOURCES, load_image_json_folder, register_folder_source
 
 
 def write_folder(root, good=6):
-    (root / "image").mkdir(parents=True)
-    (root / "json").mkdir()
-    for i in range(good):
-        (root / "image" / f"{i:06d}.jpg").write_bytes(jpeg(i))
-        (root / "json" / f"{i:06d}.json").write_text(json.dumps({"caption": f"a red circle number {i}", "url": "x"}))
+    write_image_json_folder(root, good)
     (root / "image" / "b_noj.jpg").write_bytes(jpeg(90))  # no JSON
     (root / "json" / "b_noi.json").write_text('{"caption": "no image"}')  # no image
     for stem, content in (("b_empty", b'{"caption": "  "}'), ("b_bad", b"{oops"), ("b_utf", b'{"caption": "\xff\xfe"}'),

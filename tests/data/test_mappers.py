@@ -57,8 +57,8 @@ def test_an_image_at_the_train_size_is_not_resized(tmp_path, monkeypatch):
 
 def test_caption_tokens_are_the_tokenizers_and_repeats_are_cached(tmp_path, monkeypatch):
     """Each sample's caption_tokens equal open_clip's tokenizer on its caption, repeated captions
-    reuse a cached copy (the tokenizer runs once per distinct caption), every sample gets its own
-    array, and the cache stops growing at CAPTION_TOKEN_CACHE_SIZE."""
+    come from the memo (the tokenizer runs once per distinct caption until the memo of
+    CAPTION_TOKEN_CACHE_SIZE captions is full and emptied), and every sample gets its own array."""
     from conftest import TINY_ARCH
 
     from ttd_d2.data import mappers
@@ -69,18 +69,23 @@ def test_caption_tokens_are_the_tokenizers_and_repeats_are_cached(tmp_path, monk
     tokenizer = build_tokenizer(TINY_ARCH)
     calls = []
 
-    def counting(texts):
-        calls.append(list(texts))
-        return tokenizer(texts)
+    class Counting:
+        context_length = tokenizer.context_length
+
+        def __call__(self, texts, context_length=None):
+            calls.append(list(texts))
+            return tokenizer(texts, context_length=context_length)
 
     monkeypatch.setattr(mappers, "CAPTION_TOKEN_CACHE_SIZE", 2)
-    mapper = CaptionTrainMapper(train_size=32, tokenizer=counting)
+    mapper = CaptionTrainMapper(train_size=32, tokenizer=Counting())
     captions = ["a red cat", "two dogs", "a red cat", "a tree", "two dogs", "a tree"]
     samples = [mapper({"file_name": str(path), "caption": c}) for c in captions]
     for caption, sample in zip(captions, samples):
         assert sample["caption_tokens"].dtype == np.int64
         np.testing.assert_array_equal(sample["caption_tokens"], tokenizer([caption])[0].numpy())
-    assert calls == [["a red cat"], ["two dogs"], ["a tree"], ["a tree"]]  # "a tree" came past the cache's size
-    samples[0]["caption_tokens"][:] = 0  # a sample's array is its own
-    np.testing.assert_array_equal(mapper({"file_name": str(path), "caption": "a red cat"})["caption_tokens"],
-                                  tokenizer(["a red cat"])[0].numpy())
+    # "a tree" found the memo full (emptied), so "two dogs" was tokenised again
+    assert calls == [["a red cat"], ["two dogs"], ["a tree"], ["two dogs"]]
+    samples[-1]["caption_tokens"][:] = 0  # a sample's array is its own, not the memo's row
+    np.testing.assert_array_equal(mapper({"file_name": str(path), "caption": "a tree"})["caption_tokens"],
+                                  tokenizer(["a tree"])[0].numpy())
+    assert len(calls) == 4

@@ -10,15 +10,16 @@ from detectron2.config import configurable
 from detectron2.data import transforms as T
 
 from ..modeling.backbone.clip_loading import build_tokenizer
+from ..modeling.backbone.token_cache import CachedTokenizer
 from ..modeling.ttd.tags import candidate_tags, token_window
 from .image_io import read_image_checked
 
 logger = logging.getLogger(__name__)
 
-# Captions whose token ids a loader worker keeps (about 0.6 KB each): a repeated caption then
-# costs a dict lookup instead of open_clip's text cleaning and BPE (0.05 ms on a 2-core CPU,
-# an eighth of a 128 px sample's mapping). The synthetic benchmark's 20k training scenes have
-# 6,667 distinct captions; web captions rarely repeat, and past this many the cache stops growing.
+# Captions whose token ids a loader worker keeps (CachedTokenizer, about 0.6 KB each): a
+# repeated caption then costs a lookup instead of open_clip's text cleaning and BPE (0.05 ms on a
+# 2-core CPU, an eighth of a 128 px sample's mapping). The synthetic benchmark's 20k training
+# scenes have 6,667 distinct captions; web captions rarely repeat, and the memo is emptied when full.
 CAPTION_TOKEN_CACHE_SIZE = 8192
 
 
@@ -64,10 +65,9 @@ class CaptionTrainMapper:
         self.resize = T.ResizeShortestEdge(train_size, sys.maxsize)
         self.crop_flip = T.AugmentationList(crop_flip)
         self.image_format = image_format
-        self.tokenizer = tokenizer
+        self.tokenizer = CachedTokenizer(tokenizer, CAPTION_TOKEN_CACHE_SIZE) if tokenizer is not None else None
         self.tag_options = tag_options if tokenizer is not None else None
         self._fits = token_window(tokenizer, tokenizer.context_length) if self.tag_options else None
-        self._caption_tokens: Dict[str, np.ndarray] = {}
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -105,20 +105,10 @@ class CaptionTrainMapper:
             "width": self.train_size,
         }
         if self.tokenizer is not None:
-            sample["caption_tokens"] = self._tokens(record["caption"])
+            sample["caption_tokens"] = self.tokenizer([record["caption"]])[0].numpy()
         if self.tag_options is not None:
             sample["candidate_tags"] = candidate_tags([record["caption"]], self._fits, *self.tag_options)[0]
         return sample
-
-
-    def _tokens(self, caption: str) -> np.ndarray:
-        """[L] int64 token ids of ``caption``, a fresh array (the cache keeps its own)."""
-        tokens = self._caption_tokens.get(caption)
-        if tokens is None:
-            tokens = self.tokenizer([caption])[0].numpy()
-            if len(self._caption_tokens) < CAPTION_TOKEN_CACHE_SIZE:
-                self._caption_tokens[caption] = tokens
-        return tokens.copy()
 
 
 class TestMapper:
