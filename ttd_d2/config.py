@@ -159,9 +159,10 @@ def add_ttd_config(cfg):
     cfg.MODEL.SEG_INFERENCE.SLIDE_CROP = 0
     # Sliding-window stride in pixels, at most SLIDE_CROP (0 = SLIDE_CROP: windows do not overlap).
     cfg.MODEL.SEG_INFERENCE.SLIDE_STRIDE = 0
-    # Sliding windows per forward pass, over an image and its flip (0 = all windows of a scale at
-    # once): batching keeps a GPU busy (a batch-1 ViT-B/16 forward is launch-bound); memory grows
-    # with it (each window's class maps are names x crop x crop floats).
+    # Sliding windows per forward pass, pooled over an image's flip and scales (the windows of one
+    # size from every pass; 0 = all of a size at once): batching keeps a GPU busy (a batch-1
+    # ViT-B/16 forward is launch-bound); memory grows with it (eagerly each window's class maps are
+    # names x crop x crop floats).
     cfg.MODEL.SEG_INFERENCE.WINDOW_BATCH = 8
     # How the windows' low-resolution maps become a pass's scores (upsampling, masker, synonym
     # maximum, window average): auto (one Triton kernel on CUDA when Triton is importable, else
@@ -219,6 +220,11 @@ def add_ttd_config(cfg):
     # as one tensor per field and the step stacks nothing. False: detectron2's per-sample path
     # (aspect-ratio grouping for record datasets, its trivial collator for streamed ones).
     cfg.DATALOADER.PACKED_BATCHES = True
+    # On CUDA, a thread takes each packed training batch off the loader one step ahead and copies
+    # its fields to the GPU on a stream of its own (ttd_d2/data/device_prefetch.py): the step never
+    # waits on a pageable host-to-device copy, which waits for the GPU to finish the previous step.
+    # Ignored on other devices and for batches that are not packed.
+    cfg.DATALOADER.DEVICE_PREFETCH = True
 
     # ---------------------------------------------------------------- streamed image-text data
     # Training sources read as webdataset tar shards (ttd_d2/data/streams; docs/DATASETS.md):
