@@ -99,3 +99,52 @@ def test_slide_inference_stride_larger_than_crop_is_rejected_or_covers():
     except ValueError:
         return
     assert torch.isfinite(out).all()
+
+
+def test_windows_of_one_size_share_forwards_across_passes():
+    """window_maps_of_passes: the passes' same-size windows go through predict together, in pass
+    order, batch_size at a time; each pass gets what window_maps gives it alone."""
+    from ttd_d2.modeling.meta_arch.segmentation import window_maps, window_maps_of_passes
+
+    torch.manual_seed(0)
+    passes = [torch.randn(2, 3, 6, 7), torch.randn(2, 3, 8, 12), torch.randn(2, 3, 12, 16)]  # 1, 2 and 6 windows of crop 8
+    calls = []
+
+    def predict(crops):
+        calls.append(tuple(crops.shape))
+        return crops.mean(1, keepdim=True)[..., ::2, ::2] * 2  # low-resolution "maps" [N, 1, h/2, w/2]
+
+    for batch, expected in ((0, [(2, 3, 6, 7), (16, 3, 8, 8)]), (5, [(2, 3, 6, 7)] + [(5, 3, 8, 8)] * 3 + [(1, 3, 8, 8)])):
+        calls.clear()
+        shared = window_maps_of_passes(predict, passes, crop=8, stride=4, batch_size=batch)
+        assert calls == expected
+        for images, (maps, windows) in zip(passes, shared):
+            alone_maps, alone_windows = window_maps(predict, images, 8, 4)
+            assert windows == alone_windows and torch.equal(maps, alone_maps)
+    calls.clear()
+    whole = window_maps_of_passes(predict, passes, crop=0, stride=0)  # no sliding: one forward per size
+    assert calls == [(2, 3, 6, 7), (2, 3, 8, 12), (2, 3, 12, 16)] and [w for _, w in whole][2] == [(0, 0, 12, 16)]
+
+
+@pytest.mark.parametrize("size,crop,stride,batch", [((13, 21), 8, 5, 0), ((13, 21), 8, 5, 4), ((6, 7), 8, 4, 0)])
+def test_stitching_low_resolution_maps_equals_sliding_window_inference(size, crop, stride, batch):
+    """stitch_windows (each window's maps upsampled to the window padded to the patch grid,
+    cropped, scored, added, averaged) equals slide_inference over the same windows with the
+    same per-window predictions."""
+    from ttd_d2.modeling.meta_arch.segmentation import (
+        maps_to_image, padded_size, stitch_windows, window_maps, sliding_windows as windows_of)
+
+    torch.manual_seed(1)
+    images, patch = torch.randn(2, 3, *size), 4
+    lowres = lambda crops: torch.nn.functional.avg_pool2d(  # noqa: E731 -- maps on the padded patch grid
+        torch.nn.functional.pad(crops, (0, -crops.shape[-1] % patch, 0, -crops.shape[-2] % patch)), patch)
+    scores = lambda full: torch.sigmoid(3 * full[:, :2]) + full[:, 2:].amax(1, keepdim=True)  # noqa: E731
+
+    def full_window(crops):
+        return scores(maps_to_image(lowres(crops), padded_size(crops.shape[-2:], patch), crops.shape[-2:]))
+
+    maps, windows = window_maps(lowres, images, crop, stride)
+    assert windows == windows_of(*size, crop, stride)
+    got = stitch_windows(maps, windows, 2, size, patch, scores, batch)
+    torch.testing.assert_close(got, slide_inference(full_window, images, crop, stride), atol=1e-6, rtol=1e-6)
+    assert stitch_windows(maps, windows, 2, size, patch).shape == (2, 3, *size)  # no scores: the maps' names

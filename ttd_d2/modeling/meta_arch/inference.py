@@ -10,12 +10,12 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 
 from ..ttd.scoring import SCORING_METHODS, cosine_maps, score_tags
-from ..test_time_augmentation import multi_scale_flip
+from ..test_time_augmentation import mean_of_passes, scale_passes
 from ..ttd.tags import candidate_tags, nltk_noun_adjective_mask, token_window
 from ..stitch_kernel import stitch_windows_triton, synonym_layout
 from .segmentation import (
-    max_over_synonyms, maps_to_image, pad_to_patch_grid, padded_size, slide_inference, split_synonyms, upsample,
-    window_maps,
+    max_over_synonyms, maps_to_image, pad_to_patch_grid, padded_size, split_synonyms, stitch_windows, upsample,
+    window_maps_of_passes,
 )
 
 METHOD_ALIASES = {"pixel": "s_pixel", "image": "s_image", "text": "s_text", "image+text": "image_text"}
@@ -108,19 +108,6 @@ class TTDInference:
         return cache[key]
 
     # ------------------------------------------------------------------ semantic segmentation
-    def _class_scores(self, images: torch.Tensor, text_emb: torch.Tensor, owner: Optional[torch.Tensor],
-                      num_classes: int):
-        """Masker probabilities [N, C, H, W] of every class for normalised images [N, 3, H, W]."""
-        cos = self._cosine_maps(images, text_emb)
-        return max_over_synonyms(self.masker(cos).transpose(0, 1), owner, num_classes).transpose(0, 1)
-
-    def _cosine_maps(self, images: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        """Cosine maps [N, K, H, W] of normalised images [N, 3, H, W] (one batched forward) with
-        text embeddings [K, D]."""
-        feats, padded_size = self._image_features(images, with_global=False)
-        text = text_emb[None].expand(len(images), -1, -1)
-        return maps_to_image(cosine_maps(feats["dense"], text), padded_size, images.shape[-2:])
-
     def _synonym_layout(self, owner: Optional[torch.Tensor], num_names: int, num_classes: int, device: torch.device):
         """``stitch_kernel.synonym_layout``, kept beside the class embeddings it belongs to (one
         host read of ``owner`` per dataset; ``owner`` stays cached with them, so its id is stable)."""
@@ -129,36 +116,49 @@ class TTDInference:
             self._class_cache[key] = synonym_layout(owner, num_names, num_classes, device)
         return self._class_cache[key]
 
-    def _window_scores(self, images: torch.Tensor, text_emb: torch.Tensor, owner: Optional[torch.Tensor],
-                       num_classes: int, apply_masker: bool) -> torch.Tensor:
-        """One pass's scores [N, C, H, W] of normalised images [N, 3, H, W] (a scaled image and
-        its flip) by sliding windows (``slide_crop``, ``slide_stride``, ``window_batch``): with
-        ``apply_masker`` each window's masker probabilities max-pooled over synonyms
-        (``_class_scores``; C = ``num_classes``), else its cosine maps (C = the names of
-        ``text_emb`` [S, D]), averaged where windows overlap. ``stitch`` (STITCH_KERNEL) picks
-        the eager upsample-then-add of ``slide_inference`` or one Triton kernel over the windows'
-        low-resolution maps (``stitch_kernel.py``; the same values up to float rounding)."""
-        def eager():
-            def window(crops):
-                if apply_masker:
-                    return self._class_scores(crops, text_emb, owner, num_classes)
-                return self._cosine_maps(crops, text_emb)
+    def _protocol_scores(self, image: torch.Tensor, text_emb: torch.Tensor, owner: Optional[torch.Tensor],
+                         num_classes: int, apply_masker: bool) -> torch.Tensor:
+        """Scores [C, H, W] of a normalised image [1, 3, H, W] under the test-time protocol: its
+        scale / flip passes (``scale_passes``), each by sliding windows (``slide_crop``,
+        ``slide_stride``), the windows of every pass with one size through the image tower
+        together, ``window_batch`` at a time (``window_maps_of_passes``); each pass's windows
+        stitched (:meth:`_stitch_pass`), the passes averaged (``mean_of_passes``). With
+        ``apply_masker`` the scores are masker probabilities max-pooled over synonyms
+        (C = ``num_classes``), else cosine maps (C = the names of ``text_emb`` [S, D])."""
+        passes = scale_passes(image, self.scales, self.flip)
 
-            return slide_inference(window, images, self.slide_crop, self.slide_stride, self.window_batch)
+        def window(crops):
+            feats, _ = self._image_features(crops, with_global=False)
+            return cosine_maps(feats["dense"], text_emb[None].expand(len(crops), -1, -1))
+
+        maps = window_maps_of_passes(window, passes, self.slide_crop, self.slide_stride, self.window_batch)
+        outputs = [self._stitch_pass(images, pass_maps, windows, owner, num_classes, apply_masker)
+                   for images, (pass_maps, windows) in zip(passes, maps)]
+        return mean_of_passes(outputs, tuple(image.shape[-2:]), self.flip)
+
+    def _stitch_pass(self, images: torch.Tensor, maps: torch.Tensor, windows: List[Tuple[int, int, int, int]],
+                     owner: Optional[torch.Tensor], num_classes: int, apply_masker: bool) -> torch.Tensor:
+        """One pass's scores [N, C, H, W] from its windows' low-resolution maps (``window_maps``
+        of images [N, 3, H, W]), averaged where windows overlap: ``stitch`` (STITCH_KERNEL) picks
+        the eager ``stitch_windows`` (each window upsampled, the masker, the synonym maximum,
+        added) or one Triton kernel (``stitch_kernel.py``; the same values up to float rounding)."""
+        patch = self.backbone.size_divisibility
+
+        def eager():
+            def window_scores(full):
+                return max_over_synonyms(self.masker(full).transpose(0, 1), owner, num_classes).transpose(0, 1)
+
+            return stitch_windows(maps, windows, len(images), tuple(images.shape[-2:]), patch,
+                                  window_scores if apply_masker else None, self.window_batch)
 
         def fused():
-            def window(crops):
-                feats, _ = self._image_features(crops, with_global=False)
-                return cosine_maps(feats["dense"], text_emb[None].expand(len(crops), -1, -1))
-
-            maps, windows = window_maps(window, images, self.slide_crop, self.slide_stride, self.window_batch)
             y0, x0, y1, x1 = windows[0]
             window_size = (y1 - y0, x1 - x0)
             layout = self._synonym_layout(owner if apply_masker else None, maps.shape[1], num_classes, maps.device)
             masker = torch.stack([self.masker.w, self.masker.b]).detach() if apply_masker else None
             return stitch_windows_triton(
                 maps.float(), [w[:2] for w in windows], len(images), tuple(images.shape[-2:]), window_size,
-                padded_size(window_size, self.backbone.size_divisibility), layout, masker)
+                padded_size(window_size, patch), layout, masker)
 
         return self.stitch.run(images.device, fused, eager, "the window stitching")
 
@@ -172,11 +172,7 @@ class TTDInference:
         text_emb, owner, num_classes, has_background = self.class_embeddings(dataset_name)
         image = self.normalize(x["image"])[None]
         softmax = self.class_scores == "softmax"
-
-        def predict(images):
-            return self._window_scores(images, text_emb, owner, num_classes, apply_masker=not softmax)
-
-        scores = multi_scale_flip(predict, image, self.scales, self.flip)
+        scores = self._protocol_scores(image, text_emb, owner, num_classes, apply_masker=not softmax)
         if softmax:
             scores = max_over_synonyms((self.logit_scale * scores).softmax(dim=0), owner, num_classes)
         if self.pamr is not None:
@@ -197,10 +193,7 @@ class TTDInference:
         the TTD authors evaluate caption masks: the masker's probabilities of its cosine map in
         sliding windows inside each scale / flip pass, averaged, then PAMR; the steps of the
         "ttd" class scores of :meth:`semantic_segmentation`, for one caption [1, D]."""
-        def predict(images):
-            return self._window_scores(images, caption_emb, None, 1, apply_masker=True)
-
-        prob = multi_scale_flip(predict, image, self.scales, self.flip)  # [1, H, W]
+        prob = self._protocol_scores(image, caption_emb, None, 1, apply_masker=True)  # [1, H, W]
         if self.pamr is not None:
             prob = self.pamr(image, prob[None])[0]
         return upsample(prob, out_size)[0].clamp(0, 1)

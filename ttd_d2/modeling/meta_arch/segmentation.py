@@ -1,5 +1,5 @@
 """Open-vocabulary semantic segmentation from dense CLIP features (inference helpers)."""
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -80,22 +80,78 @@ def window_maps(
     predict: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, crop: int, stride: int, batch_size: int = 0,
 ) -> Tuple[torch.Tensor, List[Tuple[int, int, int, int]]]:
     """What ``predict`` gives for every window of ``images`` [B, 3, H, W], nothing stitched yet:
-    the input of the fused stitching (``stitch_kernel.py``), for which ``predict`` returns each
-    window's maps at their own (low) resolution, [N, 3, h, w] -> [N, S, h', w'].
+    the input of the stitching (:func:`stitch_windows`, ``stitch_kernel.py``), for which
+    ``predict`` returns each window's maps at their own (low) resolution, [N, 3, h, w] -> [N, S, h', w'].
 
     Returns (maps [len(windows) * B, S, h', w'] window-major: window i of image b at i * B + b,
     as :func:`slide_inference` lays the crops out; the windows (y0, x0, y1, x1)). The windows
     go through ``predict`` ``batch_size`` at a time (0 = all at once); ``crop <= 0`` is one
     window, the whole images.
     """
-    num_images, _, height, width = images.shape
-    if crop <= 0:
-        return predict(images), [(0, 0, height, width)]
-    windows = sliding_windows(height, width, crop, stride or crop)
-    crops = _window_crops(images, windows)
-    step = batch_size if batch_size > 0 else len(crops)
-    maps = [predict(crops[start:start + step]) for start in range(0, len(crops), step)]
-    return (maps[0] if len(maps) == 1 else torch.cat(maps)), windows
+    return window_maps_of_passes(predict, [images], crop, stride, batch_size)[0]
+
+
+def window_maps_of_passes(
+    predict: Callable[[torch.Tensor], torch.Tensor], passes: Sequence[torch.Tensor], crop: int, stride: int,
+    batch_size: int = 0,
+) -> List[Tuple[torch.Tensor, List[Tuple[int, int, int, int]]]]:
+    """:func:`window_maps` of several image batches (the test-time protocol's scale passes, each
+    [B_i, 3, H_i, W_i]), one (maps, windows) per pass, with the forwards shared: the windows of
+    all passes that have one size (every crop x crop window of the scales larger than the crop)
+    go through ``predict`` together, in pass order, ``batch_size`` at a time (0 = all of a size
+    at once). Per pass the windows at scale 1, 1.5 and 2 of a 448 x 597 image are 4, 12 and 30
+    (with flips): batches of 4 and 12 leave an H100 underused, one pool of 46 does not.
+    """
+    jobs = []
+    for images in passes:
+        height, width = images.shape[-2:]
+        windows = [(0, 0, height, width)] if crop <= 0 else sliding_windows(height, width, crop, stride or crop)
+        jobs.append((images, windows, (windows[0][2] - windows[0][0], windows[0][3] - windows[0][1])))
+    by_size: Dict[Tuple[int, int], List[int]] = {}
+    for index, (_, _, size) in enumerate(jobs):
+        by_size.setdefault(size, []).append(index)
+    maps: List[Optional[torch.Tensor]] = [None] * len(jobs)
+    for members in by_size.values():
+        crops = torch.cat([jobs[i][0] if crop <= 0 else _window_crops(jobs[i][0], jobs[i][1]) for i in members])
+        step = batch_size if batch_size > 0 else len(crops)
+        out = [predict(crops[start:start + step]) for start in range(0, len(crops), step)]
+        out = out[0] if len(out) == 1 else torch.cat(out)
+        counts = [len(jobs[i][1]) * len(jobs[i][0]) for i in members]
+        for i, part in zip(members, out.split(counts)):
+            maps[i] = part
+    return [(m, windows) for m, (_, windows, _) in zip(maps, jobs)]
+
+
+def stitch_windows(
+    maps: torch.Tensor, windows: Sequence[Tuple[int, int, int, int]], num_images: int, image_size: Tuple[int, int],
+    patch: int, window_scores: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, batch_size: int = 0,
+) -> torch.Tensor:
+    """The windows' low-resolution maps of :func:`window_maps` stitched eagerly into their
+    images' scores [B, C, H, W] (float32): each window's maps [S, h', w'] brought to the window
+    (:func:`maps_to_image` of the window padded to the ``patch`` grid), ``window_scores``
+    applied ([N, S, h, w] -> [N, C, h, w]: the masker and the synonym maximum; None = the maps),
+    added where the window lies, and each pixel divided by its number of windows: the sums
+    :func:`slide_inference` makes, ``batch_size`` windows at a time (0 = all at once). The
+    reference of the fused kernel (``stitch_kernel.stitch_windows_triton``)."""
+    height, width = image_size
+    y0, x0, y1, x1 = windows[0]
+    window_size = (y1 - y0, x1 - x0)
+    padded = padded_size(window_size, patch)
+    count = maps.new_zeros(height, width, dtype=torch.float32)
+    for y0, x0, y1, x1 in windows:
+        count[y0:y1, x0:x1] += 1
+    step = batch_size if batch_size > 0 else len(maps)
+    total = None
+    for start in range(0, len(maps), step):
+        pred = maps_to_image(maps[start:start + step].float(), padded, window_size)
+        pred = window_scores(pred) if window_scores is not None else pred
+        if total is None:
+            total = pred.new_zeros(num_images, pred.shape[1], height, width)
+        for offset, window_pred in enumerate(pred):
+            window, image = divmod(start + offset, num_images)
+            y0, x0, y1, x1 = windows[window]
+            total[image, :, y0:y1, x0:x1] += window_pred
+    return total / count
 
 
 def _window_crops(images: torch.Tensor, windows: Sequence[Tuple[int, int, int, int]]) -> torch.Tensor:

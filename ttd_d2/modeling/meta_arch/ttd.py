@@ -99,7 +99,7 @@ class TTD(TTDDistillation, TTDInference, nn.Module):
                 ``_setup_lora``; used when ``ttd_enabled`` or a LoRA file ``weights`` is given.
             background_threshold: constant background score (< 0: the dataset's metadata).
             slide_crop, slide_stride: sliding-window inference (crop 0 = whole image).
-            window_batch: windows per forward in sliding-window inference (0 = all of a scale).
+            window_batch: windows per forward in sliding-window inference, pooled over scales and flips (0 = all of a size).
             stitch_kernel: auto | eager | triton: how the windows' maps become a pass's scores
                 (``stitch_kernel.py``; ``kernel_choice``).
             flip: add a horizontally flipped pass at inference (of every scale).
