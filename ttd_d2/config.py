@@ -220,11 +220,6 @@ def add_ttd_config(cfg):
     # as one tensor per field and the step stacks nothing. False: detectron2's per-sample path
     # (aspect-ratio grouping for record datasets, its trivial collator for streamed ones).
     cfg.DATALOADER.PACKED_BATCHES = True
-    # On CUDA, a thread takes each packed training batch off the loader one step ahead and copies
-    # its fields to the GPU on a stream of its own (ttd_d2/data/device_prefetch.py): the step never
-    # waits on a pageable host-to-device copy, which waits for the GPU to finish the previous step.
-    # Ignored on other devices and for batches that are not packed.
-    cfg.DATALOADER.DEVICE_PREFETCH = True
 
     # ---------------------------------------------------------------- streamed image-text data
     # Training sources read as webdataset tar shards (ttd_d2/data/streams; docs/DATASETS.md):

@@ -1,7 +1,6 @@
 """TTDTrainer end to end on CPU with a tiny synthetic dataset: training with the TTD hook,
 LoRA-only checkpoints, evaluation by dataset type, mappers on unreadable images."""
 import os
-import threading
 import uuid
 from pathlib import Path
 
@@ -288,17 +287,3 @@ def test_export_refuses_ttd_run_checkpoint(trained):
     export_clip = load_script("tools/export_clip.py")
     with pytest.raises(ValueError, match="LoRA"):
         export_clip.export(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), os.path.join(cfg.OUTPUT_DIR, "x.pt"))
-
-
-def test_train_stops_the_device_prefetch_thread(synthetic, tmp_path):
-    """DATALOADER.DEVICE_PREFETCH's thread (CUDA only; here run on the CPU) feeds the step and is
-    stopped when training ends; the bad-sample counter still counts what the step was given."""
-    from ttd_d2.data.device_prefetch import DevicePrefetcher
-
-    trainer = TTDTrainer(train_cfg(synthetic, tmp_path, **{"SOLVER.MAX_ITER": 2}))
-    counting = trainer._trainer.data_loader
-    counting.loader = prefetcher = DevicePrefetcher(counting.loader, torch.device("cpu"))
-    trainer.train()
-    assert len(trainer.storage.history("total_loss").values()) == 2 and counting.used == 8
-    assert prefetcher._running is None
-    assert not [t for t in threading.enumerate() if t.name == "ttd-device-prefetch"]

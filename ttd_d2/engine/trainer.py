@@ -12,7 +12,6 @@ from detectron2.solver import build as solver_build
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from ..config_checks import check_trainable, check_training_config
-from ..data.device_prefetch import DevicePrefetcher, prefetch_device
 from ..data.records import build_record_loader
 from ..data.mappers import CaptionTrainMapper, TestMapper
 from ..data.streams import SkipCountingLoader, SkipCountsHook
@@ -56,14 +55,10 @@ class TTDTrainer(DefaultTrainer):
     def build_train_loader(cls, cfg):
         """Shard sources streamed (:func:`~ttd_d2.data.streams.loader.build_stream_loader`),
         record datasets through detectron2's loader (:func:`~ttd_d2.data.records.build_record_loader`);
-        both count their bad samples (:class:`SkipCountingLoader`); on CUDA their batches reach
-        the step on the GPU already (``DATALOADER.DEVICE_PREFETCH``, :class:`DevicePrefetcher`)."""
-        build = build_stream_loader if uses_streams(cfg) else build_record_loader
-        loader = build(cfg, CaptionTrainMapper(cfg, True))
-        device = prefetch_device(cfg)
-        if device is not None:
-            loader.loader = DevicePrefetcher(loader.loader, device)
-        return loader
+        both count their bad samples (:class:`SkipCountingLoader`)."""
+        if uses_streams(cfg):
+            return build_stream_loader(cfg, CaptionTrainMapper(cfg, True))
+        return build_record_loader(cfg, CaptionTrainMapper(cfg, True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -90,15 +85,6 @@ class TTDTrainer(DefaultTrainer):
             f"no evaluator for dataset '{dataset_name}' (evaluator_type={evaluator_type!r}); "
             "ttd_d2 evaluates 'sem_seg' and 'caption' datasets"
         )
-
-    def train(self):
-        """detectron2's; the device prefetch thread is stopped at the end, also after an error."""
-        try:
-            return super().train()
-        finally:
-            prefetcher = getattr(self._trainer.data_loader, "loader", None)
-            if isinstance(prefetcher, DevicePrefetcher):
-                prefetcher.close()
 
     def resume_or_load(self, resume=True):
         """detectron2's, then a streamed training loader continues from the restored iteration
