@@ -235,3 +235,29 @@ def test_a_failing_dense_tower_runs_eagerly(tiny_cfg, caplog, broken_backend):
         out = model.backbone(x, with_global=False)["dense"]
     torch.testing.assert_close(out, build(tiny_cfg).backbone(x, with_global=False)["dense"])
     assert "torch.compile of visual.dense_tower failed" in caplog.text and model.backbone._dense_tower.failed
+
+
+def test_tcl_gradient_free_dense_tower_is_one_region_that_follows_weight_updates(tiny_cfg):
+    """TCL's trunk blocks and head (copied block, decoder, projection) run as one compiled region
+    for the protocol's windows (DECODER_CONV direct: the path CUDA takes), equal to the eager
+    head; after the decoder's weights change in place (a training step between evaluations)
+    the region gives the new weights' embeddings, not its first trace's."""
+    from torch._dynamo.utils import counters
+
+    tcl = {"MODEL.BACKBONE.NAME": "TCL", "MODEL.TCL.DECODER_CONV": "direct"}
+    eager = build(tiny_cfg, **tcl)
+    model = build(tiny_cfg, **tcl, **{"MODEL.CLIP.COMPILE.MODE": "reduce-overhead", "MODEL.CLIP.COMPILE.BACKEND": "aot_eager"})
+    model.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(3))
+    counters.clear()
+    with torch.no_grad():
+        for _ in range(2):
+            out = model.backbone(x, with_global=False)["dense"]
+            assert out.shape == (2, eager.backbone.head.proj.shape[1], 16, 24)  # 4x the 8 px patch grid
+            torch.testing.assert_close(out, eager.backbone(x, with_global=False)["dense"], rtol=1e-5, atol=1e-6)
+        assert counters["frames"]["total"] == counters["frames"]["ok"] == 1 and not model.backbone._dense_tower.failed
+        for m in (model, eager):
+            for p in m.backbone.head.decoder.parameters():
+                p.add_(0.5)
+        torch.testing.assert_close(model.backbone(x, with_global=False)["dense"],
+                                   eager.backbone(x, with_global=False)["dense"], rtol=1e-5, atol=1e-6)

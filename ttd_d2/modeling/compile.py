@@ -34,7 +34,7 @@ from typing import Iterable, Tuple
 import torch
 from torch import nn
 
-__all__ = ["COMPILE_MODES", "CompiledWithFallback", "check_compile_backend", "compile_backends", "compile_blocks"]
+__all__ = ["COMPILE_MODES", "CompiledWithFallback", "check_compile_backend", "compile_backends", "compile_blocks", "is_compiling"]
 
 logger = logging.getLogger(__name__)
 # torch.compile's modes ("" = no compilation).
@@ -48,7 +48,7 @@ CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 # inference together need 8 (tests/modeling/test_compile.py).
 RECOMPILE_LIMIT = 64
 # Whether dynamo is tracing the caller (torch.compiler's since 2.3, torch._dynamo's before).
-_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
+is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
 
 
 def compile_backends() -> Tuple[str, ...]:
@@ -82,7 +82,7 @@ class CompiledWithFallback:
         return CompiledWithFallback(copy.deepcopy(self.eager, memo), self.name, self.mode, self.backend, self.dynamic)
 
     def __call__(self, *args, **kwargs):
-        if _is_compiling():
+        if is_compiling():
             return self.eager(*args, **kwargs)  # inside a compiled region: traced as part of it
         if not self.failed:
             try:

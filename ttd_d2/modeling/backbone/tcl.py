@@ -170,6 +170,15 @@ class TCL(CLIPDense):
         tokens, grid = self.forward_trunk(images, 0)
         return self.forward_head(tokens, grid, 0, with_dense=False)["global"]
 
+    def _dense_tower(self, tokens: torch.Tensor, grid: Tuple[int, int], first_block: int) -> torch.Tensor:
+        """Trunk blocks ``first_block``.. up to the second-last, then the head: dense embeddings
+        [B, D, 4h, 4w], for ``forward_head``'s gradient-free dense-only calls (the test-time
+        protocol's windows). ``compile_towers`` compiles it as one region, as ``CLIPDense``'s:
+        per block, the paper's protocol ran 77 compiled regions per image at TCL's window batch 8."""
+        for block in self.clip.visual.transformer.resblocks[first_block:-1]:
+            tokens = block(tokens)
+        return self.head(tokens, grid)
+
     def decoder_only_frozen_parameters(self) -> List[nn.Parameter]:
         """What TCL's decoder-only warm-up (``MODEL.TCL.DECODER_ONLY_ITERS``) holds still: the
         trainable weights of the head's copied last block (the decoder, ``ln_post`` / ``proj``
@@ -183,6 +192,9 @@ class TCL(CLIPDense):
         """Trunk blocks ``first_block``.. up to the second-last, then the head ("dense",
         [B, D, 4h, 4w]) and/or the CLIP's own last block and pooling ("global", [B, D])."""
         resblocks = self.clip.visual.transformer.resblocks
+        if with_dense and not with_global and not torch.is_grad_enabled():  # one region when compiled
+            with self.autocast(tokens.device):
+                return {"dense": self._dense_tower(tokens, grid, first_block).float()}
         with self.autocast(tokens.device):
             for block in resblocks[first_block:-1]:
                 tokens = block(tokens)

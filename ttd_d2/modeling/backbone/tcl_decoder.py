@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..compile import is_compiling
 from .winograd import WinogradKernel, winograd_conv3x3
 
 # MODEL.TCL.DECODER_CONV: Winograd on float32 CPU tensors outside autocast (auto), always, or never (direct)
@@ -153,6 +154,10 @@ class GatedConv(nn.Module):
         CPU evaluation of one 128 px image about 7 of its 67 ms (tools/quickstart.py's model)."""
         params = (self.conv.weight, self.conv.bias, self.gate)
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return build()
+        if is_compiling():
+            # traced into a compiled region (TCL's dense tower): built inside the graph, which
+            # follows the weights by itself; a storage-pointer key breaks dynamo's graph
             return build()
         key = tuple((p.device, p.dtype, p.data_ptr(), p._version) for p in params)
         kept = self._weights_cache.get(kind)
