@@ -2,7 +2,7 @@
 
 One pass of the paper's protocol at scale 2 of a 448 x 597 image (896 x 1194, windows 448 /
 224: 15 windows of the image and 15 of its flip), 20 classes: the eager path (each window's
-maps upsampled, masker, added into the sums: ``slide_inference``) against the Triton kernel at
+maps upsampled, masker, added into the sums: ``stitch_windows``) against the Triton kernel at
 several pixel blocks, CUDA events after a warm-up, outputs checked against eager's.
 
     python3 benchmarks/bench_stitch.py --blocks 256,4 128,8 512,2 --output stitch.json
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from bench_pamr import _time_ms  # noqa: E402
-from ttd_d2.modeling.meta_arch.segmentation import maps_to_image, padded_size, slide_inference, sliding_windows  # noqa: E402
+from ttd_d2.modeling.meta_arch.segmentation import padded_size, sliding_windows, stitch_windows  # noqa: E402
 from ttd_d2.modeling.stitch_kernel import stitch_windows_triton, synonym_layout  # noqa: E402
 
 
@@ -50,12 +50,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     maps = torch.rand(len(windows) * args.images, args.classes, *grid, device=device) * 0.6 - 0.3
     masker = torch.tensor([10.0, -2.5], device=device)
     layout = synonym_layout(None, args.classes, args.classes, device)
-    images = torch.zeros(args.images, 3, *size, device=device)
 
-    def eager():
-        def predict(crops):  # the batch of all windows at once (window batch 0)
-            return torch.sigmoid(masker[0] * maps_to_image(maps, padded, crops.shape[-2:]) + masker[1])
-        return slide_inference(predict, images, args.crop, args.stride)
+    def eager():  # the model's eager stitching, all windows at once (window batch 0)
+        return stitch_windows(maps, windows, args.images, size, args.patch,
+                              lambda full: torch.sigmoid(masker[0] * full + masker[1]))
 
     reference = eager()
     results = {"eager": {"ms": _time_ms(eager, args.repeats, device)}}

@@ -1,6 +1,6 @@
 """Sliding-window stitching as one Triton kernel (``MODEL.SEG_INFERENCE.STITCH_KERNEL``).
 
-Why hand-written: eagerly (``segmentation.slide_inference``) every window's low-resolution maps
+Why hand-written: eagerly (``segmentation.stitch_windows``) every window's low-resolution maps
 are upsampled to the window, turned into masker probabilities and max-pooled over synonyms at
 full resolution, then added into the image's sums and divided by the window count: four to six
 full-resolution passes per window over [names, 448, 448] float32, about 4.5 ms of the paper
@@ -153,7 +153,7 @@ def stitch_windows_triton(
 
     Args:
         maps: [len(corners) * B, S, h, w] the windows' maps on their (padded) patch grid,
-            window-major (window i of image b at i * B + b, as ``slide_inference`` lays out crops).
+            window-major (window i of image b at i * B + b, as ``window_maps`` lays them out).
         corners: (y0, x0) of each window in the image.
         num_images: B.
         image_size: (H, W) of the images.

@@ -46,34 +46,19 @@ def slide_inference(
 ) -> torch.Tensor:
     """Average ``predict`` over sliding windows of ``images`` [B, 3, H, W] -> [B, C, H, W].
 
-    ``predict`` maps a batch of windows [N, 3, h, w] to [N, C, h, w]. Every window of an image
-    has the same size (min(crop, H) x min(crop, W), :func:`sliding_windows`), so the windows of
-    all B images go through ``predict`` together, ``batch_size`` at a time (0 = all at once): a
-    batch-1 forward per window leaves a GPU idle (benchmarks/README.md, ``bench_eval_protocol``).
-    ``crop <= 0`` predicts the whole images at once.
+    ``predict`` maps a batch of windows [N, 3, h, w] to full-resolution predictions [N, C, h, w].
+    Every window of an image has the same size (min(crop, H) x min(crop, W), :func:`sliding_windows`),
+    so the windows of all B images go through ``predict`` together, ``batch_size`` at a time
+    (0 = all at once): a batch-1 forward per window leaves a GPU idle (benchmarks/README.md,
+    ``bench_eval_protocol``). ``crop <= 0`` predicts the whole images at once. It is
+    :func:`window_maps` then :func:`stitch_windows` with maps already at the windows' size; the
+    model's protocol passes low-resolution maps to both instead (``TTDInference``), so this
+    full-resolution form serves the tests and ``bench_stitch.py`` as the plain reference.
     """
     if crop <= 0:
         return predict(images)
-    num_images, _, height, width = images.shape
-    windows = sliding_windows(height, width, crop, stride or crop)
-    crops = _window_crops(images, windows)
-    step = batch_size if batch_size > 0 else len(crops)
-    count = images.new_zeros(height, width)
-    for y0, x0, y1, x1 in windows:
-        count[y0:y1, x0:x1] += 1
-    # Each batch of predictions is added where it belongs as it comes (window-major, as the crops
-    # are laid out; every pixel sums its windows in window order), instead of concatenating all
-    # predictions first: at scale 2 that copy alone moved ~0.5 GB per image (bench_eval_protocol).
-    total = None
-    for start in range(0, len(crops), step):
-        pred = predict(crops[start:start + step])
-        if total is None:
-            total = images.new_zeros(num_images, pred.shape[1], height, width)
-        for offset, window_pred in enumerate(pred):
-            window, image = divmod(start + offset, num_images)
-            y0, x0, y1, x1 = windows[window]
-            total[image, :, y0:y1, x0:x1] += window_pred
-    return total / count
+    maps, windows = window_maps(predict, images, crop, stride, batch_size)
+    return stitch_windows(maps, windows, len(images), tuple(images.shape[-2:]), 1, batch_size=batch_size)
 
 
 def window_maps(
@@ -130,9 +115,11 @@ def stitch_windows(
     images' scores [B, C, H, W] (float32): each window's maps [S, h', w'] brought to the window
     (:func:`maps_to_image` of the window padded to the ``patch`` grid), ``window_scores``
     applied ([N, S, h, w] -> [N, C, h, w]: the masker and the synonym maximum; None = the maps),
-    added where the window lies, and each pixel divided by its number of windows: the sums
-    :func:`slide_inference` makes, ``batch_size`` windows at a time (0 = all at once). The
-    reference of the fused kernel (``stitch_kernel.stitch_windows_triton``)."""
+    added where the window lies (window-major, so every pixel sums its windows in window order),
+    and each pixel divided by its number of windows, ``batch_size`` windows at a time (0 = all at
+    once): the full-resolution maps of one batch exist at a time, not all windows' (at scale 2
+    of the paper's protocol, about 0.5 GB per image). The reference of the fused kernel
+    (``stitch_kernel.stitch_windows_triton``)."""
     height, width = image_size
     y0, x0, y1, x1 = windows[0]
     window_size = (y1 - y0, x1 - x0)
