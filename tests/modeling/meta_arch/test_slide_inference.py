@@ -124,6 +124,9 @@ def test_windows_of_one_size_share_forwards_across_passes():
     calls.clear()
     whole = window_maps_of_passes(predict, passes, crop=0, stride=0)  # no sliding: one forward per size
     assert calls == [(2, 3, 6, 7), (2, 3, 8, 12), (2, 3, 12, 16)] and [w for _, w in whole][2] == [(0, 0, 12, 16)]
+    seen = []
+    window_maps_of_passes(lambda crops: seen.append(crops) or predict(crops), passes[:1], crop=0, stride=0)
+    assert seen[0].data_ptr() == passes[0].data_ptr()  # one whole image: predicted in place, not copied
 
 
 @pytest.mark.parametrize("size,crop,stride,batch", [((13, 21), 8, 5, 0), ((13, 21), 8, 5, 4), ((6, 7), 8, 4, 0)])

@@ -97,7 +97,9 @@ def window_maps_of_passes(
         by_size.setdefault(size, []).append(index)
     maps: List[Optional[torch.Tensor]] = [None] * len(jobs)
     for members in by_size.values():
-        crops = torch.cat([jobs[i][0] if crop <= 0 else _window_crops(jobs[i][0], jobs[i][1]) for i in members])
+        # window-major per pass, the passes in order; one copy (none for a single whole image)
+        pieces = [view for i in members for view in _window_views(*jobs[i][:2])]
+        crops = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
         step = batch_size if batch_size > 0 else len(crops)
         out = [predict(crops[start:start + step]) for start in range(0, len(crops), step)]
         out = out[0] if len(out) == 1 else torch.cat(out)
@@ -141,9 +143,10 @@ def stitch_windows(
     return total / count
 
 
-def _window_crops(images: torch.Tensor, windows: Sequence[Tuple[int, int, int, int]]) -> torch.Tensor:
-    """[len(windows) * B, 3, h, w]: the windows of images [B, 3, H, W], window-major."""
-    return torch.cat([images[..., y0:y1, x0:x1] for y0, x0, y1, x1 in windows])
+def _window_views(images: torch.Tensor, windows: Sequence[Tuple[int, int, int, int]]) -> List[torch.Tensor]:
+    """Views [B, 3, h, w] of images [B, 3, H, W], one per window, in window order (concatenated:
+    window i of image b at i * B + b)."""
+    return [images[..., y0:y1, x0:x1] for y0, x0, y1, x1 in windows]
 
 
 def upsample(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
