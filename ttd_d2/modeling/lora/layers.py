@@ -12,56 +12,12 @@ import math
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .low_rank import low_rank_linear
 
 VALID_TARGETS: Tuple[str, ...] = ("attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj")
 VALID_TOWERS: Tuple[str, ...] = ("image", "text")
-
-
-def low_rank_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], lora: "_LoRAMixin",
-                    x_low: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias) + x_low D^T`` [..., out] for the adapter's delta ``D``
-    (``scaling * B A``, or ``delta_override``) and ``x`` [..., in]; ``x_low`` (default ``x``) is
-    what the low-rank branch reads (the caller's dropout of ``x``).
-
-    The frozen projection is computed on ``x`` flattened to 2-D, so that its output is a tensor
-    of its own, and the low-rank product is accumulated into it by ``addmm_`` with the scaling
-    applied to ``B`` [out, r], not to the [..., out] product. On a GPU the add is then the
-    matrix product's epilogue instead of two full-size elementwise kernels per adapted layer,
-    forward and backward (a TTD step runs ~100 adapted layers), and no copy is made. The 2-D
-    output matters: an in-place update of a *view* (what ``F.linear`` returns for a 3-D input)
-    makes autograd copy the whole gradient in the backward (``CopySlices``; 387 device copies,
-    17.8 ms per default TTD step on the GPU host, benchmarks/README.md).
-    """
-    shared_input = x_low is None or x_low is x
-    x = _autocast_input(x)
-    x_low = x if shared_input else x_low
-    y = F.linear(x.reshape(-1, x.shape[-1]), weight, bias)  # [N, out], not a view
-    low_in = x_low.reshape(-1, x_low.shape[-1])
-    if lora.delta_override is not None:  # the EMA teacher: no graph, any dtype (autocast casts)
-        y = torch.addmm(y, low_in, lora.delta_override.t())
-    else:
-        low = F.linear(low_in, lora.lora_A)  # [N, r]; autocast's dtype under autocast
-        # in-place ops are outside autocast: both factors in y's dtype
-        y.addmm_(low.to(y.dtype), (lora.scaling * lora.lora_B).t().to(y.dtype))
-    return y.view(*x.shape[:-1], y.shape[-1])
-
-
-def _autocast_input(x: torch.Tensor) -> torch.Tensor:
-    """``x`` cast once to the autocast dtype when autocast would cast it: the frozen projection
-    and the low-rank branch both read it, and autocast casts an activation anew for each call
-    (it caches only casts of leaf weights that require grad). The same bits reach both matrix
-    products; saves one full-size cast per adapted layer that reads a float32 input (after
-    every layer norm), forward and backward."""
-    if x.dtype != torch.float32:
-        return x
-    device_type = x.device.type
-    try:
-        enabled = torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4 takes no device type: autocast then casts per call, as before
-        return x
-    return x.to(torch.get_autocast_dtype(device_type)) if enabled else x
 
 
 class _LoRAMixin:

@@ -1,0 +1,135 @@
+"""``low_rank_linear``'s autograd function for a frozen projection
+(ttd_d2/modeling/lora/low_rank.py): the textbook values and gradients, with the branch reading
+``x`` or its own (dropped-out) input, with or without an input gradient, under bf16 autocast;
+and the input gradient accumulated in place: no separate full-size add in the backward."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ttd_d2.modeling.lora.layers import LoRALinear, LoRAParametrization
+from ttd_d2.modeling.lora.low_rank import low_rank_linear
+
+
+def _frozen_projection_and_adapter(seed=0, out_features=6, in_features=5, rank=2):
+    torch.manual_seed(seed)
+    weight, bias = torch.randn(out_features, in_features), torch.randn(out_features)
+    lora = LoRAParametrization(out_features, in_features, rank=rank, alpha=6.0)
+    with torch.no_grad():
+        lora.lora_B.normal_()
+    return weight, bias, lora
+
+
+def _backward_node_names(out):
+    seen, stack, names = set(), [out.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(n for n, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("separate_input", [False, True])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_values_and_gradients_are_the_textbook_ones(separate_input, input_grad):
+    """x W^T + b + x_low (s B A)^T on a [2, 3, in] input: the output and the gradients of x,
+    x_low, A and B, against the formula written out with autograd."""
+    weight, bias, lora = _frozen_projection_and_adapter()
+    x = torch.randn(2, 3, 5, requires_grad=input_grad)
+    x_low = torch.randn(2, 3, 5, requires_grad=input_grad) if separate_input else None
+    branch_in = x if x_low is None else x_low
+    expected = F.linear(x, weight, bias) + torch.einsum("bni,oi->bno", branch_in, 3.0 * lora.lora_B @ lora.lora_A)
+    got = low_rank_linear(x, weight, bias, lora, x_low)
+    assert "_FrozenLowRankLinearBackward" in _backward_node_names(got)
+    torch.testing.assert_close(got, expected)
+    leaves = [lora.lora_A, lora.lora_B] + ([x] if input_grad else []) + ([x_low] if separate_input and input_grad else [])
+    upstream = torch.randn_like(expected)
+    grads = torch.autograd.grad((got * upstream).sum(), leaves)
+    reference = torch.autograd.grad((expected * upstream).sum(), leaves)
+    for g, r in zip(grads, reference):
+        torch.testing.assert_close(g, r)
+
+
+def test_a_trainable_weight_keeps_autograd_and_its_gradient():
+    """The function forms no weight gradient, so a projection that trains takes autograd's path."""
+    weight, bias, lora = _frozen_projection_and_adapter()
+    weight.requires_grad_(True)
+    x = torch.randn(4, 5)
+    out = low_rank_linear(x, weight, bias, lora)
+    assert "_FrozenLowRankLinearBackward" not in _backward_node_names(out)
+    (g,) = torch.autograd.grad(out.sum(), [weight])
+    torch.testing.assert_close(g, torch.ones(4, 6).t() @ x)
+
+
+def test_no_graph_without_gradients():
+    weight, bias, lora = _frozen_projection_and_adapter()
+    with torch.no_grad():
+        out = low_rank_linear(torch.randn(4, 5), weight, bias, lora)
+    assert out.grad_fn is None
+
+
+class _CountFullSizeAdds(TorchDispatchMode):
+    """Counts ``aten.add`` calls with an output of ``numel`` elements."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.count = numel, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket is torch.ops.aten.add and isinstance(out, torch.Tensor) and out.numel() == self.numel:
+            self.count += 1
+        return out
+
+
+def _autograd_reference(x, weight, bias, lora):
+    """What ``low_rank_linear`` ran before the autograd function: the branch left to autograd."""
+    y = F.linear(x, weight, bias)
+    y.addmm_(F.linear(x, lora.lora_A).to(y.dtype), (lora.scaling * lora.lora_B).t().to(y.dtype))
+    return y
+
+
+def test_the_input_gradient_is_accumulated_in_place():
+    weight, bias, lora = _frozen_projection_and_adapter(out_features=24, in_features=16, rank=4)
+    x = torch.randn(40, 16, requires_grad=True)
+    upstream = torch.randn(40, 24)
+    out = low_rank_linear(x, weight, bias, lora)
+    with _CountFullSizeAdds(x.numel()) as counter:
+        out.backward(upstream)
+    assert counter.count == 0
+    got = x.grad.clone()
+
+    x.grad = None
+    out = _autograd_reference(x, weight, bias, lora)
+    with _CountFullSizeAdds(x.numel()) as counter:
+        out.backward(upstream)
+    assert counter.count == 1  # the count above is not vacuous: autograd adds the two paths
+    torch.testing.assert_close(got, x.grad)
+
+
+def test_under_bf16_autocast_the_products_run_in_bf16_and_match_autograd():
+    """Under CPU bf16 autocast (the GPU step's setting) the output is bf16 and the values and
+    gradients equal autograd's path up to the order of the bf16 sums."""
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(32, 48), rank=4, alpha=8.0)
+    layer.base.requires_grad_(False)
+    with torch.no_grad():
+        layer.lora_B.normal_(0, 0.3)
+    x = torch.randn(3, 7, 32, requires_grad=True)
+    upstream = torch.randn(3, 7, 48)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x)
+        reference = _autograd_reference(x.to(torch.bfloat16).reshape(-1, 32), layer.base.weight, layer.base.bias,
+                                        layer).view(3, 7, 48)
+    assert got.dtype == torch.bfloat16
+    assert "_FrozenLowRankLinearBackward" in _backward_node_names(got)
+    torch.testing.assert_close(got.float(), reference.float())
+    leaves = [x, layer.lora_A, layer.lora_B]
+    grads = torch.autograd.grad((got.float() * upstream).sum(), leaves)
+    expected = torch.autograd.grad((reference.float() * upstream).sum(), leaves)
+    for g, e in zip(grads, expected):
+        assert g.dtype == e.dtype
+        torch.testing.assert_close(g, e, atol=0.05, rtol=0.02)

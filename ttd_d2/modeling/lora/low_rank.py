@@ -1,0 +1,138 @@
+"""The adapted projection ``x W^T + b + x_low (s B A)^T`` of a frozen ``W``, as few full-size
+passes as exact arithmetic allows.
+
+``low_rank_linear`` is what both adapter kinds run (:class:`~.layers.LoRALinear` for the MLP,
+:func:`~.side_branch.lora_linear` for the attention projections). With gradients it runs
+:class:`_FrozenLowRankLinear`, an autograd function whose backward accumulates the low-rank
+branch's input gradient into the frozen projection's (``dx = g W``, then ``dx += (g s B) A`` by
+``addmm_``). Left to autograd, the branch's input gradient is a tensor of its own, added to the
+projection's by a separate elementwise kernel: one extra write and three extra passes over
+``[tokens, in]`` per adapted layer, ~100 adapted layers per default TTD step (165 bf16 add
+kernels, 8.9 ms per step on the GPU host; benchmarks/README.md). The function forms no
+gradient of ``W`` or ``b`` (frozen) and saves what autograd saved (``x``, the cast ``W``, the
+``[tokens, r]`` low-rank activation).
+
+Why not a library: the fusion is specific to a frozen weight plus a low-rank side branch, and
+``torch.compile`` (which would find it) does not apply to the eager training step.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .layers import _LoRAMixin
+
+__all__ = ["low_rank_linear"]
+
+
+def low_rank_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], lora: "_LoRAMixin",
+                    x_low: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias) + x_low D^T`` [..., out] for the adapter's delta ``D``
+    (``scaling * B A``, or ``delta_override``) and ``x`` [..., in]; ``x_low`` (default ``x``) is
+    what the low-rank branch reads (the caller's dropout of ``x``).
+
+    The frozen projection is computed on ``x`` flattened to 2-D, so that its output is a tensor
+    of its own, and the low-rank product is accumulated into it by ``addmm_`` with the scaling
+    applied to ``B`` [out, r], not to the [..., out] product: on a GPU the add is the matrix
+    product's epilogue, not two full-size elementwise kernels, and no copy is made (an in-place
+    update of a *view* would make autograd copy the whole gradient in the backward:
+    ``CopySlices``, 17.8 ms per default TTD step on the GPU host). With gradients and a frozen
+    ``weight`` / ``bias`` the backward does the same for the input gradient
+    (:class:`_FrozenLowRankLinear`).
+    """
+    shared_input = x_low is None or x_low is x
+    x = _autocast_input(x)
+    x_low = x if shared_input else x_low
+    flat = x.reshape(-1, x.shape[-1])
+    low_in = flat if shared_input else x_low.reshape(-1, x_low.shape[-1])
+    if lora.delta_override is not None:  # the EMA teacher: no graph, any dtype (autocast casts)
+        y = torch.addmm(F.linear(flat, weight, bias), low_in, lora.delta_override.t())
+    elif _fused_backward_applies(flat, low_in, weight, bias, lora):
+        dtype = _compute_dtype(flat)
+        bias = None if bias is None else bias.to(dtype)
+        y = _FrozenLowRankLinear.apply(flat, None if shared_input else low_in.to(dtype), weight.to(dtype), bias,
+                                       lora.lora_A.to(dtype), (lora.scaling * lora.lora_B).to(dtype))
+    else:
+        y = F.linear(flat, weight, bias)  # [N, out], not a view
+        low = F.linear(low_in, lora.lora_A)  # [N, r]; autocast's dtype under autocast
+        # in-place ops are outside autocast: both factors in y's dtype
+        y.addmm_(low.to(y.dtype), (lora.scaling * lora.lora_B).t().to(y.dtype))
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def _fused_backward_applies(flat, low_in, weight, bias, lora) -> bool:
+    """The autograd function is used when a backward will run through it and the projection is
+    frozen; not while dynamo traces (inductor derives and fuses the backward itself)."""
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return False
+    if weight.requires_grad or (bias is not None and bias.requires_grad):
+        return False
+    return flat.requires_grad or low_in.requires_grad or lora.lora_A.requires_grad or lora.lora_B.requires_grad
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the matrix products run in: autocast's where it is on, else ``x``'s."""
+    try:
+        if torch.is_autocast_enabled(x.device.type):
+            return torch.get_autocast_dtype(x.device.type)
+    except TypeError:  # torch < 2.4 takes no device type
+        if torch.is_autocast_enabled():
+            return torch.get_autocast_gpu_dtype()
+    return x.dtype
+
+
+def _autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` cast once to the autocast dtype when autocast would cast it: the frozen projection
+    and the low-rank branch both read it, and autocast casts an activation anew for each call
+    (it caches only casts of leaf weights that require grad). The same bits reach both matrix
+    products; saves one full-size cast per adapted layer that reads a float32 input (after
+    every layer norm), forward and backward."""
+    if x.dtype != torch.float32:
+        return x
+    device_type = x.device.type
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type: autocast then casts per call, as before
+        return x
+    return x.to(torch.get_autocast_dtype(device_type)) if enabled else x
+
+
+class _FrozenLowRankLinear(torch.autograd.Function):
+    """``y = x W^T + b + x_low A^T B_s^T`` [N, out] for a frozen ``W`` [out, in] and ``b``
+    [out], ``A`` [r, in], ``B_s = s B`` [out, r], ``x`` [N, in]; ``x_low`` [N, in] is ``x``
+    when passed as None. Every tensor arrives in the dtype the products run in.
+
+    Backward, with ``g`` [N, out] and ``g_low = g B_s`` [N, r]: ``dx = g W (+ g_low A)``
+    accumulated in place, ``dx_low = g_low A`` when the branch reads its own input,
+    ``dA = g_low^T x_low``, ``dB_s = g^T (x_low A^T)``; none for ``W`` and ``b``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, x_low, weight, bias, lora_a, lora_b_scaled):
+        low_in = x if x_low is None else x_low
+        y = F.linear(x, weight, bias)
+        low = low_in @ lora_a.t()  # [N, r]
+        y.addmm_(low, lora_b_scaled.t())
+        ctx.separate_low_input = x_low is not None
+        ctx.save_for_backward(low_in, weight, lora_a, lora_b_scaled, low)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        low_in, weight, lora_a, lora_b_scaled, low = ctx.saved_tensors
+        grad = grad.to(low.dtype)
+        needs_x, needs_x_low, _, _, needs_a, needs_b = ctx.needs_input_grad
+        grad_low = grad @ lora_b_scaled  # [N, r]
+        grad_x = grad_x_low = None
+        if needs_x:
+            grad_x = grad @ weight  # [N, in]
+            if not ctx.separate_low_input:
+                grad_x.addmm_(grad_low, lora_a)
+        if ctx.separate_low_input and needs_x_low:
+            grad_x_low = grad_low @ lora_a
+        grad_a = grad_low.t() @ low_in if needs_a else None
+        grad_b = grad.t() @ low if needs_b else None
+        return grad_x, grad_x_low, None, None, grad_a, grad_b
