@@ -51,10 +51,8 @@ def low_rank_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     if lora.delta_override is not None:  # the EMA teacher: no graph, any dtype (autocast casts)
         y = torch.addmm(F.linear(flat, weight, bias), low_in, lora.delta_override.t())
     elif _fused_backward_applies(flat, low_in, weight, bias, lora):
-        dtype = _compute_dtype(flat)
-        bias = None if bias is None else bias.to(dtype)
-        y = _FrozenLowRankLinear.apply(flat, None if shared_input else low_in.to(dtype), weight.to(dtype), bias,
-                                       lora.lora_A.to(dtype), (lora.scaling * lora.lora_B).to(dtype))
+        y = _FrozenLowRankLinear.apply(flat, None if shared_input else low_in, weight, bias, lora.lora_A,
+                                       lora.lora_B, lora.scaling)
     else:
         y = F.linear(flat, weight, bias)  # [N, out], not a view
         low = F.linear(low_in, lora.lora_A)  # [N, r]; autocast's dtype under autocast
@@ -73,66 +71,67 @@ def _fused_backward_applies(flat, low_in, weight, bias, lora) -> bool:
     return flat.requires_grad or low_in.requires_grad or lora.lora_A.requires_grad or lora.lora_B.requires_grad
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype the matrix products run in: autocast's where it is on, else ``x``'s."""
-    try:
-        if torch.is_autocast_enabled(x.device.type):
-            return torch.get_autocast_dtype(x.device.type)
-    except TypeError:  # torch < 2.4 takes no device type
-        if torch.is_autocast_enabled():
-            return torch.get_autocast_gpu_dtype()
-    return x.dtype
-
-
 def _autocast_input(x: torch.Tensor) -> torch.Tensor:
     """``x`` cast once to the autocast dtype when autocast would cast it: the frozen projection
     and the low-rank branch both read it, and autocast casts an activation anew for each call
     (it caches only casts of leaf weights that require grad). The same bits reach both matrix
     products; saves one full-size cast per adapted layer that reads a float32 input (after
     every layer norm), forward and backward."""
-    if x.dtype != torch.float32:
+    if not x.is_floating_point():
         return x
     device_type = x.device.type
     try:
         enabled = torch.is_autocast_enabled(device_type)
     except TypeError:  # torch < 2.4 takes no device type: autocast then casts per call, as before
         return x
-    return x.to(torch.get_autocast_dtype(device_type)) if enabled else x
+    if not enabled:
+        return x
+    dtype = torch.get_autocast_dtype(device_type)
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 class _FrozenLowRankLinear(torch.autograd.Function):
-    """``y = x W^T + b + x_low A^T B_s^T`` [N, out] for a frozen ``W`` [out, in] and ``b``
-    [out], ``A`` [r, in], ``B_s = s B`` [out, r], ``x`` [N, in]; ``x_low`` [N, in] is ``x``
-    when passed as None. Every tensor arrives in the dtype the products run in.
+    """``y = x W^T + b + x_low A^T (s B)^T`` [N, out] for a frozen ``W`` [out, in] and ``b``
+    [out], ``A`` [r, in], ``B`` [out, r], ``x`` [N, in]; ``x_low`` [N, in] is ``x`` when passed
+    as None. The products run in ``x``'s dtype (the caller casts ``x`` to autocast's); the
+    weights are cast here, outside autograd, so that the function is one node of the graph
+    (the casts and the scaling of ``B`` would be four more per adapted layer, each a host-side
+    dispatch in the text tower, whose small kernels leave the GPU waiting for the host).
 
-    Backward, with ``g`` [N, out] and ``g_low = g B_s`` [N, r]: ``dx = g W (+ g_low A)``
+    Backward, with ``g`` [N, out] and ``g_low = g (s B)`` [N, r]: ``dx = g W (+ g_low A)``
     accumulated in place, ``dx_low = g_low A`` when the branch reads its own input,
-    ``dA = g_low^T x_low``, ``dB_s = g^T (x_low A^T)``; none for ``W`` and ``b``.
+    ``dA = g_low^T x_low``, ``dB = s g^T (x_low A^T)``, in the adapters' dtype; none for ``W``
+    and ``b``.
     """
 
     @staticmethod
-    def forward(ctx, x, x_low, weight, bias, lora_a, lora_b_scaled):
-        low_in = x if x_low is None else x_low
-        y = F.linear(x, weight, bias)
-        low = low_in @ lora_a.t()  # [N, r]
-        y.addmm_(low, lora_b_scaled.t())
-        ctx.separate_low_input = x_low is not None
-        ctx.save_for_backward(low_in, weight, lora_a, lora_b_scaled, low)
+    def forward(ctx, x, x_low, weight, bias, lora_a, lora_b, scaling):
+        dtype = x.dtype
+        low_in = x if x_low is None else x_low.to(dtype)
+        weight, a, b_scaled = weight.to(dtype), lora_a.to(dtype), (lora_b * scaling).to(dtype)
+        y = F.linear(x, weight, None if bias is None else bias.to(dtype))
+        low = low_in @ a.t()  # [N, r]
+        y.addmm_(low, b_scaled.t())
+        ctx.separate_low_input, ctx.scaling = x_low is not None, scaling
+        ctx.adapter_dtypes = lora_a.dtype, lora_b.dtype
+        ctx.save_for_backward(low_in, weight, a, b_scaled, low)
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        low_in, weight, lora_a, lora_b_scaled, low = ctx.saved_tensors
+        low_in, weight, a, b_scaled, low = ctx.saved_tensors
         grad = grad.to(low.dtype)
-        needs_x, needs_x_low, _, _, needs_a, needs_b = ctx.needs_input_grad
-        grad_low = grad @ lora_b_scaled  # [N, r]
-        grad_x = grad_x_low = None
+        needs_x, needs_x_low, _, _, needs_a, needs_b, _ = ctx.needs_input_grad
+        grad_low = grad @ b_scaled  # [N, r]
+        grad_x = grad_x_low = grad_a = grad_b = None
         if needs_x:
             grad_x = grad @ weight  # [N, in]
             if not ctx.separate_low_input:
-                grad_x.addmm_(grad_low, lora_a)
+                grad_x.addmm_(grad_low, a)
         if ctx.separate_low_input and needs_x_low:
-            grad_x_low = grad_low @ lora_a
-        grad_a = grad_low.t() @ low_in if needs_a else None
-        grad_b = grad.t() @ low if needs_b else None
-        return grad_x, grad_x_low, None, None, grad_a, grad_b
+            grad_x_low = grad_low @ a
+        if needs_a:
+            grad_a = (grad_low.t() @ low_in).to(ctx.adapter_dtypes[0])
+        if needs_b:
+            grad_b = (grad.t() @ low).to(ctx.adapter_dtypes[1]).mul_(ctx.scaling)
+        return grad_x, grad_x_low, None, None, grad_a, grad_b, None
