@@ -3,12 +3,13 @@ passes as exact arithmetic allows.
 
 ``low_rank_linear`` is what both adapter kinds run (:class:`~.layers.LoRALinear` for the MLP,
 :func:`~.side_branch.lora_linear` for the attention projections). With gradients it runs
-:class:`_FrozenLowRankLinear`, an autograd function whose backward accumulates the low-rank
-branch's input gradient into the frozen projection's (``dx = g W``, then ``dx += (g s B) A`` by
-``addmm_``). Left to autograd, the branch's input gradient is a tensor of its own, added to the
-projection's by a separate elementwise kernel: one extra write and three extra passes over
-``[tokens, in]`` per adapted layer, ~100 adapted layers per default TTD step (165 bf16 add
-kernels, 8.9 ms per step on the GPU host; benchmarks/README.md). The function forms no
+:class:`_FrozenLowRankLinear`, an autograd function whose backward forms the input gradient in
+one product, ``dx = g (W + s B A)``, the adapter folded into a temporary [out, in] weight. Left
+to autograd, the branch's input gradient is a tensor of its own, added to the projection's by a
+separate elementwise kernel: one extra write and three extra passes over ``[tokens, in]`` per
+adapted layer, ~100 adapted layers per default TTD step (165 bf16 add kernels, 8.9 ms per step
+on the GPU host; benchmarks/README.md); accumulated in place by ``addmm_`` it is still one
+read and one write of ``[tokens, in]`` (a rank-r product, memory-bound). The function forms no
 gradient of ``W`` or ``b`` (frozen) and saves what autograd saved (``x``, the cast ``W``, the
 ``[tokens, r]`` low-rank activation).
 
@@ -98,10 +99,14 @@ class _FrozenLowRankLinear(torch.autograd.Function):
     (the casts and the scaling of ``B`` would be four more per adapted layer, each a host-side
     dispatch in the text tower, whose small kernels leave the GPU waiting for the host).
 
-    Backward, with ``g`` [N, out] and ``g_low = g (s B)`` [N, r]: ``dx = g W (+ g_low A)``
-    accumulated in place, ``dx_low = g_low A`` when the branch reads its own input,
-    ``dA = g_low^T x_low``, ``dB = s g^T (x_low A^T)``, in the adapters' dtype; none for ``W``
-    and ``b``.
+    Backward, with ``g`` [N, out] and ``g_low = g (s B)`` [N, r]: ``dx = g (W + s B A)`` when the
+    branch reads ``x`` (else ``g W``, and ``dx_low = g_low A``). Exact in exact arithmetic; under
+    bf16 the folded weight is rounded once, at the weight's resolution, as the autocast cast of
+    ``W`` already is: a small ``s B A`` survives that rounding on average over the weight's
+    elements, and the error against float64 is autograd's path's (tested). The forward keeps
+    ``x W^T + (x A^T)(s B)^T``: folding there would change the model's outputs, not only a
+    gradient's rounding. The adapters' gradients: ``dA = g_low^T x_low``,
+    ``dB = s g^T (x_low A^T)``, in their own dtype; none for ``W`` and ``b``.
     """
 
     @staticmethod
@@ -125,9 +130,9 @@ class _FrozenLowRankLinear(torch.autograd.Function):
         grad_low = grad @ b_scaled  # [N, r]
         grad_x = grad_x_low = grad_a = grad_b = None
         if needs_x:
-            grad_x = grad @ weight  # [N, in]
-            if not ctx.separate_low_input:
-                grad_x.addmm_(grad_low, a)
+            # dx = g (W + s B A): the adapter folded into the weight for this product only,
+            # one [out, in] addmm instead of a second pass over [N, in] (see the class doc)
+            grad_x = grad @ (weight if ctx.separate_low_input else torch.addmm(weight, b_scaled, a))
         if ctx.separate_low_input and needs_x_low:
             grad_x_low = grad_low @ a
         if needs_a:
