@@ -31,7 +31,7 @@ from .writer import generate
 __all__ = ["BENCHMARK_IMAGE_SIZE", "SplitSpec", "ensure_splits", "quickstart_splits"]
 
 # The benchmark's image side: configs/synthetic/Base-Synthetic.yaml's INPUT.TRAIN_SIZE (checked by
-# tests/data/test_synthetic_presets.py), the default of tools/generate_synthetic.py. 64 until
+# tests/data/synthetic/test_synthetic_presets.py), the default of tools/generate_synthetic.py. 64 until
 # commit 9dbe440, where a secondary object spanned about 2x2 patches of the 8x8 grid.
 BENCHMARK_IMAGE_SIZE = 128
 

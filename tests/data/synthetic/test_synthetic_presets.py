@@ -36,7 +36,7 @@ def test_the_benchmark_size_is_the_one_its_configs_read():
     from ttd_d2.data.synthetic.presets import BENCHMARK_IMAGE_SIZE
     from ttd_d2.modeling.backbone.clip_loading import vision_config
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     for name in ("tcl.yaml", "ttd_tcl.yaml", "clearclip.yaml", "pretrain_tiny_clip.yaml", "pretrain_tcl.yaml"):
         cfg = get_cfg()
         add_ttd_config(cfg)
