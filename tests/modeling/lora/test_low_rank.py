@@ -72,18 +72,22 @@ def test_no_graph_without_gradients():
     assert out.grad_fn is None
 
 
-class _CountFullSizeAdds(TorchDispatchMode):
-    """Counts ``aten.add`` calls with an output of ``numel`` elements."""
+class _CountFullSize(TorchDispatchMode):
+    """Counts calls of the ``ops`` (overload packets) with an output of ``numel`` elements."""
 
-    def __init__(self, numel):
+    def __init__(self, numel, *ops):
         super().__init__()
-        self.numel, self.count = numel, 0
+        self.numel, self.ops, self.count = numel, ops, 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if func.overloadpacket is torch.ops.aten.add and isinstance(out, torch.Tensor) and out.numel() == self.numel:
+        if func.overloadpacket in self.ops and isinstance(out, torch.Tensor) and out.numel() == self.numel:
             self.count += 1
         return out
+
+
+ADDS = (torch.ops.aten.add,)
+PRODUCTS = (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_)  # in place or not
 
 
 def _autograd_reference(x, weight, bias, lora):
@@ -98,14 +102,14 @@ def test_the_input_gradient_needs_no_full_size_add():
     x = torch.randn(40, 16, requires_grad=True)
     upstream = torch.randn(40, 24)
     out = low_rank_linear(x, weight, bias, lora)
-    with _CountFullSizeAdds(x.numel()) as counter:
+    with _CountFullSize(x.numel(), *ADDS) as counter:
         out.backward(upstream)
     assert counter.count == 0
     got = x.grad.clone()
 
     x.grad = None
     out = _autograd_reference(x, weight, bias, lora)
-    with _CountFullSizeAdds(x.numel()) as counter:
+    with _CountFullSize(x.numel(), *ADDS) as counter:
         out.backward(upstream)
     assert counter.count == 1  # the count above is not vacuous: autograd adds the two paths
     torch.testing.assert_close(got, x.grad)
@@ -166,3 +170,20 @@ def test_bf16_input_gradient_is_as_close_to_float64_as_autograds(delta_scale):
     folded_error = ((folded - exact).norm() / exact.norm()).item()
     accumulated_error = ((accumulated - exact).norm() / exact.norm()).item()
     assert 0 < folded_error <= 1.05 * accumulated_error
+
+
+def test_the_input_gradient_is_one_full_size_product():
+    """The adapter is folded into the weight for ``dx``: one product with a [N, in] output in the
+    backward, where accumulating ``(g s B) A`` into ``g W`` (in place or not) takes two."""
+    weight, bias, lora = _frozen_projection_and_adapter(out_features=24, in_features=16, rank=4)
+    x = torch.randn(40, 16, requires_grad=True)
+    upstream = torch.randn(40, 24)
+    out = low_rank_linear(x, weight, bias, lora)
+    with _CountFullSize(x.numel(), *PRODUCTS) as counter:
+        out.backward(upstream)
+    assert counter.count == 1
+    x.grad = None
+    out = _autograd_reference(x, weight, bias, lora)
+    with _CountFullSize(x.numel(), *PRODUCTS) as counter:
+        out.backward(upstream)
+    assert counter.count == 2  # the count is not vacuous

@@ -127,16 +127,18 @@ class _FrozenLowRankLinear(torch.autograd.Function):
         low_in, weight, a, b_scaled, low = ctx.saved_tensors
         grad = grad.to(low.dtype)
         needs_x, needs_x_low, _, _, needs_a, needs_b, _ = ctx.needs_input_grad
-        grad_low = grad @ b_scaled  # [N, r]
         grad_x = grad_x_low = grad_a = grad_b = None
         if needs_x:
             # dx = g (W + s B A): the adapter folded into the weight for this product only,
             # one [out, in] addmm instead of a second pass over [N, in] (see the class doc)
             grad_x = grad @ (weight if ctx.separate_low_input else torch.addmm(weight, b_scaled, a))
-        if ctx.separate_low_input and needs_x_low:
-            grad_x_low = grad_low @ a
-        if needs_a:
-            grad_a = (grad_low.t() @ low_in).to(ctx.adapter_dtypes[0])
+        needs_x_low = ctx.separate_low_input and needs_x_low
+        if needs_x_low or needs_a:
+            grad_low = grad @ b_scaled  # [N, r]
+            if needs_x_low:
+                grad_x_low = grad_low @ a
+            if needs_a:
+                grad_a = (grad_low.t() @ low_in).to(ctx.adapter_dtypes[0])
         if needs_b:
             grad_b = (grad.t() @ low).to(ctx.adapter_dtypes[1]).mul_(ctx.scaling)
         return grad_x, grad_x_low, None, None, grad_a, grad_b, None
