@@ -33,10 +33,12 @@ def _adapter(seed=0):
 
 
 def _two_cast_reference(x, layer):
-    """What ``low_rank_linear`` computed before: autocast casts ``x`` for each product."""
-    y = F.linear(x.reshape(-1, x.shape[-1]), layer.base.weight, layer.base.bias)
-    low = F.linear(x.reshape(-1, x.shape[-1]), layer.lora_A)
-    y.addmm_(low.to(y.dtype), (layer.scaling * layer.lora_B).t().to(y.dtype))
+    """``low_rank_linear``'s products with ``x`` cast for each: by autocast for the low-rank
+    one, by hand for the in-place frozen one (autocast does not cast in-place ops)."""
+    flat = x.reshape(-1, x.shape[-1])
+    low = F.linear(flat, layer.lora_A)
+    y = torch.addmm(layer.base.bias, low, (layer.scaling * layer.lora_B).t())
+    y.addmm_(flat.to(y.dtype), layer.base.weight.to(y.dtype).t())
     return y.view(*x.shape[:-1], -1)
 
 

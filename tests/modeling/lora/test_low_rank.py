@@ -91,10 +91,13 @@ PRODUCTS = (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_)  # i
 
 
 def _autograd_reference(x, weight, bias, lora):
-    """What ``low_rank_linear`` ran before the autograd function: the branch left to autograd."""
-    y = F.linear(x, weight, bias)
-    y.addmm_(F.linear(x, lora.lora_A).to(y.dtype), (lora.scaling * lora.lora_B).t().to(y.dtype))
-    return y
+    """``low_rank_linear``'s products in its order, left to autograd: the rank-r product with
+    the bias, then the frozen product accumulated into it (in ``x``'s dtype: in-place ops are
+    outside autocast)."""
+    dtype = x.dtype
+    low = F.linear(x, lora.lora_A).to(dtype)
+    y = torch.addmm(bias.to(dtype), low, (lora.scaling * lora.lora_B).t().to(dtype))
+    return y.addmm_(x, weight.to(dtype).t())
 
 
 def test_the_input_gradient_needs_no_full_size_add():
@@ -187,3 +190,32 @@ def test_the_input_gradient_is_one_full_size_product():
     with _CountFullSize(x.numel(), *PRODUCTS) as counter:
         out.backward(upstream)
     assert counter.count == 2  # the count is not vacuous
+
+
+class _RecordProducts(TorchDispatchMode):
+    """Records ``(op, inner dimension)`` of each matrix product with an output of ``numel``."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.products = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in PRODUCTS and isinstance(out, torch.Tensor) and out.numel() == self.numel:
+            mat1 = args[0] if func.overloadpacket is torch.ops.aten.mm else args[1]
+            self.products.append((func.overloadpacket, mat1.shape[-1]))
+        return out
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_the_frozen_product_accumulates_into_the_low_rank_one(grad):
+    """The forward forms ``b + x_low A^T (s B)^T`` first and accumulates ``x W^T`` into it, so
+    the add is the large product's epilogue: the last of the [N, out] products is the frozen one
+    (inner dimension ``in``), in place. Accumulating the rank-r product afterwards would be a
+    memory-bound pass over [N, out]. With and without gradients (the two code paths)."""
+    weight, bias, lora = _frozen_projection_and_adapter(out_features=24, in_features=16, rank=4)
+    x = torch.randn(40, 16, requires_grad=grad)
+    with torch.set_grad_enabled(grad), _RecordProducts(40 * 24) as recorder:
+        out = low_rank_linear(x, weight, bias, lora)
+    assert recorder.products == [(torch.ops.aten.addmm, 4), (torch.ops.aten.addmm_, 16)]
+    torch.testing.assert_close(out, F.linear(x, weight, bias) + x @ (lora.scaling * lora.lora_B @ lora.lora_A).t())

@@ -2,7 +2,9 @@
 passes as exact arithmetic allows.
 
 ``low_rank_linear`` is what both adapter kinds run (:class:`~.layers.LoRALinear` for the MLP,
-:func:`~.side_branch.lora_linear` for the attention projections). With gradients it runs
+:func:`~.side_branch.lora_linear` for the attention projections). Its forward forms the rank-r
+product first and accumulates the frozen product into it, so that the add is the large
+product's epilogue (:func:`_frozen_plus_low_rank`). With gradients it runs
 :class:`_FrozenLowRankLinear`, an autograd function whose backward forms the input gradient in
 one product, ``dx = g (W + s B A)``, the adapter folded into a temporary [out, in] weight. Left
 to autograd, the branch's input gradient is a tensor of its own, added to the projection's by a
@@ -35,13 +37,11 @@ def low_rank_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     (``scaling * B A``, or ``delta_override``) and ``x`` [..., in]; ``x_low`` (default ``x``) is
     what the low-rank branch reads (the caller's dropout of ``x``).
 
-    The frozen projection is computed on ``x`` flattened to 2-D, so that its output is a tensor
-    of its own, and the low-rank product is accumulated into it by ``addmm_`` with the scaling
-    applied to ``B`` [out, r], not to the [..., out] product: on a GPU the add is the matrix
-    product's epilogue, not two full-size elementwise kernels, and no copy is made (an in-place
-    update of a *view* would make autograd copy the whole gradient in the backward:
-    ``CopySlices``, 17.8 ms per default TTD step on the GPU host). With gradients and a frozen
-    ``weight`` / ``bias`` the backward does the same for the input gradient
+    On ``x`` flattened to 2-D, the rank-r product (scaling applied to ``B`` [out, r], not to the
+    [..., out] product) is formed first and the frozen product accumulated into it by
+    ``addmm_``: the add is the large matrix product's epilogue, not a full-size kernel of its
+    own (:func:`_frozen_plus_low_rank`). With gradients and a frozen ``weight`` / ``bias`` the
+    backward folds the adapter into the input gradient's product
     (:class:`_FrozenLowRankLinear`).
     """
     shared_input = x_low is None or x_low is x
@@ -55,11 +55,28 @@ def low_rank_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
         y = _FrozenLowRankLinear.apply(flat, None if shared_input else low_in, weight, bias, lora.lora_A,
                                        lora.lora_B, lora.scaling)
     else:
-        y = F.linear(flat, weight, bias)  # [N, out], not a view
         low = F.linear(low_in, lora.lora_A)  # [N, r]; autocast's dtype under autocast
-        # in-place ops are outside autocast: both factors in y's dtype
-        y.addmm_(low.to(y.dtype), (lora.scaling * lora.lora_B).t().to(y.dtype))
+        y = _frozen_plus_low_rank(flat, weight, bias, low, lora.scaling * lora.lora_B)
     return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def _frozen_plus_low_rank(x, weight, bias, low, b_scaled) -> torch.Tensor:
+    """``x W^T + b + low b_scaled^T`` [N, out] for ``x`` [N, in], ``low`` [N, r], all in
+    ``x``'s dtype (in-place products are outside autocast, so the casts are explicit).
+
+    The rank-r product comes first, with the bias, as the [N, out] tensor into which the frozen
+    product then accumulates: the large product's epilogue reads it almost for free. In the
+    other order the rank-r product is accumulated into the frozen product's output, a
+    memory-bound pass that reads and writes all of [N, out]: on the GPU host it made an adapted
+    ViT-B/16 projection cost twice the plain one (23.6 against 12.0 ms per 12 blocks of a batch
+    of 64 at 448 px; 19.3 in this order; benchmarks/README.md). The output is a tensor of its
+    own, not a view (an in-place update of a view would make autograd copy the whole gradient
+    in the backward: ``CopySlices``, 17.8 ms per default TTD step).
+    """
+    dtype = x.dtype
+    low, b_scaled = low.to(dtype), b_scaled.to(dtype)
+    y = low @ b_scaled.t() if bias is None else torch.addmm(bias.to(dtype), low, b_scaled.t())
+    return y.addmm_(x, weight.to(dtype).t())
 
 
 def _fused_backward_applies(flat, low_in, weight, bias, lora) -> bool:
@@ -114,9 +131,8 @@ class _FrozenLowRankLinear(torch.autograd.Function):
         dtype = x.dtype
         low_in = x if x_low is None else x_low.to(dtype)
         weight, a, b_scaled = weight.to(dtype), lora_a.to(dtype), (lora_b * scaling).to(dtype)
-        y = F.linear(x, weight, None if bias is None else bias.to(dtype))
         low = low_in @ a.t()  # [N, r]
-        y.addmm_(low, b_scaled.t())
+        y = _frozen_plus_low_rank(x, weight, bias, low, b_scaled)
         ctx.separate_low_input, ctx.scaling = x_low is not None, scaling
         ctx.adapter_dtypes = lora_a.dtype, lora_b.dtype
         ctx.save_for_backward(low_in, weight, a, b_scaled, low)
