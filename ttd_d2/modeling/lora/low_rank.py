@@ -68,8 +68,8 @@ def _frozen_plus_low_rank(x, weight, bias, low, b_scaled) -> torch.Tensor:
     product then accumulates: the large product's epilogue reads it almost for free. In the
     other order the rank-r product is accumulated into the frozen product's output, a
     memory-bound pass that reads and writes all of [N, out]: on the GPU host it made an adapted
-    ViT-B/16 projection cost twice the plain one (23.6 against 12.0 ms per 12 blocks of a batch
-    of 64 at 448 px; 19.3 in this order; benchmarks/README.md). The output is a tensor of its
+    ViT-B/16 projection cost twice the plain one (23.5 against 12.1 ms of kernels per 12 blocks
+    of a batch of 64 at 448 px; 19.0 in this order: ``benchmarks/bench_low_rank.py``). The output is a tensor of its
     own, not a view (an in-place update of a view would make autograd copy the whole gradient
     in the backward: ``CopySlices``, 17.8 ms per default TTD step).
     """
