@@ -100,22 +100,24 @@ def _autograd_reference(x, weight, bias, lora):
     return y.addmm_(x, weight.to(dtype).t())
 
 
-def test_the_input_gradient_needs_no_full_size_add():
+def _input_gradient_ops(forward, *ops):
+    """(count of ``ops`` with a [N, in] output in the backward, ``dx``) of ``forward(x, weight,
+    bias, lora)`` on a fixed projection and input."""
     weight, bias, lora = _frozen_projection_and_adapter(out_features=24, in_features=16, rank=4)
+    torch.manual_seed(1)
     x = torch.randn(40, 16, requires_grad=True)
-    upstream = torch.randn(40, 24)
-    out = low_rank_linear(x, weight, bias, lora)
-    with _CountFullSize(x.numel(), *ADDS) as counter:
-        out.backward(upstream)
-    assert counter.count == 0
-    got = x.grad.clone()
+    out = forward(x, weight, bias, lora)
+    with _CountFullSize(x.numel(), *ops) as counter:
+        out.backward(torch.randn(40, 24))
+    return counter.count, x.grad
 
-    x.grad = None
-    out = _autograd_reference(x, weight, bias, lora)
-    with _CountFullSize(x.numel(), *ADDS) as counter:
-        out.backward(upstream)
-    assert counter.count == 1  # the count above is not vacuous: autograd adds the two paths
-    torch.testing.assert_close(got, x.grad)
+
+def test_the_input_gradient_needs_no_full_size_add():
+    count, got = _input_gradient_ops(low_rank_linear, *ADDS)
+    reference_count, expected = _input_gradient_ops(_autograd_reference, *ADDS)
+    assert count == 0
+    assert reference_count == 1  # the count above is not vacuous: autograd adds the two paths
+    torch.testing.assert_close(got, expected)
 
 
 def test_under_bf16_autocast_the_products_run_in_bf16_and_match_autograd():
@@ -178,18 +180,8 @@ def test_bf16_input_gradient_is_as_close_to_float64_as_autograds(delta_scale):
 def test_the_input_gradient_is_one_full_size_product():
     """The adapter is folded into the weight for ``dx``: one product with a [N, in] output in the
     backward, where accumulating ``(g s B) A`` into ``g W`` (in place or not) takes two."""
-    weight, bias, lora = _frozen_projection_and_adapter(out_features=24, in_features=16, rank=4)
-    x = torch.randn(40, 16, requires_grad=True)
-    upstream = torch.randn(40, 24)
-    out = low_rank_linear(x, weight, bias, lora)
-    with _CountFullSize(x.numel(), *PRODUCTS) as counter:
-        out.backward(upstream)
-    assert counter.count == 1
-    x.grad = None
-    out = _autograd_reference(x, weight, bias, lora)
-    with _CountFullSize(x.numel(), *PRODUCTS) as counter:
-        out.backward(upstream)
-    assert counter.count == 2  # the count is not vacuous
+    assert _input_gradient_ops(low_rank_linear, *PRODUCTS)[0] == 1
+    assert _input_gradient_ops(_autograd_reference, *PRODUCTS)[0] == 2  # the count is not vacuous
 
 
 class _RecordProducts(TorchDispatchMode):
