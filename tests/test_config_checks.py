@@ -263,7 +263,7 @@ def test_shipped_configs_pass_the_checks(path):
 
 
 def test_a_masker_init_that_a_tcl_checkpoint_would_override_is_refused(no_clip, tmp_path):
-    from ttd_d2.config_checks import MASKER_DEFAULTS
+    from ttd_d2.config_checks_tcl import MASKER_DEFAULTS
     cfg = make_tiny_cfg()
     assert (cfg.MODEL.MASKER.INIT_W, cfg.MODEL.MASKER.INIT_B) == MASKER_DEFAULTS
     cfg = set_keys(cfg, {"MODEL.BACKBONE.NAME": "TCL", "MODEL.TCL.WEIGHTS": str(tmp_path / "tcl.pth"),

@@ -1,10 +1,10 @@
 """Config checks of the test-time protocol (``MODEL.SEG_INFERENCE`` multi-scale, class scores,
-PAMR; ``MODEL.CLIP.PROMPT_TEMPLATE_SET``: docs/EVALUATION.md), split from ``config_checks.py``,
-which calls them and whose helpers they use (so it imports this module where it calls it)."""
+PAMR; ``MODEL.CLIP.PROMPT_TEMPLATE_SET``: docs/EVALUATION.md); ``config_checks.py``
+calls them."""
 import math
 from typing import List
 
-from .config_checks import Problem, _choice, _number
+from .config_checks_values import Problem, choice, number
 from .modeling.backbone.prompt_templates import TEMPLATE_SETS
 from .modeling.kernel_choice import KERNELS
 from .modeling.pamr import PAMR_KERNELS
@@ -35,21 +35,21 @@ def protocol_problems(cfg) -> List[Problem]:
     """The keys of the test-time protocol (read by the model's inference, so by ``build_model``)."""
     test, template_set = cfg.MODEL.SEG_INFERENCE, cfg.MODEL.CLIP.PROMPT_TEMPLATE_SET
     return [
-        None if template_set == "" else _choice(
+        None if template_set == "" else choice(
             "MODEL.CLIP.PROMPT_TEMPLATE_SET", template_set, tuple(TEMPLATE_SETS), " or '' (MODEL.CLIP.PROMPT_TEMPLATES)"),
         _size_by_dataset("MODEL.SEG_INFERENCE.MIN_SIZE_TEST_BY_DATASET", test.MIN_SIZE_TEST_BY_DATASET),
-        _number("MODEL.SEG_INFERENCE.WINDOW_BATCH", test.WINDOW_BATCH, lambda v: v >= 0, ">= 0", integer=True,
+        number("MODEL.SEG_INFERENCE.WINDOW_BATCH", test.WINDOW_BATCH, lambda v: v >= 0, ">= 0", integer=True,
                 fix=" (0 = all windows of a scale in one forward)"),
         _positive_list("MODEL.SEG_INFERENCE.SCALES", test.SCALES, integer=False,
                        fix=" (resize factors, e.g. [1.0, 0.5, 1.5, 2.0]; [1.0] = single scale)"),
-        _choice("MODEL.SEG_INFERENCE.CLASS_SCORES", test.CLASS_SCORES, CLASS_SCORES),
-        _number("MODEL.SEG_INFERENCE.LOGIT_SCALE", test.LOGIT_SCALE, lambda v: v > 0, "> 0"),
-        _number("MODEL.SEG_INFERENCE.PROB_THRESHOLD", test.PROB_THRESHOLD, lambda v: 0 <= v <= 1, "in [0, 1]",
+        choice("MODEL.SEG_INFERENCE.CLASS_SCORES", test.CLASS_SCORES, CLASS_SCORES),
+        number("MODEL.SEG_INFERENCE.LOGIT_SCALE", test.LOGIT_SCALE, lambda v: v > 0, "> 0"),
+        number("MODEL.SEG_INFERENCE.PROB_THRESHOLD", test.PROB_THRESHOLD, lambda v: 0 <= v <= 1, "in [0, 1]",
                 fix=" (a class probability of CLASS_SCORES 'softmax')"),
-        _number("MODEL.SEG_INFERENCE.PAMR.NUM_ITER", test.PAMR.NUM_ITER, lambda v: v >= 0, ">= 0", integer=True,
+        number("MODEL.SEG_INFERENCE.PAMR.NUM_ITER", test.PAMR.NUM_ITER, lambda v: v >= 0, ">= 0", integer=True,
                 fix=" (0 = off)"),
         _positive_list("MODEL.SEG_INFERENCE.PAMR.DILATIONS", test.PAMR.DILATIONS, integer=True,
                        fix=" (e.g. [1, 2, 4, 8, 12, 24])"),
-        _choice("MODEL.SEG_INFERENCE.PAMR.KERNEL", test.PAMR.KERNEL, PAMR_KERNELS),
-        _choice("MODEL.SEG_INFERENCE.STITCH_KERNEL", test.STITCH_KERNEL, KERNELS),
+        choice("MODEL.SEG_INFERENCE.PAMR.KERNEL", test.PAMR.KERNEL, PAMR_KERNELS),
+        choice("MODEL.SEG_INFERENCE.STITCH_KERNEL", test.STITCH_KERNEL, KERNELS),
     ]

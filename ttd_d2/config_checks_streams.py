@@ -1,9 +1,9 @@
-"""Config checks of the streamed image-text sources (``DATASETS.IMAGE_TEXT``: ttd_d2/data/streams),
-split from ``config_checks.py``, which calls them and whose helpers they use."""
+"""Config checks of the streamed image-text sources (``DATASETS.IMAGE_TEXT``: ttd_d2/data/streams);
+``config_checks.py`` calls them."""
 import math
 from typing import List
 
-from .config_checks import Problem, _number
+from .config_checks_values import Problem, number
 
 
 FOLDERS_WITH_SHARDS = ("DATASETS.IMAGE_TEXT.FOLDERS with shard sources: train on one kind (folders are map-style "
@@ -24,7 +24,7 @@ def stream_problems(stream) -> List[Problem]:
         None if isinstance(weights, (list, tuple)) and all(
             isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w > 0 for w in weights) else
         f"DATASETS.IMAGE_TEXT.WEIGHTS = {weights!r}: must be positive numbers, one per source, or [] (by shard counts)",
-        _number("DATASETS.IMAGE_TEXT.SHUFFLE_BUFFER", stream.SHUFFLE_BUFFER, lambda v: v >= 0, ">= 0", integer=True,
+        number("DATASETS.IMAGE_TEXT.SHUFFLE_BUFFER", stream.SHUFFLE_BUFFER, lambda v: v >= 0, ">= 0", integer=True,
                 fix=" (0 = no shuffling inside a process)"),
-        _number("DATASETS.IMAGE_TEXT.MAX_BAD_FRACTION", stream.MAX_BAD_FRACTION, lambda v: 0 <= v <= 1, "in [0, 1]"),
+        number("DATASETS.IMAGE_TEXT.MAX_BAD_FRACTION", stream.MAX_BAD_FRACTION, lambda v: 0 <= v <= 1, "in [0, 1]"),
     ]
