@@ -45,20 +45,16 @@ with warnings.catch_warnings(record=True) as IMPORT_WARNINGS:
     import torch
     from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog
-    from detectron2.evaluation import inference_on_dataset, print_csv_format
     from detectron2.utils.env import seed_all_rng
     from tqdm import tqdm
 
-    import ttd_d2
     from ttd_d2 import TTDTrainer, add_ttd_config  # importing ttd_d2 registers datasets and models
     from ttd_d2.data.datasets.builtin import synthetic_root
     from ttd_d2.data.mappers import TestMapper
     from ttd_d2.data.synthetic.presets import ensure_splits, quickstart_splits
-    from ttd_d2.data.synthetic.writer import read_meta, split_dir
-    from ttd_d2.evaluation.calibration import calibrate_background_threshold, calibrate_tag_threshold
-    from ttd_d2.evaluation.word_calibration import calibrate_word_masker
-    from ttd_d2.evaluation.result_cache import cached_call, evaluation_key
-    from ttd_d2.evaluation.summary import print_quickstart_summary, quickstart_report, summarize
+    from ttd_d2.evaluation.calibration import calibrate_tag_threshold
+    from ttd_d2.evaluation.quickstart_protocol import MASKER_SPLIT, calibrate_masker, evaluate, evaluate_before
+    from ttd_d2.evaluation.summary import print_quickstart_summary, quickstart_report
     from ttd_d2.evaluation.tag_selection import BINARY_METHODS
     from ttd_d2.modeling.backbone.clip_dense import cpu_has_native_bf16
     from ttd_d2.modeling.backbone.dense_heads import DENSE_MODES
@@ -98,29 +94,6 @@ def build_eval_model(cfg):
     return model.eval()
 
 
-# The masker settings every model is evaluated with: the masker it comes with ("as trained":
-# the config's w, b for the base model, the learnt ones for the TTD result) and the bias
-# calibrated on word-level segmentation of semseg/val, the same procedure for both models.
-SETTINGS = ("as_trained", "calibrated")
-MASKER_SPLIT = "synth_semseg_val"
-
-
-def calibrate_masker(model, loader, bar) -> dict:
-    """The masker calibrated on word-level segmentation of semseg/val's ``loader``
-    (``calibrate_word_masker``); the model's masker is left as it was. Returns {"w",
-    "b_as_trained", "b_calibrated" (the bias for the model's w: the evaluations' masker),
-    "word_iou", "cos_threshold", "target_w", "target_b" (the same boundary at the softest
-    temperature whose min-max word targets segment within one standard error of the best: TTD's
-    start), "target_iou", "target_w_best", "target_iou_best", "target_iou_model_w",
-    "target_sweep", "target_se"}."""
-    found = calibrate_word_masker(model, Progress(loader, bar), MASKER_SPLIT)
-    return {"w": float(model.masker.w), "b_as_trained": float(model.masker.b), "b_calibrated": found["b_for_model_w"],
-            "word_iou": found["word_iou"], "cos_threshold": found["cos_threshold"], "target_w": found["w"],
-            "target_b": found["b"], "target_iou": found["target_iou"], "target_w_best": found["w_best"],
-            "target_iou_best": found["target_iou_best"], "target_iou_model_w": found["target_iou_model_w"],
-            "target_sweep": found["target_sweep"], "target_se": found["target_se"]}
-
-
 # --ttd-masker-temperature: TTD's masker starts at the calibrated boundary with the temperature
 # calibrated for its min-max targets, or with the base model's own w
 TEMPERATURES = ("calibrated", "as_trained")
@@ -140,58 +113,6 @@ def ttd_masker_opts(masker: dict, temperature: str = "calibrated") -> list:
     TCL checkpoint (``MODEL.TCL.MASKER_FROM_WEIGHTS``)."""
     w, b = ttd_masker_start(masker, temperature)
     return ["MODEL.MASKER.INIT_W", str(w), "MODEL.MASKER.INIT_B", str(b), "MODEL.TCL.MASKER_FROM_WEIGHTS", "False"]
-
-
-def set_masker_bias(model, bias: float) -> None:
-    with torch.no_grad():
-        model.masker.b.fill_(bias)
-
-
-def evaluate(model, cfg, test_splits, masker: dict, output_dir: Path, desc: str):
-    """For each masker setting (``SETTINGS``): calibrate the background on semseg/val, then
-    evaluate every test split. Leaves the calibrated bias set. Returns {setting: {split: summary}}
-    and writes the config it evaluated as ``output_dir``/config.yaml."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(cfg.dump())
-    names = ["synth_semseg_val"] + [f"synth_{layout}_{s}" for s in test_splits for layout in ("semseg", "captions")]
-    loaders = {name: TTDTrainer.build_test_loader(cfg, name) for name in names}
-    summaries = {setting: {} for setting in SETTINGS}
-    with tqdm(total=len(SETTINGS) * sum(len(loader) for loader in loaders.values()), desc=desc, unit="img") as bar:
-        for setting in SETTINGS:
-            set_masker_bias(model, masker["b_as_trained" if setting == "as_trained" else "b_calibrated"])
-            threshold, _ = calibrate_background_threshold(model, Progress(loaders["synth_semseg_val"], bar), "synth_semseg_val")
-            model.background_threshold = threshold
-            for split in test_splits:
-                results = {}
-                for name in (f"synth_semseg_{split}", f"synth_captions_{split}"):
-                    # DefaultTrainer.test's loop, with the stage's progress bar around the loader
-                    evaluator = TTDTrainer.build_evaluator(cfg, name, str(output_dir / setting / "inference" / name))
-                    results[name] = inference_on_dataset(model, Progress(loaders[name], bar), evaluator)
-                    print_csv_format(results[name])
-                summaries[setting][split] = summarize(results, threshold)
-    return summaries
-
-
-def evaluate_before(model, cfg, test_splits, output_dir: Path, masker: dict, cache_dir: str = ""):
-    """``evaluate`` of the base model with ``masker`` (its biases as trained and calibrated).
-    With ``cache_dir`` (``--base-cache``), once per key: the resolved config, the files it names,
-    the splits' meta.json, ``masker`` and the code (``ttd_d2.evaluation.result_cache``); then
-    read back. Either way the calibrated bias is left set, as ``evaluate`` leaves it."""
-    def run():
-        return evaluate(model, cfg, test_splits, masker, output_dir / "before", "evaluation before TTD")
-
-    if not cache_dir:
-        return run()
-    root = synthetic_root()
-    splits = [("semseg", "val")] + [(layout, s) for s in test_splits for layout in ("semseg", "captions")]
-    datasets = {f"{layout}/{split}": read_meta(split_dir(root, layout, split)) for layout, split in splits}
-    key = evaluation_key(cfg, datasets, {"masker": masker}, code=[Path(ttd_d2.__file__).parent, Path(__file__)])
-    before, hit = cached_call(cache_dir, key, run)
-    set_masker_bias(model, masker["b_calibrated"])
-    if hit:
-        logger.info("evaluation before TTD: same base model, config, splits and calibration; reused from %s", cache_dir)
-        print(f"evaluation before TTD: reused from {cache_dir} (same base model, config, splits and calibration)")
-    return before
 
 
 def train_ttd(config_file: str, output_dir: Path, opts, max_iter: int, log_path: Path) -> Path:
@@ -294,7 +215,8 @@ def main(argv=None):
             tag = calibrate_tag_threshold(base_model, Progress(tag_loader, bar), "synth_captions_val", tag_scoring) if with_tags else None
             reuse.enter_context(base_model.reusing_image_features())
             masker_before = calibrate_masker(base_model, masker_loader, bar)
-        before = evaluate_before(base_model, base_cfg, args.test_splits, output_dir, masker_before, args.base_cache)
+        before = evaluate_before(base_model, base_cfg, args.test_splits, output_dir, masker_before, args.base_cache,
+                                 code=[Path(__file__)])
     calibration = {"masker": {"calibration": "calibrate_word_masker", "dataset": MASKER_SPLIT, "before": masker_before,
                               "ttd_start_temperature": args.ttd_masker_temperature},
                    "tag_scoring": tag_scoring, "tag_threshold_used": ttd_cfg.MODEL.TTD.TAG_THRESHOLD}
