@@ -44,7 +44,6 @@ import gc
 import json
 import logging
 import os
-import platform
 import sys
 import time
 import warnings
@@ -62,57 +61,16 @@ from torch import nn  # noqa: E402
 from torch.profiler import record_function  # noqa: E402
 
 from benchmarks.ttd_step_inputs import CONTENT_WORDS, make_captions, make_images  # noqa: E402,F401
-from benchmarks.ttd_step_config import build_cfg  # noqa: E402
-from benchmarks.ttd_step_report import FLOP_ACCOUNTING, results_table  # noqa: E402
+from benchmarks.ttd_step_config import build_cfg, parse_args  # noqa: E402
+from benchmarks.ttd_step_report import FLOP_ACCOUNTING, build_report, results_table  # noqa: E402
 
 logger = logging.getLogger("bench_ttd_step")
 
-DEFAULT_CONFIG = "configs/Base-TTD.yaml"
 # Issue "performance": TTD / plain >= 1.0 with the default adapters, >= 1.2 with
 # MODEL.TTD.LORA.IMAGE_LAYERS 2 (adapters only in the last two image blocks).
 TARGET_RATIO = 1.0
 TARGET_RATIO_LATE_ADAPTERS = 1.2
 GIB = float(1 << 30)
-
-
-# ---------------------------------------------------------------------------------- config
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Trailing KEY VALUE pairs (detectron2 config overrides) are merged into both configs.",
-    )
-    parser.add_argument("--config-file", default=DEFAULT_CONFIG,
-                        help="base ttd_d2 config (relative paths: the working directory, then the repo root)")
-    parser.add_argument("--arch", default="ViT-B-16", help="MODEL.CLIP.ARCH (open_clip name or JSON model config)")
-    parser.add_argument("--image-size", type=int, default=448, help="square training input size")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per step")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per model")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before timing (>= 1)")
-    parser.add_argument("--teacher", default="frozen", choices=("self", "frozen", "ema"), help="MODEL.TTD.TEACHER")
-    parser.add_argument("--lora-targets", nargs="+", default=None, metavar="TARGET",
-                        help="MODEL.TTD.LORA.TARGETS (default: the config's)")
-    parser.add_argument("--tags-per-caption", type=int, default=8, help="candidate tags per synthetic caption")
-    parser.add_argument("--cold-teacher-cache", action="store_true",
-                        help="clear the frozen teacher's tag-embedding cache before every step (worst case)")
-    parser.add_argument("--no-cudnn-sdpa", action="store_true",
-                        help="disable PyTorch's cuDNN attention backend (flash / memory-efficient kernels instead)")
-    parser.add_argument("--device", default="cuda", help="MODEL.DEVICE (cuda, cuda:1, cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights, images and captions")
-    parser.add_argument("--skip-flops", action="store_true", help="do not count FLOPs")
-    parser.add_argument("--text-in-step", action="store_true",
-                        help="tokenise captions and extract tags in the step (before 2026-12-02) instead of "
-                             "giving the batches the loader workers' caption_tokens and candidate_tags")
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="after timing, profile N more steps of each model (ttd_d2.utils.profiling)")
-    parser.add_argument("--trace-dir", default="", help="with --profile: write each model's Chrome trace here")
-    parser.add_argument("--output", default="", help="write all numbers to this JSON file")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
-    args = parser.parse_args(argv)
-    if args.warmup < 1 or args.steps < 1 or args.batch_size < 1:
-        parser.error("--warmup, --steps and --batch-size must be >= 1")
-    if len(args.opts) % 2:
-        parser.error(f"config overrides must be KEY VALUE pairs, got {args.opts}")
-    return args
 
 
 from ttd_d2.utils.analysis import ForwardFlops, executed_flop_counter, forward_flops_per_step  # noqa: E402
@@ -268,30 +226,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     ratio = results["ttd"]["images_per_s"] / results["plain"]["images_per_s"]
     late = build_cfg(args, "ttd").MODEL.TTD.LORA.IMAGE_LAYERS
     target = TARGET_RATIO_LATE_ADAPTERS if 0 < late <= 2 else TARGET_RATIO
-    report = {
-        "benchmark": "ttd_d2 training step: TTD vs plain CLIP contrastive full fine-tune",
-        "settings": {
-            "arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
-            "steps": args.steps, "warmup": args.warmup, "teacher": results["ttd"]["teacher"],
-            "lora_targets": results["ttd"]["lora_targets"], "tags_per_caption": args.tags_per_caption,
-            "cold_teacher_cache": args.cold_teacher_cache, "no_cudnn_sdpa": args.no_cudnn_sdpa,
-            "text_in_step": args.text_in_step,
-            "device": args.device, "seed": args.seed,
-            "config_file": args.config_file, "opts": list(args.opts),
-            "optimizer": "TTDTrainer.build_optimizer (SOLVER.OPTIMIZER of the config)",
-        },
-        "environment": {
-            "torch": torch.__version__, "python": platform.python_version(),
-            "cudnn_sdpa_enabled": (torch.backends.cuda.cudnn_sdp_enabled()
-                                   if hasattr(torch.backends.cuda, "cudnn_sdp_enabled") else None),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        },
-        "results": results,
-        "ttd_over_plain_throughput": ratio,
-        "target_ratio": target,
-        "meets_target": ratio >= target,
-        "flop_accounting": FLOP_ACCOUNTING,
-    }
+    report = build_report(args, results, ratio, target)
     print(results_table(results))
     print(f"TTD / plain throughput: {ratio:.3f} (target >= {target})"
           f"  [{args.arch}, {args.image_size} px, batch {args.batch_size}, teacher {args.teacher},"

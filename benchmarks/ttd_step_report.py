@@ -1,5 +1,6 @@
-"""The report of benchmarks/bench_ttd_step.py: its FLOP accounting convention, in words, and the
-results table."""
+"""The report of benchmarks/bench_ttd_step.py: its FLOP accounting convention, in words, the
+results table and the JSON report."""
+import platform
 from typing import Dict
 
 FLOP_ACCOUNTING = (
@@ -37,3 +38,34 @@ def results_table(results: Dict[str, Dict]) -> str:
         ])
     headers = ["step", "img/s", "ms/step", "peak GiB", "trainable M", "GFLOP/img", "TFLOP/s", "TFLOP/s exec"]
     return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def build_report(args, results: Dict, ratio: float, target: float) -> Dict:
+    """The JSON report: settings, environment, both steps' results, the ratio against its target."""
+    import torch
+
+    device = torch.device(args.device)
+    return {
+        "benchmark": "ttd_d2 training step: TTD vs plain CLIP contrastive full fine-tune",
+        "settings": {
+            "arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
+            "steps": args.steps, "warmup": args.warmup, "teacher": results["ttd"]["teacher"],
+            "lora_targets": results["ttd"]["lora_targets"], "tags_per_caption": args.tags_per_caption,
+            "cold_teacher_cache": args.cold_teacher_cache, "no_cudnn_sdpa": args.no_cudnn_sdpa,
+            "text_in_step": args.text_in_step,
+            "device": args.device, "seed": args.seed,
+            "config_file": args.config_file, "opts": list(args.opts),
+            "optimizer": "TTDTrainer.build_optimizer (SOLVER.OPTIMIZER of the config)",
+        },
+        "environment": {
+            "torch": torch.__version__, "python": platform.python_version(),
+            "cudnn_sdpa_enabled": (torch.backends.cuda.cudnn_sdp_enabled()
+                                   if hasattr(torch.backends.cuda, "cudnn_sdp_enabled") else None),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        },
+        "results": results,
+        "ttd_over_plain_throughput": ratio,
+        "target_ratio": target,
+        "meets_target": ratio >= target,
+        "flop_accounting": FLOP_ACCOUNTING,
+    }
