@@ -72,6 +72,7 @@ def test_cpu_profile_counts_operators_and_labelled_stages():
     ("_refine_step_kernel", "pamr"),
     ("_affinity_kernel", "pamr"),
     ("triton_poi_fused_gelu_view_10", "fused (inductor)"),
+    ("triton_tem_fused__to_copy_addmm_mul_sigmoid_t_view_12", "matmul"),  # max-autotune's GEMM template
     ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float, float, false>(int, float)", "norm"),
     ("void at::native::vectorized_elementwise_kernel<8, at::native::bfloat16_copy_kernel_cuda(at::TensorIteratorBase&)", "copy / cast"),
     ("void at::native::(anonymous namespace)::upsample_bilinear2d_out_frame<float, float>(int, float)", "resize"),

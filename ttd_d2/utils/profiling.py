@@ -32,10 +32,11 @@ STAGE_PREFIX = "ttd."
 
 # Kernel families of the device-time breakdown, as (category, name fragments), checked in order:
 # the first category with a fragment in a kernel's (lower-cased) name gets its time. Attention
-# comes before matmul (cuDNN's attention kernels are named like GEMMs); "fused" is inductor's.
+# comes before matmul (cuDNN's attention kernels are named like GEMMs); "fused" is inductor's,
+# whose GEMM templates (``triton_tem_``, max-autotune; their epilogues fused in) count as matmul.
 KERNEL_CATEGORIES: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("attention", ("sdpa", "flash", "fmha", "attention", "attn")),
-    ("matmul", ("nvjet", "gemm", "cutlass", "xmma", "cublas", "splitk", "mma_")),
+    ("matmul", ("nvjet", "gemm", "cutlass", "xmma", "cublas", "splitk", "mma_", "triton_tem_")),
     ("pamr", ("_refine_step_kernel", "_affinity_kernel")),
     ("window stitching", ("_stitch_kernel",)),
     ("fused (inductor)", ("triton_",)),
