@@ -48,6 +48,7 @@ def calibrate_masker(model, loader, bar) -> dict:
 
 
 def set_masker_bias(model, bias: float) -> None:
+    """Set the masker's bias b in place (the masker settings differ only in it)."""
     with torch.no_grad():
         model.masker.b.fill_(bias)
 
