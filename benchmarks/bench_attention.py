@@ -27,7 +27,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
-from bench_pamr import _time_ms  # noqa: E402
+from bench_timing import bench_dtype, device_name, time_ms  # noqa: E402
 
 BACKENDS = {name.lower(): getattr(SDPBackend, name) for name in
             ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH") if hasattr(SDPBackend, name)}
@@ -60,7 +60,7 @@ def time_backends(shape, backward: bool, repeats: int, device: torch.device, dty
                 out = run()
                 for _ in range(3):
                     run()
-                ms = _time_ms(run, repeats, device)
+                ms = time_ms(run, repeats, device)
         except RuntimeError as error:
             results[name] = {"supported": False, "reason": str(error).splitlines()[0][:200]}
             continue
@@ -81,8 +81,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--output")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    dtype = bench_dtype(device)
+    report = {"device": device_name(device),
               "torch": torch.__version__, "dtype": str(dtype)}
     for case, batch, backward in (("inference", args.windows, False), ("training", args.batch, True)):
         shape = (batch, args.heads, args.tokens, args.head_dim)

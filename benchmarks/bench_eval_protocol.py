@@ -46,6 +46,7 @@ if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_eval_proto
 
 import torch  # noqa: E402
 
+from benchmarks.bench_timing import bench_dtype, device_name  # noqa: E402
 from ttd_d2.data.datasets.label_conversion import write_text_atomic  # noqa: E402
 from ttd_d2.modeling.kernel_choice import KERNELS  # noqa: E402
 from ttd_d2.modeling.pamr import PAMR_KERNELS  # noqa: E402
@@ -109,7 +110,7 @@ def _synchronize(device: torch.device) -> None:
 
 def matmul_tflops(device: torch.device, n: int, repeats: int = 10) -> float:
     """Measured dense matmul rate (TFLOP/s): bf16 on CUDA, fp32 on CPU."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = bench_dtype(device)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     for _ in range(2):
         a @ b
@@ -253,7 +254,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                    tablefmt="pipe", floatfmt=".2f"))
     print(f"matmul rate: {rate:.1f} TFLOP/s ({'bf16' if device.type == 'cuda' else 'fp32'}, n={args.matmul_size})")
     report = {"settings": vars(args), "window_batch": model_window_batch, "matmul_tflops": rate, "results": results,
-              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+              "device": device_name(device)}
     if args.output:
         write_text_atomic(args.output, json.dumps(report, indent=1))
     return report

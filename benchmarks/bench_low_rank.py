@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench_pamr import _time_ms  # noqa: E402
+from bench_timing import bench_dtype, device_name, time_ms  # noqa: E402
 from ttd_d2.modeling.lora.layers import LoRAParametrization  # noqa: E402
 from ttd_d2.modeling.lora.low_rank import low_rank_linear  # noqa: E402
 from ttd_d2.utils.profiling import profile_steps  # noqa: E402
@@ -47,7 +47,7 @@ PROJECTIONS = {"attn.in_proj": (2304, 768), "attn.out_proj": (768, 768), "mlp.c_
 def _warm_time_ms(fn, repeats: int, device: torch.device) -> float:
     for _ in range(3):  # cuBLAS heuristics, the caching allocator
         fn()
-    return _time_ms(fn, repeats, device)
+    return time_ms(fn, repeats, device)
 
 
 def time_projection(out_features: int, in_features: int, tokens: int, rank: int, repeats: int,
@@ -103,10 +103,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--output")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = bench_dtype(device)
     scale = args.width / 768
     shapes = {name: (int(o * scale), int(i * scale)) for name, (o, i) in PROJECTIONS.items()}
-    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    report = {"device": device_name(device),
               "torch": torch.__version__, "dtype": str(dtype), "tokens": args.batch * args.tokens,
               "rank": args.rank, "projections": {}}
     for name, (out_features, in_features) in shapes.items():

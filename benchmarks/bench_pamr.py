@@ -20,25 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from bench_timing import device_name, time_ms  # noqa: E402
 from ttd_d2.modeling import pamr_kernel  # noqa: E402
 from ttd_d2.modeling.pamr import PAMR, PAMR_KERNELS  # noqa: E402
-
-
-def _time_ms(fn, repeats: int, device: torch.device) -> float:
-    """Mean milliseconds per call of ``fn`` (CUDA events on CUDA, wall clock elsewhere)."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(repeats):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / repeats
-    import time
-    begin = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - begin) * 1e3 / repeats
 
 
 def copy_bandwidth_gbs(device: torch.device, mib: int = 1024) -> float:
@@ -46,7 +30,7 @@ def copy_bandwidth_gbs(device: torch.device, mib: int = 1024) -> float:
     src = torch.empty(mib * 2 ** 20, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    ms = _time_ms(lambda: dst.copy_(src), 10, device)
+    ms = time_ms(lambda: dst.copy_(src), 10, device)
     return 2 * src.numel() / ms / 1e6
 
 
@@ -83,8 +67,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         out = pamr(image, masks)  # warm-up (compiles)
         error = (out - reference).abs().max().item()
         weights = pamr.affinity(image)
-        total_ms = _time_ms(lambda: pamr(image, masks), args.repeats, device)
-        step_ms = _time_ms(lambda: pamr._step(masks, weights), args.repeats, device)
+        total_ms = time_ms(lambda: pamr(image, masks), args.repeats, device)
+        step_ms = time_ms(lambda: pamr._step(masks, weights), args.repeats, device)
         floor_ms = step_bytes / bandwidth / 1e6
         rows.append({"kernel": kernel, "triton_blocks": list(blocks), "forward_ms": total_ms, "iteration_ms": step_ms,
                      "iteration_floor_ms": floor_ms, "x_floor": step_ms / floor_ms, "max_abs_diff_vs_eager": error})
@@ -92,7 +76,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
               f"({step_ms / floor_ms:5.1f}x the {floor_ms:.3f} ms traffic floor), max |diff| vs eager {error:.2e}")
     pamr_kernel.BLOCK_PIXELS, pamr_kernel.BLOCK_CLASSES = default_blocks
     report = {"settings": vars(args), "copy_bandwidth_gbs": bandwidth, "step_bytes": step_bytes, "results": rows,
-              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "device": device_name(device),
               "torch": torch.__version__}
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=1))

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from bench_pamr import _time_ms  # noqa: E402
+from bench_timing import device_name, time_ms  # noqa: E402
 from ttd_d2.modeling.meta_arch.segmentation import padded_size, sliding_windows, stitch_windows  # noqa: E402
 from ttd_d2.modeling.stitch_kernel import stitch_windows_triton, synonym_layout  # noqa: E402
 
@@ -56,7 +56,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                               lambda full: torch.sigmoid(masker[0] * full + masker[1]))
 
     reference = eager()
-    results = {"eager": {"ms": _time_ms(eager, args.repeats, device)}}
+    results = {"eager": {"ms": time_ms(eager, args.repeats, device)}}
     for block in args.blocks:
         pixels, classes = (int(v) for v in block.split(","))
 
@@ -64,12 +64,12 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             return stitch_windows_triton(maps, [w[:2] for w in windows], args.images, size, window, padded, layout,
                                          masker, block_pixels=pixels, block_classes=classes)
         diff = (fused() - reference).abs().max().item()
-        results[f"triton {block}"] = {"ms": _time_ms(fused, args.repeats, device), "max_abs_diff": diff}
+        results[f"triton {block}"] = {"ms": time_ms(fused, args.repeats, device), "max_abs_diff": diff}
     for name, r in results.items():
         extra = f", max |diff| vs eager {r['max_abs_diff']:.2e}" if "max_abs_diff" in r else ""
         print(f"{name:>12}: {r['ms']:8.3f} ms per pass{extra}", flush=True)
     out = {"settings": vars(args), "windows": len(windows), "results": results,
-           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+           "device": device_name(device)}
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(out, indent=1))

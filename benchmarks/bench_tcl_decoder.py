@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench_pamr import _time_ms  # noqa: E402
+from bench_timing import device_name, time_ms  # noqa: E402
 from ttd_d2.modeling.backbone.tcl_decoder import GatedDecoder  # noqa: E402
 from ttd_d2.utils.cpu_memory import keep_freed_cpu_memory  # noqa: E402
 
@@ -104,7 +104,7 @@ def main(argv=None) -> Dict:
         return tokens.reshape(args.batch, args.grid, args.grid, args.channels).permute(0, 3, 1, 2)
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    results = {"device": device_name(device),
                "torch": torch.__version__, "threads": torch.get_num_threads(), "bf16": bf16,
                "batch": args.batch, "grid": args.grid, "channels": args.channels, "repeats": repeats, "paths": {}}
     outputs = {}
@@ -123,7 +123,7 @@ def main(argv=None) -> Dict:
 
         outputs[name] = inference().float()
         training()  # warm-up of both
-        fwd_ms, train_ms = _time_ms(inference, repeats, device), _time_ms(training, repeats, device)
+        fwd_ms, train_ms = time_ms(inference, repeats, device), time_ms(training, repeats, device)
         results["paths"][name] = {"conv_gflop_forward": gflops, "forward_ms": round(fwd_ms, 3),
                                   "forward_backward_ms": round(train_ms, 3),
                                   "forward_conv_tflops": round(gflops / fwd_ms, 3)}

@@ -37,6 +37,8 @@ import torch  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
+from benchmarks.bench_timing import device_name  # noqa: E402
+
 import ttd_d2  # noqa: E402,F401  (registers the backbone, meta-architecture and datasets)
 from ttd_d2 import TTDTrainer, add_ttd_config  # noqa: E402
 from ttd_d2.data.datasets.label_conversion import write_text_atomic  # noqa: E402
@@ -107,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
             report = {
                 "config_file": args.config_file,
                 "opts": list(args.opts),
-                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "device": device_name(device),
                 "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
                 "num_workers": cfg.DATALOADER.NUM_WORKERS,
                 "seconds_per_iter": seconds,
