@@ -106,3 +106,37 @@ def test_device_time_by_family_sums_the_kernels():
     assert list(summary.categories) == ["matmul", "fused (inductor)", "pamr"]
     assert summary.device_busy_ms == pytest.approx(3.75)
     assert "device time by kernel family" in summary.table()
+
+
+def test_stage_device_times_clip_kernels_to_each_span():
+    """Busy time inside each span (kernels cut at its ends), idle = span - busy, summed per name
+    over its spans and listed in order of first start; a nested stage lies inside its parent."""
+    from ttd_d2.utils.profiling import stage_device_times
+
+    kernels = [(0, 2), (3, 6), (8, 9), (10, 14)]
+    spans = [("ttd.forward", 0, 6), ("ttd.teacher", 3, 6), ("ttd.backward", 8, 14), ("ttd.forward", 10, 12)]
+    got = stage_device_times(spans, kernels)
+    assert [name for name, _, _ in got] == ["ttd.forward", "ttd.teacher", "ttd.backward"]
+    forward, teacher, backward = got
+    assert forward[1:] == pytest.approx((5.0 + 2.0, 6.0 + 2.0))  # (0,2) + (3,6); then (10,12) of (10,14)
+    assert teacher[1:] == pytest.approx((3.0, 3.0))  # no idle time inside
+    assert backward[1:] == pytest.approx((5.0, 6.0))  # (8,9) + (10,14); idle 1 between them
+    assert stage_device_times([("ttd.x", 0, 1)], []) == [("ttd.x", 0.0, 1.0)]
+
+
+def test_summary_reports_each_stage_device_time_per_step():
+    """The device-side stage annotations become per-step (busy, span) rows; they are not kernels."""
+    from types import SimpleNamespace
+
+    from ttd_d2.utils.profiling import summarize_events
+
+    def device(name, start, end):
+        return SimpleNamespace(name=name, device_type="DeviceType.CUDA", time_range=SimpleNamespace(start=start, end=end),
+                               cpu_parent=None)
+
+    events = [device("ttd.teacher", 0, 4000), device("nvjet_sm90_tst_128x8", 0, 1000),
+              device("triton_poi_fused_add", 2000, 4000), device("nvjet_sm90_tst_128x8", 5000, 6000)]
+    summary = summarize_events(events, steps=1, wall_ms=10.0, device="cuda")
+    assert summary.device_stages == [("ttd.teacher", pytest.approx(3.0), pytest.approx(4.0))]
+    assert summary.device_busy_ms == pytest.approx(4.0)  # the annotation is not counted as a kernel
+    assert "idle   1.000)  ttd.teacher" in summary.table()

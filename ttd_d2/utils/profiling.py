@@ -2,13 +2,16 @@
 as the numbers issue "performance" asks for before and after each change: wall time per step,
 the device's busy fraction (the union of its kernels' intervals over the wall time; the rest is
 host gaps), device-to-host synchronisations per step (on CPU: host reads of scalars), the top
-kernels (CPU: top operators), and the host time of each labelled stage of the step (the
+kernels (CPU: top operators), the host time of each labelled stage of the step (the
 ``torch.profiler.record_function`` ranges named ``STAGE_PREFIX...`` that the TTD step opens:
-which part of the step keeps the host busy while the device waits), and the device time by
-kernel family (matmul, attention, norms, copies and casts, ...: :func:`kernel_category`).
+which part of the step keeps the host busy while the device waits), each stage's device time
+(GPU: its kernels' busy time inside the stage's device-side span, and the device's idle time
+there: which part of the step the device spends its time on, and where it starves), and the
+device time by kernel family (matmul, attention, norms, copies and casts, ...:
+:func:`kernel_category`).
 
 Used by ``benchmarks/bench_ttd_step.py --profile`` and ``benchmarks/bench_eval_protocol.py
---profile``. The interval arithmetic is a pure function (:func:`busy_time`), tested on its own.
+--profile``. The interval arithmetic is pure functions (:func:`busy_time`, :func:`stage_device_times`), tested on their own.
 """
 import time
 from collections import defaultdict
@@ -18,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 __all__ = ["HOST_READ_EVENT", "KERNEL_CATEGORIES", "STAGE_PREFIX", "SYNC_EVENTS", "ProfileSummary", "busy_time",
-           "kernel_category", "profile_steps", "summarize_events"]
+           "kernel_category", "profile_steps", "stage_device_times", "summarize_events"]
 
 # CUDA runtime calls that block the host until the device catches up (``.item()``, ``bool(t)``,
 # ``.cpu()`` of a device tensor end in ``cudaStreamSynchronize``).
@@ -68,6 +71,26 @@ def busy_time(intervals: Sequence[Tuple[float, float]]) -> float:
     return total
 
 
+def stage_device_times(spans: Sequence[Tuple[str, float, float]],
+                       kernels: Sequence[Tuple[float, float]]) -> List[Tuple[str, float, float]]:
+    """(stage, busy, span) per stage name, summed over its ``spans`` (name, start, end) and in
+    order of first start: ``busy`` is the union of the ``kernels`` intervals clipped to each span,
+    ``span`` the spans' length, so ``span - busy`` is the device's idle time inside the stage.
+
+    A stage's device-side span runs from its first kernel's start to its last kernel's end (the
+    profiler's ``gpu_user_annotation``); nested stages lie inside their parent's."""
+    ordered = sorted(kernels)
+    first: Dict[str, float] = {}
+    busy: Dict[str, float] = defaultdict(float)
+    length: Dict[str, float] = defaultdict(float)
+    for name, start, end in spans:
+        first[name] = min(first.get(name, start), start)
+        clipped = [(max(s, start), min(e, end)) for s, e in ordered if s < end and e > start]
+        busy[name] += busy_time(clipped)
+        length[name] += end - start
+    return [(name, busy[name], length[name]) for name in sorted(first, key=first.get)]
+
+
 @dataclass
 class ProfileSummary:
     """One profiled run of ``steps`` calls; times in ms per step."""
@@ -80,6 +103,8 @@ class ProfileSummary:
     sync_counts: Dict[str, float] = field(default_factory=dict)
     top: List[Tuple[str, float, float]] = field(default_factory=list)  # (name, ms per step, calls per step)
     stages: List[Tuple[str, float]] = field(default_factory=list)  # (stage, host ms per step), in order
+    # (stage, device busy ms per step, device span ms per step), in order (GPU only): stage_device_times
+    device_stages: List[Tuple[str, float, float]] = field(default_factory=list)
     launches: float = 0.0  # kernels per step (CPU: aten operators called from Python, the host's dispatches)
     categories: Dict[str, float] = field(default_factory=dict)  # device ms per step by kernel_category (GPU only)
 
@@ -114,6 +139,10 @@ class ProfileSummary:
         if self.stages:
             lines.append("  host time of the labelled stages (nested stages inside their parent's):")
             lines += [f"    {ms:8.3f} ms  {name}" for name, ms in self.stages]
+        if self.device_stages:
+            lines.append("  device time of the labelled stages (kernels busy / first-to-last-kernel span, idle = span - busy):")
+            lines += [f"    {busy:8.3f} / {span:8.3f} ms  (idle {span - busy:7.3f})  {name}"
+                      for name, busy, span in self.device_stages]
         return "\n".join(lines)
 
 
@@ -137,6 +166,8 @@ def summarize_events(events, steps: int, wall_ms: float, device: str, top: int =
     FunctionEvent`` list) recorded over ``steps`` steps lasting ``wall_ms`` in all."""
     # a labelled stage's device-side annotation spans its gaps too: not a kernel
     on_device = [e for e in events if _is_device_event(e) and not e.name.startswith(STAGE_PREFIX)]
+    stage_spans = [(e.name, e.time_range.start, e.time_range.end) for e in events
+                   if _is_device_event(e) and e.name.startswith(STAGE_PREFIX)]
     syncs = {name: 0.0 for name in (SYNC_EVENTS if on_device else (HOST_READ_EVENT,))}
     for e in events:
         if e.name in syncs and not _is_device_event(e):
@@ -166,6 +197,9 @@ def summarize_events(events, steps: int, wall_ms: float, device: str, top: int =
     return ProfileSummary(steps=steps, wall_ms=wall_ms / steps, device=device, device_busy_ms=busy,
                           syncs=sum(syncs.values()), sync_counts=syncs, top=ranked,
                           stages=_stage_times(events, steps), launches=launches,
+                          device_stages=[(name, b / 1e3 / steps, span / 1e3 / steps) for name, b, span in
+                                         stage_device_times(stage_spans, [(e.time_range.start, e.time_range.end)
+                                                                          for e in on_device])],
                           categories=dict(sorted(categories.items(), key=lambda kv: -kv[1])))
 
 
