@@ -127,12 +127,13 @@ def build(args: argparse.Namespace, opts: List):
     from detectron2.modeling import build_model
 
     from ttd_d2 import add_ttd_config
+    from ttd_d2.config_loading import merge_config_file, merge_config_opts
 
     cfg = get_cfg()
     add_ttd_config(cfg)
-    cfg.merge_from_file(str(REPO_ROOT / args.config_file) if not Path(args.config_file).is_file() else args.config_file)
+    merge_config_file(cfg, str(REPO_ROOT / args.config_file) if not Path(args.config_file).is_file() else args.config_file)
     arch = args.arch if not args.arch.endswith(".json") or Path(args.arch).is_file() else str(REPO_ROOT / args.arch)
-    cfg.merge_from_list(["MODEL.CLIP.ARCH", arch, "MODEL.CLIP.PRETRAINED", "", "MODEL.DEVICE", args.device,
+    merge_config_opts(cfg, ["MODEL.CLIP.ARCH", arch, "MODEL.CLIP.PRETRAINED", "", "MODEL.DEVICE", args.device,
                          "MODEL.SEG_INFERENCE.SLIDE_CROP", 0, "MODEL.SEG_INFERENCE.SCALES", [1.0],
                          "MODEL.SEG_INFERENCE.FLIP", False, "MODEL.SEG_INFERENCE.PAMR.NUM_ITER", 0, *opts,
                          *args.opts])

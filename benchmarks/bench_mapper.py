@@ -29,11 +29,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_mapper.py` without install
     sys.path.insert(0, str(REPO_ROOT))
 
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog  # noqa: E402
 
 import ttd_d2  # noqa: E402,F401  (registers the datasets)
-from ttd_d2 import add_ttd_config  # noqa: E402
+from ttd_d2 import load_config  # noqa: E402
 from ttd_d2.data.datasets.label_conversion import write_text_atomic  # noqa: E402
 from ttd_d2.data.mappers import CaptionTrainMapper  # noqa: E402
 from ttd_d2.data.records import record_sources  # noqa: E402
@@ -52,10 +51,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> Dict:
-    cfg = get_cfg()
-    add_ttd_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     names = record_sources(cfg)
     if not names:
         raise SystemExit("no training dataset: set DATASETS.TRAIN or DATASETS.IMAGE_TEXT.FOLDERS")

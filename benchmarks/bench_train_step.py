@@ -34,13 +34,12 @@ if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_train_step
     sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 from benchmarks.bench_timing import device_name  # noqa: E402
 
 import ttd_d2  # noqa: E402,F401  (registers the backbone, meta-architecture and datasets)
-from ttd_d2 import TTDTrainer, add_ttd_config  # noqa: E402
+from ttd_d2 import TTDTrainer, load_config  # noqa: E402
 from ttd_d2.data.datasets.label_conversion import write_text_atomic  # noqa: E402
 from ttd_d2.engine.deferred_scalars import DeferredMetricsHook  # noqa: E402
 from ttd_d2.utils.cpu_memory import keep_freed_cpu_memory  # noqa: E402
@@ -58,10 +57,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def build_cfg(args: argparse.Namespace, output_dir: str):
-    cfg = get_cfg()
-    add_ttd_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(list(args.opts))
+    cfg = load_config(args.config_file, args.opts)
     total = args.warmup + args.steps + args.profile
     cfg.merge_from_list(["OUTPUT_DIR", cfg.OUTPUT_DIR if "OUTPUT_DIR" in args.opts else output_dir,
                          "SOLVER.MAX_ITER", max(cfg.SOLVER.MAX_ITER, total + 1),

@@ -38,6 +38,7 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 import ttd_d2  # registers the datasets and models
+from ttd_d2.config_loading import merge_config_file, merge_config_opts
 from ttd_d2.data.mappers import TestMapper
 from ttd_d2.data.synthetic.render import CLASSES
 from ttd_d2.evaluation.calibration import calibrate_masker_bias
@@ -81,8 +82,8 @@ def parse_args(argv=None):
 def build_head(args, mode):
     cfg = get_cfg()
     ttd_d2.add_ttd_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *[o for o in args.opts if o != "--"], "MODEL.CLIP.DENSE_MODE", mode])
+    merge_config_file(cfg, args.config_file)
+    merge_config_opts(cfg, ["MODEL.DEVICE", "cpu", *[o for o in args.opts if o != "--"], "MODEL.CLIP.DENSE_MODE", mode])
     return cfg, ttd_d2.TTDTrainer.build_model(cfg).eval(), TestMapper(cfg)
 
 

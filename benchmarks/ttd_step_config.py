@@ -21,11 +21,12 @@ def build_cfg(args: argparse.Namespace, step: str):
     from detectron2.config import get_cfg
 
     from ttd_d2 import add_ttd_config
+    from ttd_d2.config_loading import merge_config_file, merge_config_opts
 
     cfg = get_cfg()
     add_ttd_config(cfg)
     if args.config_file:
-        cfg.merge_from_file(_resolve(args.config_file))
+        merge_config_file(cfg, _resolve(args.config_file))
     arch = args.arch
     if arch.endswith(".json") and not Path(arch).is_file() and (REPO_ROOT / arch).is_file():
         arch = str(REPO_ROOT / arch)
@@ -38,7 +39,7 @@ def build_cfg(args: argparse.Namespace, step: str):
         cfg.MODEL.TTD.LORA.TARGETS = list(args.lora_targets)
     cfg.INPUT.TRAIN_SIZE = args.image_size
     cfg.SOLVER.IMS_PER_BATCH = args.batch_size
-    cfg.merge_from_list(list(args.opts))
+    merge_config_opts(cfg, args.opts)
     if step == "ttd":
         cfg.MODEL.TTD.ENABLED = True
     else:

@@ -21,13 +21,12 @@ import argparse
 import sys
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.env import seed_all_rng
 from tabulate import tabulate
 from tqdm import tqdm
 
-from ttd_d2 import TTDTrainer, add_ttd_config  # importing ttd_d2 registers datasets and models
+from ttd_d2 import TTDTrainer, load_config  # importing ttd_d2 registers datasets and models
 from ttd_d2.evaluation.calibration import calibrate_background_threshold, calibrate_masker_bias, calibrate_tag_threshold
 from ttd_d2.evaluation.word_calibration import calibrate_word_masker, calibrate_word_masker_bias
 
@@ -68,11 +67,9 @@ def check_dataset(name: str, what: str) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = get_cfg()
-    add_ttd_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # as the quickstart; opts may override
-    cfg.merge_from_list(args.opts)
+    # the device as the quickstart picks it, unless the overrides name one
+    device = ["MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu"]
+    cfg = load_config(args.config_file, device + list(args.opts))
     cfg.freeze()
     check_dataset(args.dataset, args.what)
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)  # a randomly initialised model repeats too

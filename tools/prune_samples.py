@@ -24,7 +24,6 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from detectron2.config import get_cfg
 from detectron2.data import transforms as T
 from detectron2.engine import launch
 from detectron2.utils import comm
@@ -33,7 +32,7 @@ from webdataset.tariterators import tarfile_samples
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ttd_d2  # noqa: F401,E402  (registers the backbones and datasets)
-from ttd_d2 import TTDTrainer, add_ttd_config  # noqa: E402
+from ttd_d2 import TTDTrainer, load_config  # noqa: E402
 from ttd_d2.data.datasets.label_conversion import write_text_atomic  # noqa: E402
 from ttd_d2.data.image_io import read_image_checked  # noqa: E402
 from ttd_d2.data.streams import expand_shards, sample_to_record  # noqa: E402
@@ -134,10 +133,7 @@ def keep_list(results: List[Dict], threshold: Optional[float], keep_fraction: Op
 
 
 def main(args) -> Optional[Dict]:
-    cfg = get_cfg()
-    add_ttd_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     cfg.MODEL.TTD.ENABLED = False  # the base model
     cfg.freeze()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

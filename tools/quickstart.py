@@ -43,12 +43,11 @@ from pathlib import Path
 # detectron2) are kept for the log file instead of the console.
 with warnings.catch_warnings(record=True) as IMPORT_WARNINGS:
     import torch
-    from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog
     from detectron2.utils.env import seed_all_rng
     from tqdm import tqdm
 
-    from ttd_d2 import TTDTrainer, add_ttd_config  # importing ttd_d2 registers datasets and models
+    from ttd_d2 import TTDTrainer, load_config  # importing ttd_d2 registers datasets and models
     from ttd_d2.data.datasets.builtin import synthetic_root
     from ttd_d2.data.mappers import TestMapper
     from ttd_d2.data.synthetic.presets import ensure_splits, quickstart_splits
@@ -66,14 +65,6 @@ ROOT = Path(__file__).resolve().parents[1]
 LOG_FORMAT = "[%(asctime)s] %(name)s %(levelname)s: %(message)s"
 
 logger = logging.getLogger("quickstart")
-
-
-def load_cfg(config_file: str, opts=()):
-    cfg = get_cfg()
-    add_ttd_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    return cfg
 
 
 def log_to_file(path: Path) -> None:
@@ -184,8 +175,8 @@ def main(argv=None):
         keep_freed_cpu_memory()  # this process's calibrations and evaluations (train_net.py: its own)
     model_opts = [*device, *(["MODEL.CLIP.DENSE_MODE", args.dense_mode] if args.dense_mode else []),
                   "MODEL.CLIP.BF16_CPU", str(use_cpu_bf16(args.cpu_bf16))]
-    base_cfg = load_cfg(args.base_config, model_opts)
-    ttd_cfg = load_cfg(args.ttd_config, [*model_opts, *args.opts])
+    base_cfg = load_config(args.base_config, model_opts)
+    ttd_cfg = load_config(args.ttd_config, [*model_opts, *args.opts])
     pretrained = base_cfg.MODEL.CLIP.PRETRAINED
     if pretrained and not Path(pretrained).is_file():
         raise FileNotFoundError(
@@ -231,7 +222,7 @@ def main(argv=None):
         opts = [*model_opts, *ttd_masker_opts(masker_before, args.ttd_masker_temperature), "DATASETS.TEST", "()",
                 *args.opts]
         lora = train_ttd(args.ttd_config, output_dir / "ttd", opts, ttd_cfg.SOLVER.MAX_ITER, log_path)
-    after_cfg = load_cfg(args.ttd_config, [*model_opts, "MODEL.TTD.LORA.WEIGHTS", str(lora),
+    after_cfg = load_config(args.ttd_config, [*model_opts, "MODEL.TTD.LORA.WEIGHTS", str(lora),
                                            "MODEL.TTD.LORA.MERGE_FOR_INFERENCE", "True"])
     after_model = build_eval_model(after_cfg)
     masker_loader = TTDTrainer.build_test_loader(after_cfg, MASKER_SPLIT)

@@ -6,23 +6,19 @@
     python tools/train_net.py --config-file configs/synthetic/clearclip.yaml --eval-only MODEL.TTD.LORA.WEIGHTS output/synthetic/ttd_clearclip/model_lora_final.pth
     python tools/train_net.py --config-file ... --num-gpus 8 SOLVER.IMS_PER_BATCH 512
 """
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import ttd_d2  # noqa: F401  (registers the backbone, meta-architecture and datasets)
-from ttd_d2 import TTDTrainer, add_ttd_config
+from ttd_d2 import TTDTrainer, load_config
 from ttd_d2.engine import TTDCheckpointer
 from ttd_d2.engine.preflight import check_inputs
 from ttd_d2.utils.cpu_memory import keep_freed_cpu_memory
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_ttd_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)  # a missing file or misspelt key: one line naming it
     cfg.freeze()
     check_inputs(cfg, training=not args.eval_only)  # every missing weight file and dataset, before any output
     if cfg.MODEL.DEVICE == "cpu":

@@ -1,4 +1,5 @@
-"""``tools/train_net.py``'s setup: CPU runs keep freed memory for reuse (ttd_d2/utils/cpu_memory.py)."""
+"""``tools/train_net.py``'s setup: CPU runs keep freed memory for reuse (ttd_d2/utils/cpu_memory.py);
+a misspelt key stops it with one line naming the key, before any output is written."""
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,14 @@ def test_setup_keeps_freed_memory_on_cpu_only(monkeypatch, tmp_path, device, exp
         "MODEL.DEVICE", device, "OUTPUT_DIR", str(tmp_path)])
     cfg = train_net.setup(args)
     assert cfg.MODEL.DEVICE == device and len(calls) == expected_calls
+
+
+def test_setup_names_a_misspelt_key_and_writes_nothing(tmp_path):
+    train_net = load_script("tools/train_net.py")
+    out = tmp_path / "out"
+    args = default_argument_parser().parse_args([
+        "--config-file", str(ROOT / "configs" / "synthetic" / "maskclip.yaml"), "--eval-only",
+        "MODEL.TTD.LORA.WEIGHT", "x.pth", "OUTPUT_DIR", str(out)])
+    with pytest.raises(SystemExit, match="Non-existent key: MODEL.TTD.LORA.WEIGHT "):
+        train_net.setup(args)
+    assert not out.exists()
