@@ -106,3 +106,23 @@ def test_score_tags_edge_inputs(tiny_cfg):
     assert model.score_tags(rgb, "") == []
     assert model.score_tags(rgb, "the of and") == []
     assert model.score_tags(rgb, "   ", method="nltk") == []
+
+
+def test_score_tags_reads_an_image_path_as_the_loaders_do(tiny_cfg, tmp_path):
+    """A path (str or Path) scores the same as the decoded array; a missing or corrupt file is an
+    OSError naming it."""
+    from PIL import Image
+
+    model = build(tiny_cfg)
+    rgb = random_image(11, 32, 32).permute(1, 2, 0).numpy().copy()
+    path = tmp_path / "scene.png"
+    Image.fromarray(rgb).save(path)
+    caption = "a red circle and a blue square"
+    expected = model.score_tags(rgb, caption)
+    assert model.score_tags(path, caption) == expected
+    assert model.score_tags(str(path), caption) == expected
+    with pytest.raises(OSError, match="missing.png"):
+        model.score_tags(tmp_path / "missing.png", caption)
+    (tmp_path / "corrupt.png").write_bytes(b"not an image")
+    with pytest.raises(OSError, match="corrupt.png"):
+        model.score_tags(tmp_path / "corrupt.png", caption)

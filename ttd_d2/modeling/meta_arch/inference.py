@@ -1,7 +1,8 @@
 """Inference of the TTD meta-architecture: semantic segmentation, caption analysis, tag scores."""
 import hashlib
+import os
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from detectron2.data import MetadataCatalog
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 
+from ...data.image_io import read_image_checked
 from ..ttd.scoring import SCORING_METHODS, cosine_maps, score_tags
 from ..test_time_augmentation import mean_of_passes, scale_passes
 from ..ttd.tags import candidate_tags, nltk_noun_adjective_mask, token_window
@@ -240,9 +242,11 @@ class TTDInference:
         return out
 
     @torch.no_grad()
-    def score_tags(self, image_rgb: np.ndarray, caption: str, method: str = "pixel") -> List[Tuple[str, float]]:
+    def score_tags(self, image_rgb: Union[np.ndarray, str, os.PathLike], caption: str,
+                   method: str = "pixel") -> List[Tuple[str, float]]:
         """Score every candidate tag of ``caption`` (``candidate_tags``: its words inside the
-        text tower's window, at most ``max_tags``) for an RGB uint8 image [H, W, 3].
+        text tower's window, at most ``max_tags``) for an RGB uint8 image [H, W, 3], or the
+        image file at a path (read as the data loaders read it, EXIF orientation applied).
 
         ``method``: pixel | image | text | image+text | nltk (or the s_* names). Returns
         [(tag, score)] in caption order; the model's selection is ``score >= tag_threshold``.
@@ -250,9 +254,12 @@ class TTDInference:
         method = METHOD_ALIASES.get(method, method)
         if method not in SCORING_METHODS + ("nltk",):
             raise ValueError(f"unknown method {method!r}; use pixel, image, text, image+text or nltk")
+        if isinstance(image_rgb, (str, os.PathLike)):
+            image_rgb = read_image_checked(os.fspath(image_rgb))  # OSError naming a missing or corrupt file
         image_rgb = np.asarray(image_rgb)
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
-            raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image_rgb.dtype} {image_rgb.shape}")
+            raise ValueError(f"expected an RGB uint8 image [H, W, 3] or an image file's path, got {image_rgb.dtype} "
+                             f"{image_rgb.shape}: pass np.asarray(PIL.Image.open(path).convert('RGB')), or the path")
         was_training = self.training
         self.eval()
         try:
