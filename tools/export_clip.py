@@ -12,6 +12,7 @@ import os
 import torch
 
 from ttd_d2.modeling.lora.file import save_lora_file
+from ttd_d2.utils.cli import run_tool
 
 PREFIX = "backbone.clip."
 
@@ -49,4 +50,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)  # a missing or corrupt input: its message, no traceback

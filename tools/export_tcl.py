@@ -13,6 +13,7 @@ import os
 
 from ttd_d2.modeling.backbone.tcl_checkpoint import read_tcl_checkpoint
 from ttd_d2.modeling.lora.file import save_lora_file
+from ttd_d2.utils.cli import run_tool
 
 
 def export(src: str, dst: str, fp16: bool = True) -> int:
@@ -38,4 +39,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)  # a missing or corrupt input: its message, no traceback

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ttd_d2.data.datasets.ade20k import prepare_ade20k_150, prepare_ade20k_847
 from ttd_d2.data.datasets.benchmark import datasets_root
+from ttd_d2.utils.cli import run_tool
 
 
 def main(argv=None):
@@ -26,4 +27,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)  # a missing or corrupt input: its message, no traceback

@@ -8,6 +8,7 @@ Usage: `python tools/prepare_pascal_context.py [--root DIR]` (DIR defaults to $D
 import argparse
 
 from ttd_d2.data.datasets.pascal_context import prepare_pascal_context
+from ttd_d2.utils.cli import run_tool
 
 
 def main(argv=None):
@@ -17,4 +18,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)  # a missing or corrupt input: its message, no traceback
