@@ -10,6 +10,7 @@ from typing import Sequence
 
 import yaml
 from detectron2.config import CfgNode, get_cfg
+from detectron2.utils.file_io import PathManager
 
 from .config import add_ttd_config
 
@@ -26,7 +27,7 @@ def merge_config_file(cfg: CfgNode, config_file: str) -> None:
     if not config_file:
         raise SystemExit("no config file given: pass --config-file, e.g. configs/synthetic/ttd_maskclip.yaml "
                          "(README.md, 'Using it')")
-    if not os.path.isfile(config_file):
+    if not PathManager.isfile(config_file):  # what merge_from_file asserts (local files, registered URIs)
         raise SystemExit(f"config file '{config_file}' does not exist (working directory '{os.getcwd()}'): "
                          "give a path to a .yaml file, e.g. configs/synthetic/ttd_maskclip.yaml")
     try:

@@ -1,4 +1,6 @@
 """ttd_d2.utils.profiling: the interval union by hand, and a CPU profile of a known step."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -87,19 +89,19 @@ def test_kernel_category_of_kernels_seen_on_the_gpu_host(name, category):
     assert kernel_category(name) == category
 
 
+def _device_event(name, start, end):
+    """A fake CUDA event of ``prof.events()`` (a kernel, or a stage's device-side span), times in us."""
+    return SimpleNamespace(name=name, device_type="DeviceType.CUDA", time_range=SimpleNamespace(start=start, end=end),
+                           cpu_parent=None)
+
+
 def test_device_time_by_family_sums_the_kernels():
     """Two steps of three fake CUDA kernels: per-step family times, largest first, summing to
     the kernels' total (overlap is not removed: busy time is the union, families are sums)."""
-    from types import SimpleNamespace
-
     from ttd_d2.utils.profiling import summarize_events
 
-    def kernel(name, start, end):
-        return SimpleNamespace(name=name, device_type="DeviceType.CUDA", time_range=SimpleNamespace(start=start, end=end),
-                               cpu_parent=None)
-
-    events = [kernel("nvjet_sm90_tst_128x8", 0, 3000), kernel("triton_poi_fused_add", 3000, 4000),
-              kernel("nvjet_sm90_tst_128x8", 5000, 8000), kernel("_refine_step_kernel", 8000, 8500)]
+    events = [_device_event("nvjet_sm90_tst_128x8", 0, 3000), _device_event("triton_poi_fused_add", 3000, 4000),
+              _device_event("nvjet_sm90_tst_128x8", 5000, 8000), _device_event("_refine_step_kernel", 8000, 8500)]
     summary = summarize_events(events, steps=2, wall_ms=20.0, device="cuda")
     assert summary.categories == {"matmul": pytest.approx(3.0), "fused (inductor)": pytest.approx(0.5),
                                   "pamr": pytest.approx(0.25)}
@@ -126,16 +128,10 @@ def test_stage_device_times_clip_kernels_to_each_span():
 
 def test_summary_reports_each_stage_device_time_per_step():
     """The device-side stage annotations become per-step (busy, span) rows; they are not kernels."""
-    from types import SimpleNamespace
-
     from ttd_d2.utils.profiling import summarize_events
 
-    def device(name, start, end):
-        return SimpleNamespace(name=name, device_type="DeviceType.CUDA", time_range=SimpleNamespace(start=start, end=end),
-                               cpu_parent=None)
-
-    events = [device("ttd.teacher", 0, 4000), device("nvjet_sm90_tst_128x8", 0, 1000),
-              device("triton_poi_fused_add", 2000, 4000), device("nvjet_sm90_tst_128x8", 5000, 6000)]
+    events = [_device_event("ttd.teacher", 0, 4000), _device_event("nvjet_sm90_tst_128x8", 0, 1000),
+              _device_event("triton_poi_fused_add", 2000, 4000), _device_event("nvjet_sm90_tst_128x8", 5000, 6000)]
     summary = summarize_events(events, steps=1, wall_ms=10.0, device="cuda")
     assert summary.device_stages == [("ttd.teacher", pytest.approx(3.0), pytest.approx(4.0))]
     assert summary.device_busy_ms == pytest.approx(4.0)  # the annotation is not counted as a kernel
