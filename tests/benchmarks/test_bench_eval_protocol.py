@@ -70,6 +70,10 @@ def test_bench_pamr_cpu():
     (row,) = report["results"]
     assert row["kernel"] == "eager" and row["max_abs_diff_vs_eager"] == 0 and row["iteration_ms"] > 0
     assert report["step_bytes"] == 4 * 12 * 10 * (2 * 3 + 16)
+    assert row["grid_order"] == "class blocks fastest"
+    assert bench.parse_blocks("256,2") == (256, 2, True) and bench.parse_blocks("128,4,pixel") == (128, 4, False)
+    with pytest.raises(SystemExit, match="PIXELS,CLASSES"):
+        bench.parse_blocks("256,2,rows")
 
 
 def test_achieved_rates_divide_each_familys_flops_by_its_kernel_time():

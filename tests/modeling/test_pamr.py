@@ -91,8 +91,11 @@ for (b, k, h, w), dilations in (((2, 5, 7, 9), (1, 2, 12)), ((1, 9, 3, 17), (1, 
     image, masks = torch.rand(b, 3, h, w), torch.rand(b, k, h, w)
     weights = PAMR(1, dilations, kernel="eager").affinity(image)
     offsets = torch.tensor(pamr_kernel.neighbour_offsets(dilations), dtype=torch.int32)
-    torch.testing.assert_close(pamr_kernel.refine_step_triton(masks, weights, offsets),
-                               _refine_step(masks, weights, dilations), atol=1e-6, rtol=1e-5)
+    for class_blocks_fastest in (True, False):  # both grid orders (bench_pamr.py times both)
+        pamr_kernel.CLASS_BLOCKS_FASTEST = class_blocks_fastest
+        torch.testing.assert_close(pamr_kernel.refine_step_triton(masks, weights, offsets),
+                                   _refine_step(masks, weights, dilations), atol=1e-6, rtol=1e-5)
+    pamr_kernel.CLASS_BLOCKS_FASTEST = True
     torch.testing.assert_close(pamr_kernel.affinity_triton(image * 4 - 2, offsets, len(dilations)),
                                PAMR(1, dilations, kernel="eager").affinity(image * 4 - 2), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(PAMR(3, dilations, kernel="triton")(image, masks),
