@@ -4,7 +4,9 @@ from detectron2.config import CfgNode as CN
 
 def add_ttd_config(cfg):
     """Add the ttd_d2 nodes (``MODEL.CLIP``, ``MODEL.TCL``, ``MODEL.MASKER``, ``MODEL.TTD``,
-    ``MODEL.SEG_INFERENCE``) to ``cfg``."""
+    ``MODEL.SEG_INFERENCE``, ``DATASETS.IMAGE_TEXT``) and ttd_d2's keys of detectron2's nodes
+    (``SOLVER.OPTIMIZER``, ``SOLVER.BETAS``, ``SOLVER.DEFER_METRICS``, ``INPUT.TRAIN_SIZE``,
+    ``DATALOADER.PACKED_BATCHES``) to ``cfg``."""
     # ---------------------------------------------------------------- CLIP backbone
     cfg.MODEL.CLIP = CN()
     # open_clip model name (e.g. "ViT-B-16") or a path to an open_clip-style JSON model config
