@@ -79,5 +79,11 @@ def test_settings_mismatch_names_the_key_and_both_values(setting, value, message
     assert str(info.value).startswith(message)
 
 
+def test_a_backbone_can_name_its_own_key_for_a_setting():
+    with pytest.raises(ValueError, match="^MODEL.TCL.DENSE_PATH is maskclip but f.pth was trained with clearclip"):
+        check_lora_settings(SETTINGS, dict(SETTINGS, dense_mode="maskclip"), "f.pth",
+                            keys={"dense_mode": "MODEL.TCL.DENSE_PATH"})
+
+
 def test_unknown_arch_is_not_checked():
     check_lora_settings(SETTINGS, dict(SETTINGS, arch=""), "f.pth")

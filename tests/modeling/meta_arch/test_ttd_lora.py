@@ -182,6 +182,15 @@ def test_lora_weights_with_other_settings_raise_naming_the_key(tiny_cfg, tmp_pat
         build(tiny_cfg, **{"MODEL.TTD.ENABLED": True, "MODEL.TTD.LORA.WEIGHTS": path, **opts})
 
 
+def test_tcl_lora_weights_of_another_dense_path_name_tcls_key(tiny_cfg, tmp_path):
+    """Under TCL the file's dense_mode is the copied block's path: the error names
+    MODEL.TCL.DENSE_PATH, the key that fixes it (not MODEL.CLIP.DENSE_MODE)."""
+    tcl = {"MODEL.BACKBONE.NAME": "TCL", "MODEL.TTD.ENABLED": True, "MODEL.TTD.LORA.IMAGE_LAYERS": 1}
+    path = _perturbed_file(build(tiny_cfg, **tcl, **{"MODEL.TCL.DENSE_PATH": "clearclip"}), tmp_path / "f.pth")
+    with pytest.raises(ValueError, match="MODEL.TCL.DENSE_PATH is maskclip but .* was trained with clearclip"):
+        build(tiny_cfg, **tcl, **{"MODEL.TTD.LORA.WEIGHTS": path})
+
+
 def test_lora_weights_of_another_arch_raise(tiny_cfg, tmp_path):
     path = _perturbed_file(build(tiny_cfg, **{"MODEL.TTD.ENABLED": True}), tmp_path / "f.pth")
     other = tmp_path / "tiny_clip_other.json"

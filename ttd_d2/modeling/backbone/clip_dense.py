@@ -39,6 +39,8 @@ class CLIPDense(TextTowerMethods, Backbone):
     # The masker's trained {"w", "b"} a backbone brings (TCL's checkpoint), or None:
     # ``build_masker`` starts the meta-architecture's masker there instead of MODEL.MASKER.
     masker_state: Optional[Dict[str, torch.Tensor]] = None
+    # The config key ``dense_mode`` comes from (named when a LoRA file's setting differs)
+    DENSE_MODE_KEY = "MODEL.CLIP.DENSE_MODE"
 
     @configurable
     def __init__(

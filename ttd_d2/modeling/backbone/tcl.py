@@ -70,6 +70,8 @@ class TCL(CLIPDense):
     objective trains it; under TTD it gets LoRA adapters instead, see ``lora_image_blocks``).
     """
 
+    DENSE_MODE_KEY = "MODEL.TCL.DENSE_PATH"  # ``dense_mode`` is the path of TCL's copied block
+
     @configurable
     def __init__(
         self,

@@ -108,11 +108,13 @@ def _show(value) -> str:
     return str(value) if isinstance(value, (int, float, str)) else repr(value)
 
 
-def check_lora_settings(trained: Mapping, expected: Mapping, path: str) -> None:
+def check_lora_settings(trained: Mapping, expected: Mapping, path: str,
+                        keys: Optional[Mapping[str, str]] = None) -> None:
     """``ValueError`` naming the first config key whose value differs from the file's, e.g.
-    ``MODEL.TTD.LORA.ALPHA is 8.0 but file.pth was trained with 16.0``. An empty expected
-    ``arch`` is not checked."""
-    for name, key in SETTING_KEYS.items():
+    ``MODEL.TTD.LORA.ALPHA is 8.0 but file.pth was trained with 16.0``. ``keys`` replaces entries
+    of ``SETTING_KEYS`` where the backbone reads a setting from another key (TCL's dense path:
+    ``MODEL.TCL.DENSE_PATH``). An empty expected ``arch`` is not checked."""
+    for name, key in {**SETTING_KEYS, **(keys or {})}.items():
         if name == "arch" and not expected[name]:
             continue
         if trained[name] != expected[name]:

@@ -185,7 +185,8 @@ def setup_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, targets: Se
     content = None
     if weights:
         content = read_lora_file(weights)
-        check_lora_settings(content["settings"], model.lora_settings, weights)
+        check_lora_settings(content["settings"], model.lora_settings, weights,
+                            keys={"dense_mode": model.backbone.DENSE_MODE_KEY})
         load_lora_weights(model.backbone, model.masker, content, weights, rank, alpha)
         logger.info("Loaded LoRA weights from %s", weights)
     if model.ttd_enabled and model.teacher == "ema":
