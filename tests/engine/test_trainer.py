@@ -244,6 +244,23 @@ def test_optimizer_covers_only_trainable_parameters(synthetic, tmp_path):
         TTDTrainer.build_optimizer(cfg, model)
 
 
+def test_a_run_that_fails_in_its_last_step_writes_no_final_files(synthetic, tmp_path):
+    """detectron2 runs after_train also after an exception: a failed last step must not leave
+    a model_lora_final.pth (or detectron2's model_final.pth) that looks like a finished run."""
+    trainer = TTDTrainer(train_cfg(synthetic, tmp_path, **{"SOLVER.MAX_ITER": 2, "SOLVER.CHECKPOINT_PERIOD": 100}))
+    run_step = trainer.run_step
+
+    def failing_last_step():
+        if trainer.iter == trainer.max_iter - 1:
+            raise RuntimeError("the data loader broke")
+        run_step()
+
+    trainer.run_step = failing_last_step
+    with pytest.raises(RuntimeError, match="the data loader broke"):
+        trainer.train()
+    assert not (tmp_path / "model_lora_final.pth").exists() and not (tmp_path / "model_final.pth").exists()
+
+
 def test_contrastive_run_then_export(synthetic, tmp_path):
     """The documented pipeline: contrastive (pre)training with the trainer, then
     tools/export_clip.py, then MODEL.CLIP.PRETRAINED; a TTD run's checkpoint is refused."""

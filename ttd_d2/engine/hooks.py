@@ -67,7 +67,10 @@ class TTDHook(HookBase):
 
     def after_train(self):
         self._statistics.flush(self._put)
-        if self.trainer.iter + 1 >= self.trainer.max_iter:
+        # detectron2 calls after_train also when a step raised; trainer.iter reaches max_iter
+        # only once the last step is done (TrainerBase.train), so a run that failed in its
+        # last step writes no final file
+        if self.trainer.iter >= self.trainer.max_iter:
             self._save("model_lora_final.pth")
 
     def _save(self, name: str):
