@@ -31,3 +31,43 @@ def test_force_quick_gelu_changes_every_block_activation():
     model = open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True)
     acts = {type(b.mlp.gelu).__name__ for b in model.visual.transformer.resblocks}
     assert acts == {"QuickGELU"}
+
+
+def _tiny_state(tmp_path):
+    from conftest import TINY_ARCH
+
+    import torch
+    name = clip_loading.resolve_arch(TINY_ARCH)
+    return name, open_clip.create_model(name).state_dict(), torch
+
+
+@pytest.mark.parametrize("damage, cause", [
+    ("truncated", "PytorchStreamReader|failed"),
+    ("empty", "EOFError|Ran out of input"),
+    ("other weights", "Missing key"),
+    ("other shapes", "size mismatch|changed"),
+])
+def test_a_local_pretrained_file_that_does_not_load_names_the_key_and_the_fix(tmp_path, damage, cause):
+    name, state, torch = _tiny_state(tmp_path)
+    path = tmp_path / "clip.pt"
+    if damage == "truncated":
+        torch.save(state, path)
+        path.write_bytes(path.read_bytes()[:200])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "other weights":
+        torch.save({"foo.weight": torch.zeros(2)}, path)
+    else:
+        key = "text_projection"  # (open_clip resizes positional embeddings itself)
+        torch.save({**state, key: torch.zeros(state[key].shape[0] + 3, state[key].shape[1])}, path)
+    with pytest.raises(ValueError, match=f"MODEL.CLIP.PRETRAINED '{path}' cannot be loaded into open_clip {name} "
+                                         f"\\(.*({cause}).*\\): give an intact open_clip state dict of the "
+                                         "architecture MODEL.CLIP.ARCH names"):
+        clip_loading._create(name, str(path), "")
+
+
+def test_a_model_config_that_is_not_json_names_the_file(tmp_path):
+    bad = tmp_path / "broken_clip.json"
+    bad.write_text('{"embed_dim": 64, "vision_cfg": ')
+    with pytest.raises(ValueError, match=f"MODEL.CLIP.ARCH: model config {bad} is not valid JSON"):
+        clip_loading.resolve_arch(str(bad))

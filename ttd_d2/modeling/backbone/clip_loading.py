@@ -31,9 +31,12 @@ def resolve_arch(arch: str) -> str:
                 f"directory and {PACKAGE_MODEL_CONFIGS}). Give a path to an open_clip-style JSON "
                 "with 'embed_dim', 'vision_cfg' and 'text_cfg'."
             )
-        with open(path) as f:
-            cfg = json.load(f)
-        if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+        try:
+            with open(path) as f:
+                cfg = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"MODEL.CLIP.ARCH: model config {path} is not valid JSON ({e})") from e
+        if not isinstance(cfg, dict) or not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
             raise ValueError(f"{path}: an open_clip model config needs embed_dim, vision_cfg, text_cfg")
         if path.stem not in open_clip.list_models():
             open_clip.add_model_config(path)
@@ -91,8 +94,15 @@ def _create(name: str, pretrained: str, cache_dir: str) -> torch.nn.Module:
     try:
         return open_clip.create_model(name, pretrained=pretrained or None, cache_dir=cache_dir or None,
                                       force_quick_gelu=quick_gelu)
-    except RuntimeError as e:
-        if "download" not in str(e).lower():
+    except Exception as e:
+        if pretrained and os.path.isfile(pretrained):  # a local file that open_clip could not load
+            raise ValueError(
+                f"MODEL.CLIP.PRETRAINED '{pretrained}' cannot be loaded into open_clip {name} "
+                f"({type(e).__name__}: {' '.join(str(e).split())[:300]}): give an intact open_clip "
+                "state dict of the architecture MODEL.CLIP.ARCH names (tools/export_clip.py writes one from a "
+                "ttd_d2 run)"
+            ) from e
+        if not isinstance(e, RuntimeError) or "download" not in str(e).lower():
             raise
         raise RuntimeError(
             f"Weights '{pretrained}' of {name} are not in the cache and could not be downloaded "
