@@ -89,12 +89,13 @@ def test_score_tags_api(tiny_cfg):
         np.zeros((32, 32, 4), np.uint8),
         np.zeros((3, 32, 32), np.uint8),
         np.zeros((1, 32, 32, 3), np.uint8),
+        np.zeros((0, 32, 3), np.uint8),
     ],
-    ids=["float", "gray", "rgba", "chw", "batched"],
+    ids=["float", "gray", "rgba", "chw", "batched", "empty"],
 )
 def test_score_tags_bad_image_raises(tiny_cfg, bad):
     model = build(tiny_cfg)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expected an RGB uint8 image"):
         model.score_tags(bad, "a red circle")
 
 
@@ -103,9 +104,14 @@ def test_score_tags_edge_inputs(tiny_cfg):
     rgb = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(ValueError, match="method"):
         model.score_tags(rgb, "a red circle", method="clip")
-    assert model.score_tags(rgb, "") == []
-    assert model.score_tags(rgb, "the of and") == []
-    assert model.score_tags(rgb, "   ", method="nltk") == []
+    for empty in ("", "   \n\t"):
+        with pytest.raises(ValueError, match="empty caption: give the image's caption"):
+            model.score_tags(rgb, empty, method="nltk")
+    for not_text in (None, 42, b"a red circle", ["a red circle"]):
+        with pytest.raises(TypeError, match="caption must be a str"):
+            model.score_tags(rgb, not_text)
+    assert model.score_tags(rgb, "the of and") == []  # a caption, but no candidate tag
+    assert model.score_tags(rgb, "!!! ,,,", method="nltk") == []
 
 
 def test_score_tags_reads_an_image_path_as_the_loaders_do(tiny_cfg, tmp_path):

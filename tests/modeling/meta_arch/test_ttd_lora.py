@@ -191,6 +191,17 @@ def test_tcl_lora_weights_of_another_dense_path_name_tcls_key(tiny_cfg, tmp_path
         build(tiny_cfg, **tcl, **{"MODEL.TTD.LORA.WEIGHTS": path})
 
 
+def test_an_edited_lora_file_whose_shapes_differ_names_the_file(tiny_cfg, tmp_path):
+    path = _perturbed_file(build(tiny_cfg, **{"MODEL.TTD.ENABLED": True}), tmp_path / "f.pth")
+    content = torch.load(path, weights_only=True)
+    key = next(k for k in content["lora"] if k.endswith("lora_A"))
+    content["lora"][key] = torch.zeros(content["lora"][key].shape[0] + 1, content["lora"][key].shape[1])
+    torch.save(content, path)
+    with pytest.raises(ValueError, match=f"MODEL.TTD.LORA.WEIGHTS '{path}' does not fit this model although its "
+                                         f"settings do (?s:.*)shape mismatch(?s:.*){key}"):
+        build(tiny_cfg, **{"MODEL.TTD.ENABLED": True, "MODEL.TTD.LORA.WEIGHTS": path})
+
+
 def test_lora_weights_of_another_arch_raise(tiny_cfg, tmp_path):
     path = _perturbed_file(build(tiny_cfg, **{"MODEL.TTD.ENABLED": True}), tmp_path / "f.pth")
     other = tmp_path / "tiny_clip_other.json"

@@ -249,15 +249,20 @@ class TTDInference:
         image file at a path (read as the data loaders read it, EXIF orientation applied).
 
         ``method``: pixel | image | text | image+text | nltk (or the s_* names). Returns
-        [(tag, score)] in caption order; the model's selection is ``score >= tag_threshold``.
+        [(tag, score)] in caption order ([] when no word of the caption is a candidate, e.g.
+        only stop words); the model's selection is ``score >= tag_threshold``.
         """
+        if not isinstance(caption, str):
+            raise TypeError(f"caption must be a str, got {type(caption).__name__}")
+        if not caption.strip():
+            raise ValueError("empty caption: give the image's caption, e.g. 'a photo of a dog on a sofa'")
         method = METHOD_ALIASES.get(method, method)
         if method not in SCORING_METHODS + ("nltk",):
             raise ValueError(f"unknown method {method!r}; use pixel, image, text, image+text or nltk")
         if isinstance(image_rgb, (str, os.PathLike)):
             image_rgb = read_image_checked(os.fspath(image_rgb))  # OSError naming a missing or corrupt file
         image_rgb = np.asarray(image_rgb)
-        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8 or 0 in image_rgb.shape:
             raise ValueError(f"expected an RGB uint8 image [H, W, 3] or an image file's path, got {image_rgb.dtype} "
                              f"{image_rgb.shape}: pass np.asarray(PIL.Image.open(path).convert('RGB')), or the path")
         was_training = self.training

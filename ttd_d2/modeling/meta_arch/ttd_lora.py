@@ -151,7 +151,11 @@ def load_lora_weights(backbone: nn.Module, masker: nn.Module, content: Dict, pat
     for name, adapter in iter_lora_modules(clip):
         if name in extra:
             adapter.requires_grad_(False)
-    result = load_lora_state_dict(clip, content["lora"], strict=False)
+    try:
+        result = load_lora_state_dict(clip, content["lora"], strict=False)
+    except RuntimeError as e:  # shapes differ although the recorded settings match: an edited file
+        raise ValueError(f"MODEL.TTD.LORA.WEIGHTS '{path}' does not fit this model although its settings do "
+                         f"(the file was edited or written by another tool): {e}") from e
     missing = [k for k in result.missing_keys if k.rsplit(".", 1)[0] not in optional]
     if missing or result.unexpected_keys:
         raise ValueError(f"MODEL.TTD.LORA.WEIGHTS '{path}' does not fit this model although its settings do: "
