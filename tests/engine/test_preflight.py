@@ -90,3 +90,29 @@ def test_the_real_use_configs_name_every_missing_dataset(tmp_path, config, train
     assert ("--output_format webdataset" in message) == training
     assert "MODEL.CLIP.PRETRAINED" not in message
     assert not (tmp_path / "out").exists()
+
+
+def test_shard_patterns_that_match_nothing_are_listed(tmp_path):
+    (tmp_path / "00000.tar").write_bytes(b"")
+    cfg = make_tiny_cfg()
+    cfg.DATASETS.IMAGE_TEXT.SHARDS = [str(tmp_path / "{00000..00001}.tar"), str(tmp_path / "cc12m" / "*.tar")]
+    problems = missing_inputs(cfg, training=True)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("DATASETS.IMAGE_TEXT.SHARDS[0]: 1 shard path(s) match no file") and "00001.tar" in problems[0]
+    assert problems[1].startswith("DATASETS.IMAGE_TEXT.SHARDS[1]") and "img2dataset" in problems[1]
+    assert missing_inputs(cfg, training=False) == []  # evaluation reads no shard
+
+
+def test_an_output_dir_that_cannot_take_the_run_stops_it(tmp_path, monkeypatch):
+    from ttd_d2.engine import preflight
+
+    cfg = make_tiny_cfg()
+    (tmp_path / "afile").write_text("")
+    cfg.OUTPUT_DIR = str(tmp_path / "afile")
+    with pytest.raises(SystemExit, match="Cannot start: OUTPUT_DIR '.*afile' is a file: give a folder"):
+        check_inputs(cfg, training=False)
+    cfg.OUTPUT_DIR = str(tmp_path / "new" / "run")
+    assert preflight.output_problems(cfg) == []  # created later, inside a writable folder
+    monkeypatch.setattr(preflight.os, "access", lambda path, mode: path != str(tmp_path))  # (root may write anywhere)
+    assert preflight.output_problems(cfg) == [f"OUTPUT_DIR '{cfg.OUTPUT_DIR}': '{tmp_path}' is not writable: "
+                                              "give a folder you can write to"]

@@ -1,4 +1,5 @@
-"""Before anything is built or downloaded: does every file and dataset a config names exist?
+"""Before anything is built or downloaded: does every file, dataset and shard a config names
+exist, and can ``OUTPUT_DIR`` be written?
 
 ``tools/train_net.py`` calls :func:`check_inputs` first, so a config run on a machine without its
 weights or data stops at once with one message listing everything missing and how to get it,
@@ -13,9 +14,10 @@ from typing import List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..data.streams.shards import expand_shards
 from ..modeling.backbone.clip_loading import check_pretrained, resolve_arch
 
-__all__ = ["DATASET_PATH_KEYS", "missing_inputs", "check_inputs"]
+__all__ = ["DATASET_PATH_KEYS", "missing_inputs", "output_problems", "check_inputs"]
 
 # Metadata entries that name a dataset's folders or files on disk (detectron2's conventions and
 # ttd_d2's registrations, docs/INTERFACES.md).
@@ -64,6 +66,11 @@ def missing_inputs(cfg, training: bool) -> List[str]:
     keep_lists = cfg.DATASETS.IMAGE_TEXT.KEEP_LISTS if training else ()
     problems += [f"DATASETS.IMAGE_TEXT.KEEP_LISTS[{i}]: '{p}' does not exist: give a keep-list of sample keys "
                  "(docs/DATASETS.md), or '' for that source" for i, p in enumerate(keep_lists) if p and not os.path.isfile(p)]
+    for i, patterns in enumerate(cfg.DATASETS.IMAGE_TEXT.SHARDS if training else ()):
+        try:
+            expand_shards(patterns)
+        except FileNotFoundError as e:
+            problems.append(f"DATASETS.IMAGE_TEXT.SHARDS[{i}]: {e}")
     folders = cfg.DATASETS.IMAGE_TEXT.FOLDERS if training else ()
     problems += [f"DATASETS.IMAGE_TEXT.FOLDERS[{i}]: '{p}/{sub}' does not exist: give folders holding image/ and "
                  "json/ (docs/DATASETS.md, 'Image-text folders')" for i, p in enumerate(folders)
@@ -74,9 +81,26 @@ def missing_inputs(cfg, training: bool) -> List[str]:
     return problems
 
 
+def output_problems(cfg) -> List[str]:
+    """Why ``OUTPUT_DIR`` cannot take the run's files (it is a file, or the folder it is, or
+    would be created in, is not writable), or []."""
+    out = os.path.abspath(cfg.OUTPUT_DIR)
+    if os.path.exists(out) and not os.path.isdir(out):
+        return [f"OUTPUT_DIR '{cfg.OUTPUT_DIR}' is a file: give a folder (created if missing)"]
+    existing = out
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"OUTPUT_DIR '{cfg.OUTPUT_DIR}': '{existing}' is not writable: give a folder you can write to"]
+    return []
+
+
 def check_inputs(cfg, training: bool) -> None:
-    """``SystemExit`` listing :func:`missing_inputs`, if any."""
+    """``SystemExit`` listing :func:`missing_inputs` and :func:`output_problems`, if any."""
     problems = missing_inputs(cfg, training)
     if problems:
         raise SystemExit("Cannot start: the config names inputs that are not on this machine.\n  - "
-                         + "\n  - ".join(problems))
+                         + "\n  - ".join(problems + output_problems(cfg)))
+    problems = output_problems(cfg)
+    if problems:
+        raise SystemExit("Cannot start: " + problems[0])
