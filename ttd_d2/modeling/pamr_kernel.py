@@ -13,8 +13,9 @@ Layout: one program per block of ``BLOCK_PIXELS`` pixels of one image and ``BLOC
 classes; each neighbour's weight is loaded once per program and applied to its classes (256 x 2
 was the fastest of the shapes timed on an H200, 0.23 ms per iteration at 21 x 448 x 597:
 benchmarks/README.md). The class blocks of one pixel block are consecutive programs, so they
-read that block's neighbour weights while they are in L2 (on an H100: 0.207 ms per iteration
-against 0.230 with the pixel blocks fastest, 1.50 against 1.71 ms at 171 classes).
+read that block's neighbour weights while they are in L2 (on an H100: 0.212 ms per iteration
+against 0.237 with the pixel blocks fastest, 1.51 against 1.76 ms at 171 classes; exact, the
+same sums; benchmarks/README.md).
 Borders are replicated (indices clamped), as in ``pamr._neighbours``. Summation runs over the
 neighbours in their order in ``pamr._neighbours``: fp32 results equal the eager step's up to
 rounding.
