@@ -4,7 +4,7 @@ A :class:`Benchmark` names where its prepared images and labels lie under
 ``$DETECTRON2_DATASETS``, its class-name file and its prepare command. :func:`register_benchmark`
 registers it without touching the disk; ``DatasetCatalog.get`` then checks the folders (a missing
 one raises ``FileNotFoundError`` naming ``$DETECTRON2_DATASETS``, the folder and the prepare
-command) and builds records with detectron2's ``load_sem_seg``.
+command; an empty one too) and pairs images with labels by name: :func:`load_benchmark`.
 
 Labels are PNGs read by detectron2's ``SemSegEvaluator`` (``PIL`` + ``np.array(dtype=int)``):
 8-bit with ``ignore_label`` 255 for up to 255 classes, 16-bit with ``ignore_label`` 65535 for
@@ -15,10 +15,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_sem_seg
 
 __all__ = ["Benchmark", "CLASS_NAMES_DIR", "read_class_names", "datasets_root", "load_benchmark",
            "register_benchmark", "require_folder"]
@@ -40,10 +39,14 @@ class Benchmark:
         prepare: the command that writes ``label_dir``.
         background: prepend "background" to the file's classes (class 0).
         background_threshold: the constant score of class 0 (only with ``background``).
-        image_ext, label_ext: file endings ``load_sem_seg`` matches.
+        image_ext, label_ext: the file endings of images and labels in flat folders.
         ignore_label: 255 (8-bit labels) or 65535 (16-bit labels).
-        image_suffix: set for nested folders (Cityscapes): the label ``city/x.png`` pairs with the
-            image ``city/x<image_suffix>``; unset, detectron2's ``load_sem_seg`` pairs flat folders.
+        image_suffix: set for nested folders (Cityscapes, ADE20K-847): the label ``city/x.png``
+            pairs with the image ``city/x<image_suffix>``; unset, ``x.<label_ext>`` pairs with
+            ``x.<image_ext>`` in flat folders.
+        split_list: the release's list of the split's ids, relative to ``$DETECTRON2_DATASETS``,
+            where the image folder also holds other splits' images (VOC, Context); unset, every
+            image of the folder is in the split.
     """
 
     name: str
@@ -57,6 +60,7 @@ class Benchmark:
     label_ext: str = "png"
     ignore_label: int = IGNORE_8BIT
     image_suffix: Optional[str] = None  # nested folders: label ``a/b.png`` <-> image ``a/b<suffix>``
+    split_list: Optional[str] = None
 
 
 def datasets_root(root: Optional[Union[str, Path]] = None) -> Path:
@@ -74,10 +78,11 @@ def read_class_names(path: Union[str, Path]) -> List[str]:
 
 
 def require_folder(folder: Path, benchmark: Benchmark) -> Path:
-    """``folder`` if it is a directory, else ``FileNotFoundError`` naming the fix."""
-    if not folder.is_dir():
+    """``folder`` if it is a directory holding something, else ``FileNotFoundError`` naming the fix."""
+    state = "does not exist" if not folder.is_dir() else "is empty" if next(folder.iterdir(), None) is None else ""
+    if state:
         raise FileNotFoundError(
-            f"Dataset '{benchmark.name}' is not on disk: {folder} does not exist. Set DETECTRON2_DATASETS "
+            f"Dataset '{benchmark.name}' is not on disk: {folder} {state}. Set DETECTRON2_DATASETS "
             f"to the folder that holds the datasets (now {datasets_root()}) and run `{benchmark.prepare}` "
             "(datasets/README.md says what to download).")
     return folder
@@ -105,31 +110,61 @@ def _set_metadata(benchmark: Benchmark, root: Path) -> None:
 
 
 def load_benchmark(benchmark: Benchmark, root: Optional[Union[str, Path]] = None) -> List[dict]:
-    """Records (``file_name``, ``sem_seg_file_name``, ``dataset_name``) of the prepared benchmark."""
+    """Records (``file_name``, ``sem_seg_file_name``, ``dataset_name``) of the prepared benchmark,
+    in id order, each image paired with the label of its name (never by position).
+
+    The split is the ids of ``split_list`` when set (other images of the folder are left out),
+    else every label and every image: an id of the split without its label or its image raises
+    ``FileNotFoundError`` naming the first few missing files, their count and the prepare command.
+    """
     root = datasets_root(root)
     labels = require_folder(root / benchmark.label_dir, benchmark)
     images = require_folder(root / benchmark.image_dir, benchmark)
     _set_metadata(benchmark, root)  # classes read from the release are known only once prepared
-    if benchmark.image_suffix is None:
-        records = load_sem_seg(str(labels), str(images), gt_ext=benchmark.label_ext, image_ext=benchmark.image_ext)
-    else:  # load_sem_seg lists one folder only
-        records = _nested_records(labels, images, benchmark)
-    for record in records:
-        record["dataset_name"] = benchmark.name
-    return records
+    nested = benchmark.image_suffix is not None
+    image_suffix = benchmark.image_suffix if nested else f".{benchmark.image_ext}"
+    label_files = _files_by_id(labels, f".{benchmark.label_ext}", nested, benchmark)
+    image_files = _files_by_id(images, image_suffix, nested, benchmark)
+    if benchmark.split_list is None:
+        ids = sorted(set(label_files) | set(image_files))
+        scopes = {"label": f"{len(image_files)} images in {images}", "image": f"{len(label_files)} labels in {labels}"}
+    else:
+        ids = sorted(set(_split_ids(root / benchmark.split_list, benchmark)))
+        scopes = dict.fromkeys(("label", "image"), f"{len(ids)} ids listed in {root / benchmark.split_list}")
+    for kind, found, folder, suffix in (("label", label_files, labels, f".{benchmark.label_ext}"),
+                                        ("image", image_files, images, image_suffix)):
+        missing = [folder / f"{i}{suffix}" for i in ids if i not in found]
+        if missing:
+            shown = ", ".join(str(m) for m in missing[:3]) + (", ..." if len(missing) > 3 else "")
+            raise FileNotFoundError(
+                f"Dataset '{benchmark.name}': {kind} files missing for {len(missing)} of the {scopes[kind]}: {shown}. "
+                f"Extract the release as datasets/README.md lays it out and run `{benchmark.prepare}`.")
+    return [{"file_name": str(image_files[i]), "sem_seg_file_name": str(label_files[i]),
+             "dataset_name": benchmark.name} for i in ids]
 
 
-def _nested_records(labels: Path, images: Path, benchmark: Benchmark) -> List[dict]:
-    records = []
-    for label in sorted(labels.rglob(f"*.{benchmark.label_ext}")):
-        stem = label.relative_to(labels).with_suffix("")
-        image = images / f"{stem}{benchmark.image_suffix}"
-        if not image.is_file():
-            raise FileNotFoundError(f"Dataset '{benchmark.name}': {label} has no image {image}")
-        records.append({"file_name": str(image), "sem_seg_file_name": str(label)})
-    if not records:
-        raise FileNotFoundError(f"Dataset '{benchmark.name}': no labels under {labels}; run `{benchmark.prepare}`")
-    return records
+def _files_by_id(folder: Path, suffix: str, nested: bool, benchmark: Benchmark) -> Dict[str, str]:
+    """{relative path without ``suffix``: path} of the files ending in ``suffix`` (leftover
+    ``*.tmp.png`` of an interrupted prepare step skipped); ``FileNotFoundError`` if there is none."""
+    files = {}
+    for path in (folder.rglob(f"*{suffix}") if nested else folder.glob(f"*{suffix}")):
+        if not path.name.endswith(".tmp.png") and path.is_file():
+            files[path.relative_to(folder).as_posix()[: -len(suffix)]] = str(path)
+    if not files:
+        raise FileNotFoundError(f"Dataset '{benchmark.name}': no *{suffix} files in {folder}; extract the release "
+                                f"as datasets/README.md lays it out and run `{benchmark.prepare}`.")
+    return files
+
+
+def _split_ids(path: Path, benchmark: Benchmark) -> List[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"Dataset '{benchmark.name}': its split list {path} is missing; extract the release "
+                                f"as datasets/README.md lays it out and run `{benchmark.prepare}`.")
+    ids = path.read_text().split()
+    if not ids:
+        raise FileNotFoundError(f"Dataset '{benchmark.name}': its split list {path} is empty; extract it again "
+                                "from the release (datasets/README.md).")
+    return ids
 
 
 def register_benchmark(benchmark: Benchmark, root: Optional[Union[str, Path]] = None) -> str:

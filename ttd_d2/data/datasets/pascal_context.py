@@ -30,12 +30,13 @@ __all__ = ["CONTEXT_BENCHMARKS", "context_tables", "parse_label_list", "prepare_
 _IMAGES = "VOCdevkit/VOC2010/JPEGImages"
 _LABELS = "pascal_context/ttd_labels"
 _PREPARE = "python tools/prepare_pascal_context.py"
+_VAL = "pascal_context/val.txt"  # JPEGImages holds VOC 2010's train images too
 CONTEXT_BENCHMARKS = (
     Benchmark("ttd_context459_val", _IMAGES, f"{_LABELS}/val459", f"{_LABELS}/classes459.txt", _PREPARE,
-              ignore_label=IGNORE_16BIT),
-    Benchmark("ttd_context59_val", _IMAGES, f"{_LABELS}/val59", "context59.txt", _PREPARE),
+              ignore_label=IGNORE_16BIT, split_list=_VAL),
+    Benchmark("ttd_context59_val", _IMAGES, f"{_LABELS}/val59", "context59.txt", _PREPARE, split_list=_VAL),
     Benchmark("ttd_context60_val", _IMAGES, f"{_LABELS}/val60", "context59.txt", _PREPARE,
-              background=True, background_threshold=0.45),
+              background=True, background_threshold=0.45, split_list=_VAL),
 )
 
 

@@ -24,10 +24,12 @@ __all__ = ["VOC_BENCHMARKS", "prepare_voc", "voc_indices"]
 
 _BASE = "VOCdevkit/VOC2012"
 _PREPARE = "python tools/prepare_voc.py"
+_VAL = f"{_BASE}/ImageSets/Segmentation/val.txt"  # JPEGImages holds the train images too
 VOC_BENCHMARKS = (
     Benchmark("ttd_voc21_val", f"{_BASE}/JPEGImages", f"{_BASE}/ttd_labels/val21", "voc20.txt", _PREPARE,
-              background=True, background_threshold=0.40),
-    Benchmark("ttd_voc20_val", f"{_BASE}/JPEGImages", f"{_BASE}/ttd_labels/val20", "voc20.txt", _PREPARE),
+              background=True, background_threshold=0.40, split_list=_VAL),
+    Benchmark("ttd_voc20_val", f"{_BASE}/JPEGImages", f"{_BASE}/ttd_labels/val20", "voc20.txt", _PREPARE,
+              split_list=_VAL),
 )
 TABLE_21 = lookup_table({k: k for k in range(21)}, 255, 256)
 TABLE_20 = lookup_table({k: k - 1 for k in range(1, 21)}, 255, 256)
@@ -60,7 +62,7 @@ def prepare_voc(root: Optional[Union[str, Path]] = None) -> Dict[str, Dict[str, 
     """Convert the val labels of the official release under ``root`` (default
     ``$DETECTRON2_DATASETS``); existing outputs are kept."""
     base = datasets_root(root) / _BASE
-    ids = require_input(base / "ImageSets/Segmentation/val.txt", "the VOC 2012 val list").read_text().split()
+    ids = require_input(datasets_root(root) / _VAL, "the VOC 2012 val list").read_text().split()
     labels = require_input(base / "SegmentationClass", "the VOC 2012 SegmentationClass folder")
     sources = [require_input(labels / f"{i}.png", "a VOC 2012 val label") for i in ids]
     out = {}
