@@ -8,12 +8,14 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
+from ttd_d2.data.datasets.synthetic import CorruptFileError
 from ttd_d2.evaluation import SemSegRatesEvaluator
 from ttd_d2.evaluation.metrics import confusion_rates
 
 CLASSES = ["background", "circle", "square", "triangle"]
 GT = np.array([[0, 0, 1, 1], [0, 1, 1, 255], [2, 2, 2, 0], [2, 2, 0, 0]], dtype=np.uint8)
 PRED = np.array([[0, 1, 1, 1], [0, 1, 0, 3], [2, 2, 3, 0], [2, 0, 0, 0]], dtype=np.int64)
+PREPARE = "python tools/prepare_x.py"
 
 
 def test_confusion_rates_by_hand():
@@ -32,7 +34,7 @@ def dataset(tmp_path):
     name = f"test_rates_{uuid.uuid4().hex[:8]}"
     Image.fromarray(GT).save(tmp_path / "gt.png")
     DatasetCatalog.register(name, lambda: [{"file_name": "img.png", "sem_seg_file_name": str(tmp_path / "gt.png")}])
-    MetadataCatalog.get(name).set(stuff_classes=CLASSES, ignore_label=255, evaluator_type="sem_seg")
+    MetadataCatalog.get(name).set(stuff_classes=CLASSES, ignore_label=255, evaluator_type="sem_seg", prepare=PREPARE)
     yield name
     DatasetCatalog.remove(name)
     MetadataCatalog.remove(name)
@@ -54,6 +56,41 @@ def test_evaluator_rates_sum_to_one_and_match_counts(dataset):
         iou = 0.0 if math.isnan(res[f"IoU-{name}"]) else res[f"IoU-{name}"]  # triangle: predicted, not in GT
         assert iou + res[f"FPR-{name}"] + res[f"FNR-{name}"] == pytest.approx(100)
     assert res["mIoU"] / 100 + res["mFPR"] + res["mFNR"] == pytest.approx(1)
+
+
+def _process(dataset, pred=PRED, **input_keys):
+    evaluator = SemSegRatesEvaluator(dataset, distributed=False)
+    evaluator.reset()
+    scores = torch.nn.functional.one_hot(torch.as_tensor(pred), len(CLASSES)).permute(2, 0, 1).float()
+    evaluator.process([{"file_name": "img.png", **input_keys}], [{"sem_seg": scores}])
+    return evaluator
+
+
+def _truncated_png(path):
+    label = np.random.default_rng(0).integers(0, 4, (64, 64), dtype=np.uint8)
+    Image.fromarray(label).save(path)
+    path.write_bytes(path.read_bytes()[:200])
+
+
+@pytest.mark.parametrize("write, fragment", [
+    (lambda p: Image.fromarray(np.where(GT == 2, 77, GT).astype(np.uint8)).save(p),  # counted by detectron2
+     r"holds values \[77\] \(5 pixels\) that are neither one of the 4 classes .* \(0-3\) nor its ignore_label 255"),
+    (lambda p: Image.fromarray(np.zeros((5, 4), np.uint8)).save(p), "is 5x4 \\(height x width\\), its prediction img.png is 4x4"),
+    (lambda p: Image.fromarray(np.stack([GT] * 3, -1)).save(p), "has PIL mode RGB, not a single-channel label image"),
+    (_truncated_png, "cannot read label file .*gt.png \\(OSError: image file is truncated"),
+])
+def test_a_bad_label_names_the_file_and_the_prepare_command(dataset, tmp_path, write, fragment):
+    write(tmp_path / "gt.png")
+    with pytest.raises(CorruptFileError, match=fragment) as error:
+        _process(dataset)
+    assert str(tmp_path / "gt.png") in str(error.value) and f"re-run `{PREPARE}`" in str(error.value)
+
+
+def test_a_label_of_another_size_than_its_image_is_refused(dataset):
+    with pytest.raises(CorruptFileError, match="gt.png is 4x4 \\(height x width\\), its image img.png is 8x4"):
+        _process(dataset, height=8, width=4)
+    with pytest.raises(ValueError, match="the model must output sem_seg at the input's height and width"):
+        _process(dataset, pred=PRED[:3], height=4, width=4)
 
 
 def _register(name, gt_files):

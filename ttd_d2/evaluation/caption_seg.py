@@ -6,9 +6,9 @@ from typing import List
 import numpy as np
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
-from detectron2.utils.file_io import PathManager
-from PIL import Image
 from tabulate import tabulate
+
+from ..data.datasets.label_conversion import read_label
 
 from .distributed import gather_on_main
 from .metrics import (
@@ -25,13 +25,17 @@ from .text_bias import TextBiasEvaluator
 from .zero_shot import ZeroShotEvaluator
 
 
-def read_label_png(file_name: str) -> np.ndarray:
-    """Single-channel label PNG (8 or 16 bit) -> Int[H, W]; no EXIF transform, no resize."""
-    with PathManager.open(file_name, "rb") as f:
-        label = np.asarray(Image.open(f)).astype(np.int64)
-    if label.ndim != 2:
-        raise ValueError(f"{file_name}: expected a single-channel label PNG, got {label.shape}")
-    return label
+def read_label_png(file_name: str, fix: str = "re-create it from the dataset's release") -> np.ndarray:
+    """Single-channel label PNG (8 or 16 bit) -> Int[H, W] by ``read_label`` (no EXIF transform,
+    no resize): a missing, truncated, corrupt or multi-channel file raises an error naming it and ``fix``."""
+    return read_label(file_name, fix).astype(np.int64)
+
+
+def label_fix(dataset_name: str) -> str:
+    """What fixes a bad label file of ``dataset_name``: its metadata's ``prepare`` command."""
+    prepare = MetadataCatalog.get(dataset_name).get("prepare", None)
+    return f"re-run `{prepare}`" if prepare else ("replace it from the dataset's release (datasets/README.md; "
+                                                  "CC3M-TagMask: docs/CC3M_TAGMASK.md)")
 
 
 def check_same_shape(record: dict, **arrays) -> None:
@@ -102,6 +106,7 @@ class CaptionSegEvaluator(DatasetEvaluator):
         self._dataset_name = dataset_name
         self._mask_threshold = float(mask_threshold)
         self._distributed = distributed
+        self._fix = label_fix(dataset_name)
         self._logger = logging.getLogger(__name__)
         self.reset()
 
@@ -111,9 +116,9 @@ class CaptionSegEvaluator(DatasetEvaluator):
     def process(self, inputs, outputs):
         for record, output in zip(inputs, outputs):
             pred = to_numpy(output["caption_mask"]).astype(np.float32) >= self._mask_threshold
-            gt_caption = read_label_png(record["caption_mask_file"]) > 0
+            gt_caption = read_label_png(record["caption_mask_file"], self._fix) > 0
             # datasets without objects (CC3M-TagMask): no instance masks, coverage is nan
-            instance_mask = (read_label_png(record["instance_mask_file"]) if "instance_mask_file" in record
+            instance_mask = (read_label_png(record["instance_mask_file"], self._fix) if "instance_mask_file" in record
                              else np.zeros(gt_caption.shape, dtype=np.int64))
             check_same_shape(
                 record, caption_mask=pred, gt_caption_mask=gt_caption, instance_mask=instance_mask

@@ -69,3 +69,21 @@ def test_load_and_evaluate(d2_root, tmp_path):
     results = eval_only(["ttd_voc21_val", "ttd_voc20_val"], tmp_path / "out")
     for name in ("ttd_voc21_val", "ttd_voc20_val"):
         assert 0.0 <= results[name]["sem_seg"]["mIoU"] <= 100.0
+
+
+def test_the_evaluator_refuses_a_prepared_label_outside_the_classes(d2_root):
+    import torch
+
+    from ttd_d2.evaluation import SemSegRatesEvaluator
+
+    labels = official_voc(d2_root)
+    prepare_voc(d2_root)
+    register(d2_root)
+    bad = d2_root / BASE / "ttd_labels/val21/2007_000042.png"
+    write_png(bad, np.where(labels["2007_000042"] == 1, 77, labels["2007_000042"]).astype(np.uint8))
+    evaluator = SemSegRatesEvaluator("ttd_voc21_val", distributed=False)
+    evaluator.reset()
+    image = str(d2_root / BASE / "JPEGImages/2007_000042.jpg")
+    with pytest.raises(OSError, match=f"label file {bad} holds values \\[77\\] .* 21 classes .* "
+                                      "re-run `python tools/prepare_voc.py`"):
+        evaluator.process([{"file_name": image, "height": 32, "width": 32}], [{"sem_seg": torch.zeros(21, 32, 32)}])

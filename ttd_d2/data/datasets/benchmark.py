@@ -6,7 +6,7 @@ registers it without touching the disk; ``DatasetCatalog.get`` then checks the f
 one raises ``FileNotFoundError`` naming ``$DETECTRON2_DATASETS``, the folder and the prepare
 command; an empty one too) and pairs images with labels by name: :func:`load_benchmark`.
 
-Labels are PNGs read by detectron2's ``SemSegEvaluator`` (``PIL`` + ``np.array(dtype=int)``):
+Labels are single-channel PNGs (``label_conversion.read_label``, checked by ``SemSegRatesEvaluator``):
 8-bit with ``ignore_label`` 255 for up to 255 classes, 16-bit with ``ignore_label`` 65535 for
 the 459- and 847-class benchmarks.
 """

@@ -1,4 +1,5 @@
-"""One implementation of the prepare scripts' label conversion (``datasets/prepare_*.py``).
+"""One implementation of the prepare scripts' label conversion (``tools/prepare_*.py``) and of
+reading a label image (:func:`read_label`: the prepare scripts' inputs, the evaluators' ground truth).
 
 Pure functions map label arrays through lookup tables; :func:`convert_files` runs a conversion
 over many files with a tqdm bar, skipping outputs that exist (idempotent) and writing each to a
@@ -8,14 +9,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
+from typing import Callable, Dict, Mapping, Sequence, Tuple, Union
 
 import numpy as np
+from detectron2.utils.file_io import PathManager
 from PIL import Image
 from tqdm import tqdm
 
-__all__ = ["lookup_table", "apply_table", "read_label", "write_label", "convert_files",
+from .synthetic import CorruptFileError
+
+__all__ = ["LABEL_MODES", "lookup_table", "apply_table", "read_label", "write_label", "convert_files",
            "require_input", "write_text_atomic", "voc_palette"]
+
+LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16B")  # PIL modes of single-channel integer images
+_FIX = "replace it, or re-run the command that wrote it"
 
 
 def lookup_table(mapping: Mapping[int, int], ignore_label: int, size: int = 65536) -> np.ndarray:
@@ -50,12 +57,25 @@ def voc_palette() -> np.ndarray:
     return palette
 
 
-def read_label(path: Union[str, Path]) -> np.ndarray:
-    """A label PNG as stored: palette indices for mode "P", 16-bit values for "I;16"."""
-    with Image.open(path) as image:
-        if image.mode not in ("P", "L", "I;16", "I"):
-            raise ValueError(f"{path}: expected an index label image, got PIL mode {image.mode}")
-        return np.array(image)
+def read_label(path: Union[str, Path], fix: str = _FIX) -> np.ndarray:
+    """A single-channel label image as stored, fully decoded: palette indices for mode "P",
+    16-bit values for "I;16" (no EXIF transform, no resize; ``PathManager`` paths).
+
+    Raises ``FileNotFoundError`` (missing) or ``CorruptFileError`` (undecodable, truncated, or a
+    mode not in :data:`LABEL_MODES`, e.g. RGB), naming ``path`` and ``fix`` (what to do).
+    """
+    try:
+        with PathManager.open(str(path), "rb") as f, Image.open(f) as image:
+            mode = image.mode
+            label = np.array(image) if mode in LABEL_MODES else None
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"missing label file {path}: {fix}") from e
+    except Exception as e:  # PIL raises several types for truncated or corrupt files
+        raise CorruptFileError(f"cannot read label file {path} ({type(e).__name__}: {e}): {fix}") from e
+    if label is None:
+        raise CorruptFileError(f"label file {path} has PIL mode {mode}, not a single-channel label image "
+                               f"({', '.join(LABEL_MODES)}): {fix}")
+    return label
 
 
 def write_label(path: Union[str, Path], label: np.ndarray) -> None:
