@@ -67,6 +67,47 @@ def test_malformed_file_names_the_file_and_field(tmp_path, content, fragment):
         load_cc3m_tagmask(tmp_path)
 
 
+def _truncate(path, size=50):
+    path.write_bytes(path.read_bytes()[:size])
+
+
+@pytest.mark.parametrize("spoil, fragment", [
+    (_truncate, r"its caption mask .*000001.png is not a readable image \(OSError: Truncated File Read\)"),
+    (lambda p: Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(p),
+     "its caption mask .*000001.png has PIL mode RGB; a caption mask is a single-channel"),
+])
+def test_an_unreadable_or_rgb_mask_is_refused_at_load(tmp_path, spoil, fragment):
+    spoil(write_fixture(tmp_path) / "mask_using_HQ-SAM" / "000001.png")
+    with pytest.raises(CorruptFileError, match="000001.json: " + fragment):
+        load_cc3m_tagmask(tmp_path)
+
+
+def test_a_mask_spoiled_after_loading_is_named_by_the_evaluator(tmp_path):
+    from ttd_d2.evaluation.caption_seg import CaptionSegEvaluator
+
+    record = load_cc3m_tagmask(write_fixture(tmp_path), "x")[0]
+    mask = Path(record["caption_mask_file"])
+    _truncate(mask)  # the data ends inside the compressed pixels
+    evaluator = CaptionSegEvaluator("x", distributed=False)
+    with pytest.raises(CorruptFileError, match=f"cannot read label file {mask} .*truncated"):
+        evaluator.process([record], [{"caption_mask": np.zeros((32, 40), np.float32)}])
+
+
+def test_a_caption_without_gt_tags_loads_and_its_selected_tags_are_false_positives(tmp_path):
+    from ttd_d2.evaluation.tag_selection import TagSelectionEvaluator
+
+    entries = {**ENTRIES, "000001": {"caption": "Two Dogs playing with a red ball.", "tags": []}}
+    records = load_cc3m_tagmask(write_fixture(tmp_path, entries), "x")
+    assert records[0]["tags"] == records[0]["gt_tags"] == [] and records[1]["tags"] == ["cities", "boxes"]
+    evaluator = TagSelectionEvaluator("x", methods=("s_pixel",), distributed=False)
+    outputs = [{"tags": tags, "tag_scores": {"s_pixel": torch.tensor([0.9, 0.2])}, "tag_threshold": 0.5}
+               for tags in (["dogs", "ball"], ["cities", "night"])]
+    evaluator.process(records, outputs)
+    result = evaluator.evaluate()["tag_selection/s_pixel"]
+    # selected: dogs (no GT tag: FP), cities (TP); relevant: cities; mAP over the second caption only
+    assert (result["P"], result["R"], result["mAP"]) == (50.0, 100.0, 100.0)
+
+
 def test_missing_root_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="DETECTRON2_DATASETS"):
         load_cc3m_tagmask(tmp_path / "absent")
