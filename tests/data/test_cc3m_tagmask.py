@@ -123,9 +123,12 @@ def test_eval_only_end_to_end(tmp_path, caplog):
             "DATASETS.TEST", str((name,)), "INPUT.MIN_SIZE_TEST", "32", "DATALOADER.NUM_WORKERS", "0",
             "OUTPUT_DIR", str(tmp_path / "out")])
         torch.manual_seed(0)
+        # train_net's setup_logger stops "ttd_d2" propagating to the root logger caplog listens on
+        logging.getLogger("ttd_d2").addHandler(caplog.handler)
         with caplog.at_level(logging.INFO, logger="ttd_d2"):
             results = train_net.main(args)  # one dataset: detectron2 returns its results directly
     finally:
+        logging.getLogger("ttd_d2").removeHandler(caplog.handler)
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
     assert {"tag_selection/s_pixel", "caption_seg"} <= set(results) and "text_bias" not in results
