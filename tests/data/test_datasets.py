@@ -1,4 +1,5 @@
 """Registration of the synthetic benchmark in detectron2's catalogs."""
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ttd_d2.data.datasets import (
     CorruptFileError,
     dataset_name,
+    load_synthetic_captions,
+    load_synthetic_image_text,
     load_synthetic_semseg,
     read_png,
     register_builtin_synthetic,
@@ -149,3 +152,55 @@ def test_read_png(root, split):
         read_png(truncated)
     with pytest.raises(FileNotFoundError, match="absent.png"):
         read_png(path.with_name("absent.png"))
+
+
+def _edit_annotations(path, edit):
+    records = json.loads(path.read_text())
+    path.write_text(json.dumps(edit(records)))
+
+
+def _set(index, key, value):
+    def edit(records):
+        if value is _DELETE:
+            del records[index][key]
+        else:
+            records[index][key] = value
+        return records
+    return edit
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (_set(1, "caption", ""), ", record 1: field 'caption' must be a non-empty string, got ''"),
+    (_set(1, "caption", "  "), ", record 1: field 'caption' must be a non-empty string, got '  '"),
+    (_set(0, "caption", 7), ", record 0: field 'caption' must be a non-empty string, got 7"),
+    (_set(2, "tags", "circle"), ", record 2: field 'tags' must be a list of non-empty strings, got 'circle'"),
+    (_set(0, "caption", _DELETE), ", record 0: missing field 'caption'"),
+    (_set(0, "objects", []), ", record 0: field 'objects' must be a non-empty list of objects"),
+    (lambda records: [], " holds 0 records, .*meta.json says num_images 3"),
+])
+def test_a_bad_caption_record_names_the_file_the_record_the_field_and_the_fix(root, split, edit, fragment):
+    folder = root / "captions" / split
+    _edit_annotations(folder / "annotations.json", edit)
+    with pytest.raises(CorruptFileError, match=f"annotations.json{fragment}") as info:
+        load_synthetic_captions(root, split)
+    assert f"delete {folder} and render it again with tools/generate_synthetic.py" in str(info.value)
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda lines: lines[:1] + ['{"image": "images/000001.png", "caption": " "}'] + lines[2:],
+     ", line 2: field 'caption' must be a non-empty string, got ' '"),
+    (lambda lines: ['{"image": "images/000000.png", "caption": 3}'] + lines[1:],
+     ", line 1: field 'caption' must be a non-empty string, got 3"),
+    (lambda lines: lines[:2] + ['{"caption": "a ring"}'], ", line 3: missing field 'image'"),
+    (lambda lines: [], " holds 0 records, .*meta.json says num_images 3"),
+])
+def test_a_bad_image_text_line_names_the_file_the_line_the_field_and_the_fix(root, split, edit, fragment):
+    folder = root / "image_text" / split
+    path = folder / "captions.jsonl"
+    path.write_text("".join(f"{line}\n" for line in edit(path.read_text().splitlines())))
+    with pytest.raises(CorruptFileError, match=f"captions.jsonl{fragment}") as info:
+        load_synthetic_image_text(root, split)
+    assert f"delete {folder} and render it again with tools/generate_synthetic.py" in str(info.value)

@@ -3,7 +3,7 @@ ground-truth label checked before it is counted."""
 import numpy as np
 from detectron2.evaluation import SemSegEvaluator
 
-from ..data.datasets.synthetic import CorruptFileError
+from ..data.datasets.record_fields import CorruptFileError
 from .caption_seg import label_fix, read_label_png
 from .metrics import confusion_rates
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 from ...modeling.ttd.tags import caption_to_tags
 from .label_conversion import LABEL_MODES
-from .synthetic import CorruptFileError
+from .record_fields import CorruptFileError, record_field
 
 __all__ = ["CC3M_TAGMASK", "load_cc3m_tagmask", "match_tags", "register_cc3m_tagmask", "same_word"]
 
@@ -80,17 +80,7 @@ def match_tags(caption: str, gt_tags: Sequence[str]) -> Tuple[List[str], List[st
 
 
 def _field(path: Path, entry: Dict, key: str, kind, required: bool = True):
-    if key not in entry:
-        if required:
-            raise CorruptFileError(f"{path}: missing field '{key}' (schema: docs/CC3M_TAGMASK.md)")
-        return None
-    value = entry[key]
-    ok = isinstance(value, str) and value.strip() if kind is str else (
-        isinstance(value, list) and all(isinstance(t, str) and t.strip() for t in value))
-    if not ok:
-        what = "a non-empty string" if kind is str else "a list of non-empty strings"
-        raise CorruptFileError(f"{path}: field '{key}' must be {what}, got {value!r}")
-    return value
+    return record_field(entry, key, kind, str(path), "the schema is in docs/CC3M_TAGMASK.md", required)
 
 
 def _image_size(path: Path, what: str, json_path: Path, mask: bool = False) -> Tuple[int, int]:

@@ -16,7 +16,7 @@ from detectron2.utils.file_io import PathManager
 from PIL import Image
 from tqdm import tqdm
 
-from .synthetic import CorruptFileError
+from .record_fields import CorruptFileError
 
 __all__ = ["LABEL_MODES", "lookup_table", "apply_table", "read_label", "write_label", "convert_files",
            "require_input", "write_text_atomic", "voc_palette"]

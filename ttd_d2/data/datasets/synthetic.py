@@ -6,10 +6,11 @@ Dataset names: ``synth_semseg_<split>``, ``synth_captions_<split>``,
 ``docs/INTERFACES.md``).
 
 Registration reads nothing but the split's small ``meta.json``; the loader functions read the
-index files and check that every referenced file exists and starts like a PNG when
+index files, check their records (as many as ``meta.json``'s num_images; every field present and
+of its type: ``record_fields``) and that every referenced file exists and starts like a PNG when
 ``DatasetCatalog.get`` calls them. A split that is missing makes the loader raise
-``FileNotFoundError`` that names the command generating it; a missing or corrupt file raises an
-error that names the file.
+``FileNotFoundError`` that names the command generating it; a missing or corrupt file, or a bad
+record, raises an error that names the file (and the record and field) and the fix.
 """
 from __future__ import annotations
 
@@ -25,30 +26,17 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..synthetic.render import CLASSES
 from ..synthetic.writer import DEFAULT_BACKGROUND_THRESHOLD, IGNORE_LABEL, LAYOUTS, META_FILE
+from .record_fields import CorruptFileError, record_field
 
-__all__ = [
-    "CorruptFileError",
-    "dataset_name",
-    "missing_split_message",
-    "require_split_dir",
-    "read_png",
-    "load_synthetic_semseg",
-    "load_synthetic_captions",
-    "load_synthetic_image_text",
-    "synthetic_metadata",
-    "register_synthetic_split",
-    "register_synthetic",
-]
+__all__ = ["CorruptFileError", "dataset_name", "missing_split_message", "require_split_dir", "read_png",
+           "load_synthetic_semseg", "load_synthetic_captions", "load_synthetic_image_text", "synthetic_metadata",
+           "register_synthetic_split", "register_synthetic"]
 
 logger = logging.getLogger(__name__)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _EVALUATOR_TYPES = {"semseg": "sem_seg", "captions": "caption", "image_text": "none"}
 _registered_roots: Dict[str, Path] = {}  # dataset name -> root, for names this module registered
-
-
-class CorruptFileError(OSError):
-    """A dataset file exists but cannot be read as what it should be."""
 
 
 def dataset_name(layout: str, split: str) -> str:
@@ -77,14 +65,14 @@ def require_split_dir(root: Union[str, Path], layout: str, split: str) -> Path:
     return folder
 
 
-def _read_json(path: Path):
+def _read_json(path: Path, fix: str = ""):
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"missing dataset file {path}") from e
+        raise FileNotFoundError(f"missing dataset file {path}{fix and '; ' + fix}") from e
     except ValueError as e:
-        raise CorruptFileError(f"corrupt JSON file {path}: {e}") from e
+        raise CorruptFileError(f"corrupt JSON file {path}: {e}{fix and '; ' + fix}") from e
 
 
 def read_png(path: Union[str, Path], flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
@@ -126,8 +114,18 @@ class _FileChecker:
                 raise CorruptFileError(f"corrupt image file {path}: not a PNG")
 
 
-def _image_size(folder: Path) -> int:
-    return int(_read_json(folder / META_FILE)["image_size"])
+def _rerender(folder: Path) -> str:
+    """The fix for a damaged split (the generator skips a split that looks complete)."""
+    return (f"delete {folder} and render it again with tools/generate_synthetic.py (its parameters are in "
+            f"{folder / META_FILE}; `--preset quickstart` for the quickstart splits)")
+
+
+def _checked_count(records: list, path: Path, meta: dict, folder: Path) -> list:
+    """``records`` if there are as many as ``meta.json``'s num_images (an empty index fails too)."""
+    if len(records) != int(meta["num_images"]):
+        raise CorruptFileError(f"{path} holds {len(records)} records, {folder / META_FILE} says num_images "
+                               f"{meta['num_images']}; {_rerender(folder)}")
+    return records
 
 
 def load_synthetic_semseg(root: Union[str, Path], split: str) -> List[dict]:
@@ -150,21 +148,26 @@ def load_synthetic_semseg(root: Union[str, Path], split: str) -> List[dict]:
 
 def load_synthetic_captions(root: Union[str, Path], split: str) -> List[dict]:
     """Records of ``root/captions/<split>``: file_name, height, width, image_id, caption,
-    tags, caption_mask_file, instance_mask_file, objects, dataset_name."""
+    tags, caption_mask_file, instance_mask_file, objects, dataset_name. A record with a missing
+    or mistyped field raises ``CorruptFileError`` naming the file, the record and the field."""
     folder = require_split_dir(root, "captions", split)
-    size, checker, records = _image_size(folder), _FileChecker(), []
-    annotations_path = folder / "annotations.json"
-    for index, entry in enumerate(_read_json(annotations_path)):
-        try:
-            image, caption_mask, instance_mask = (folder / entry[k] for k in ("image", "caption_mask", "instance_mask"))
-            caption, tags, objects = entry["caption"], list(entry["tags"]), entry["objects"]
-        except (KeyError, TypeError) as e:
-            raise CorruptFileError(f"bad record {index} in {annotations_path}: {e!r}") from e
+    meta, checker, records = _read_json(folder / META_FILE), _FileChecker(), []
+    annotations_path, fix = folder / "annotations.json", _rerender(folder)
+    entries = _read_json(annotations_path, fix)
+    if not isinstance(entries, list):
+        raise CorruptFileError(f"{annotations_path}: must hold a JSON list of records; {fix}")
+    size = int(meta["image_size"])
+    for index, entry in enumerate(_checked_count(entries, annotations_path, meta, folder)):
+        where = f"{annotations_path}, record {index}"
+        image, caption_mask, instance_mask = (folder / record_field(entry, k, str, where, fix)
+                                              for k in ("image", "caption_mask", "instance_mask"))
+        caption, tags = record_field(entry, "caption", str, where, fix), record_field(entry, "tags", list, where, fix)
+        objects = record_field(entry, "objects", "objects", where, fix)
         for path in (image, caption_mask, instance_mask):
             checker.png(path)
         records.append({
             "file_name": str(image), "height": size, "width": size, "image_id": index,
-            "caption": caption, "tags": tags, "caption_mask_file": str(caption_mask),
+            "caption": caption, "tags": list(tags), "caption_mask_file": str(caption_mask),
             "instance_mask_file": str(instance_mask),
             "objects": [dict(o) for o in objects], "dataset_name": dataset_name("captions", split),
         })
@@ -173,22 +176,24 @@ def load_synthetic_captions(root: Union[str, Path], split: str) -> List[dict]:
 
 def load_synthetic_image_text(root: Union[str, Path], split: str) -> List[dict]:
     """Records of ``root/image_text/<split>``: file_name, height, width, image_id, caption,
-    dataset_name."""
+    dataset_name. A bad line raises ``CorruptFileError`` naming the file, the line and the field."""
     folder = require_split_dir(root, "image_text", split)
-    size, checker, records = _image_size(folder), _FileChecker(), []
-    captions_path = folder / "captions.jsonl"
+    meta, checker, records = _read_json(folder / META_FILE), _FileChecker(), []
+    captions_path, fix = folder / "captions.jsonl", _rerender(folder)
     try:
         lines = captions_path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"missing dataset file {captions_path}") from e
-    for line_number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+        raise FileNotFoundError(f"missing dataset file {captions_path}; {fix}") from e
+    numbered = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    size = int(meta["image_size"])
+    for line_number, line in _checked_count(numbered, captions_path, meta, folder):
+        where = f"{captions_path}, line {line_number}"
         try:
             entry = json.loads(line)
-            image, caption = folder / entry["image"], entry["caption"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise CorruptFileError(f"bad line {line_number} in {captions_path}: {e!r}") from e
+        except ValueError as e:
+            raise CorruptFileError(f"{where}: not valid JSON ({e}); {fix}") from e
+        image = folder / record_field(entry, "image", str, where, fix)
+        caption = record_field(entry, "caption", str, where, fix)
         checker.png(image)
         records.append({
             "file_name": str(image), "height": size, "width": size, "image_id": len(records),
