@@ -8,14 +8,17 @@ threshold. Writes a keep-list for ``DATASETS.IMAGE_TEXT.KEEP_LISTS`` (docs/DATAS
     # then: DATASETS.IMAGE_TEXT.KEEP_LISTS "['output/prune_cc3m/keep_list.json']"
 
 Each shard's scores go to ``<output-dir>/scores/<shard>.json`` when the shard is done (written
-atomically), shards split over the processes; a restart skips the shards already scored, so an
-interrupted run resumes. Bad samples (``ttd_d2.data.streams.BAD_KINDS``) are not scored and
+atomically, with the shard's size and modification time), shards split over the processes; a
+restart skips the shards already scored, so an interrupted run resumes, and scores again a shard
+that was replaced since (another size or time) or that failed (``shard_error``: unreadable from
+some point on). Bad samples (``ttd_d2.data.streams.BAD_KINDS``) are not scored and
 never kept; the keep-list JSON records the threshold, the score histogram and the counts.
 Images are resized (short side ``INPUT.TRAIN_SIZE``) and centre-cropped, as CLIP evaluates.
 """
 import argparse
 import json
 import logging
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -61,6 +64,24 @@ def score_file(output_dir: Path, shard: str) -> Path:
     return output_dir / "scores" / (Path(shard).stem + ".json")
 
 
+def shard_stamp(shard: str) -> Optional[Dict]:
+    """The size and modification time of a local shard (None for ``pipe:`` and URLs)."""
+    if "://" in shard or shard.startswith("pipe:"):
+        return None
+    stat = os.stat(shard)
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def already_scored(output_dir: Path, shard: str) -> bool:
+    """Whether ``shard``'s score file is there, of this very shard (its stamp) and complete
+    (no ``shard_error``: a shard that failed is scored again, e.g. once replaced by a good copy)."""
+    try:
+        result = json.loads(score_file(output_dir, shard).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return result.get("stamp") == shard_stamp(shard) and not result["skipped"].get("shard_error")
+
+
 class PairScorer:
     """Cosine similarity of the base model's global image embedding and caption embedding."""
 
@@ -88,9 +109,9 @@ class PairScorer:
 
 
 def score_shard(scorer: PairScorer, shard: str, batch_size: int) -> Dict:
-    """{"scores": {key: cosine}, "skipped": {kind: count}} of one shard."""
+    """{"shard", "scores": {key: cosine}, "skipped": {kind: count}, "stamp": shard_stamp(shard)} of one shard."""
     scores, skipped, batch = {}, Counter(), []
-    errors = []
+    errors, stamp = [], shard_stamp(shard)  # before reading: a shard replaced meanwhile is scored again
 
     def flush():
         if batch:
@@ -113,7 +134,7 @@ def score_shard(scorer: PairScorer, shard: str, batch_size: int) -> Dict:
     if errors:
         skipped["shard_error"] += 1
         logger.warning("%s is unreadable from some point on (%s); its remaining samples are not scored", shard, errors[0])
-    return {"shard": shard, "scores": scores, "skipped": dict(skipped)}
+    return {"shard": shard, "scores": scores, "skipped": dict(skipped), "stamp": stamp}
 
 
 def keep_list(results: List[Dict], threshold: Optional[float], keep_fraction: Optional[float]) -> Dict:
@@ -145,7 +166,7 @@ def main(args) -> Optional[Dict]:
         raise SystemExit(f"shards of several folders share file names ({', '.join(n for n, c in names.items() if c > 1)[:200]}): "
                          "prune each source on its own (one keep-list per source, DATASETS.IMAGE_TEXT.KEEP_LISTS)")
     mine = [s for i, s in enumerate(shards) if i % comm.get_world_size() == comm.get_rank()]
-    todo = [s for s in mine if not score_file(output_dir, s).is_file()]
+    todo = [s for s in mine if not already_scored(output_dir, s)]
     if len(todo) < len(mine):
         logger.info("rank %d: %d of its %d shards already scored, skipped", comm.get_rank(), len(mine) - len(todo), len(mine))
     if todo:

@@ -1,12 +1,13 @@
 """tools/prune_samples.py on fixture shards with the tiny CLIP: a keep-list of the best-scored
 pairs that the loader honours, bad samples never kept, and a restart that skips the shards
-already scored."""
+already scored, but not those that failed or were replaced since."""
 import json
+from pathlib import Path
 
 import pytest
 
 from conftest import REPO, TINY_ARCH, load_script
-from shard_fixtures import write_shards
+from shard_fixtures import good, jpeg, write_shard, write_shards
 
 TINY = ["MODEL.CLIP.ARCH", TINY_ARCH, "MODEL.CLIP.PRETRAINED", "", "MODEL.DEVICE", "cpu", "INPUT.TRAIN_SIZE", "32"]
 
@@ -58,6 +59,28 @@ def test_an_interrupted_run_resumes(prune, tmp_path, monkeypatch):
     report = run(prune, str(tmp_path / "shards" / "*.tar"), tmp_path / "out", "--keep-fraction", "1.0")
     assert calls[len(done):] == [str(tmp_path / "shards" / "00002.tar")]  # only the shard not yet scored
     assert report["num_kept"] == report["num_scored"] == 9
+
+
+def test_a_restart_scores_again_the_shards_that_failed_or_were_replaced(prune, tmp_path, monkeypatch):
+    shards, out = tmp_path / "shards", tmp_path / "out"
+    write_shards(shards, num_shards=3, good_per_shard=3, with_bad=False)
+    (shards / "00001.tar").write_bytes(b"not a tar " * 100)  # unreadable: a shard_error
+    write_shard(shards / "00002.tar", [(f"k{i}.jpg", jpeg(i)) for i in range(3)])  # no captions: nothing scored
+    real, calls = prune.score_shard, []
+    monkeypatch.setattr(prune, "score_shard", lambda scorer, shard, b: calls.append(Path(shard).name) or real(scorer, shard, b))
+    first = run(prune, str(shards / "*.tar"), out, "--keep-fraction", "1.0")
+    assert first["num_scored"] == 3 and first["skipped"] == {"shard_error": 1, "no_caption": 3}
+    assert json.loads((out / "scores" / "00001.json").read_text())["skipped"] == {"shard_error": 1}
+    write_shard(shards / "00002.tar", good("k9", 9))  # the caption-less shard replaced by a good one
+    calls.clear()
+    second = run(prune, str(shards / "*.tar"), out, "--keep-fraction", "1.0")
+    assert calls == ["00001.tar", "00002.tar"]  # the failed shard again (it may have been a read error), the new one
+    assert second["num_scored"] == 4 and second["skipped"] == {"shard_error": 1}
+    write_shards(shards, num_shards=2, good_per_shard=3, with_bad=False)  # both rewritten, good now
+    calls.clear()
+    third = run(prune, str(shards / "*.tar"), out, "--keep-fraction", "1.0")
+    assert calls == ["00000.tar", "00001.tar"]  # shard 0 was rewritten too (its time changed), shard 2 is as scored
+    assert third["num_scored"] == 7 and third["skipped"] == {}
 
 
 def test_bad_arguments(prune):
