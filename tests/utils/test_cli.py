@@ -1,5 +1,7 @@
-"""ttd_d2.utils.cli.run_tool: a missing or corrupt input ends a tool with its message, without a
-traceback; every other error still propagates as it is."""
+"""ttd_d2.utils.cli: run_tool ends a tool on a missing or corrupt input with its message, without a
+traceback, and lets every other error propagate as it is; require_output_folder refuses an
+output path that cannot be a folder before any work."""
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ttd_d2.data.datasets.synthetic import CorruptFileError
-from ttd_d2.utils.cli import run_tool
+from ttd_d2.utils.cli import require_output_folder, run_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,3 +37,23 @@ def test_a_prepare_tool_on_an_empty_root_exits_with_one_message(tmp_path):
     assert done.returncode == 1
     assert "error: expected the VOC 2012 val list at" in done.stderr and str(tmp_path) in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_output_folder_must_be_creatable(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="tool")
+    require_output_folder(parser, "--out", tmp_path)  # there
+    require_output_folder(parser, "--out", tmp_path / "a" / "b")  # made later
+    (tmp_path / "file").write_text("x")
+    for bad in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(SystemExit) as info:
+            require_output_folder(parser, "--out", bad)
+        assert info.value.code == 2
+        assert f"tool: error: --out {bad}: {tmp_path / 'file'} is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()  # checked, nothing made
+
+
+def test_an_output_folder_must_be_writable(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("os.access", lambda path, mode: False)  # a folder of another user (root passes any check)
+    with pytest.raises(SystemExit):
+        require_output_folder(argparse.ArgumentParser(prog="tool"), "--out", tmp_path / "new")
+    assert f"--out {tmp_path / 'new'}: {tmp_path} is not writable" in capsys.readouterr().err

@@ -1,11 +1,15 @@
 """The tools' entry points: an error about the user's input files (missing, corrupt) ends the
 command with its message, which names the file and the fix, and exit status 1, not a traceback.
-The tools' ``main`` functions raise as library code does (their tests catch the exception)."""
-from typing import Callable, TypeVar
+The tools' ``main`` functions raise as library code does (their tests catch the exception);
+their argument checks end with ``parser.error`` (status 2) before any work."""
+import argparse
+import os
+from pathlib import Path
+from typing import Callable, TypeVar, Union
 
 from ..data.datasets.synthetic import CorruptFileError
 
-__all__ = ["INPUT_ERRORS", "run_tool"]
+__all__ = ["INPUT_ERRORS", "require_output_folder", "run_tool"]
 
 # Raised for inputs the user gives (ttd_d2's messages name the path and how to get or fix it).
 INPUT_ERRORS = (FileNotFoundError, CorruptFileError)
@@ -18,3 +22,14 @@ def run_tool(main: Callable[..., T], *args) -> T:
         return main(*args)
     except INPUT_ERRORS as e:
         raise SystemExit(f"error: {e}") from None
+
+
+def require_output_folder(parser: argparse.ArgumentParser, option: str, folder: Union[str, Path]) -> None:
+    """``parser.error`` naming ``option`` unless ``folder`` (there or not yet) can be created and
+    written: it, or its nearest existing parent, must be a writable folder."""
+    path = Path(folder).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        parser.error(f"{option} {folder}: {existing} is not a folder: give a path whose parents are folders")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        parser.error(f"{option} {folder}: {existing} is not writable: give a folder you can write to")
