@@ -18,6 +18,7 @@ Images are resized (short side ``INPUT.TRAIN_SIZE``) and centre-cropped, as CLIP
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections import Counter
@@ -39,6 +40,7 @@ from ttd_d2 import TTDTrainer, load_config  # noqa: E402
 from ttd_d2.data.datasets.label_conversion import write_text_atomic  # noqa: E402
 from ttd_d2.data.image_io import read_image_checked  # noqa: E402
 from ttd_d2.data.streams import expand_shards, sample_to_record  # noqa: E402
+from ttd_d2.utils.cli import require_output_folder  # noqa: E402
 
 logger = logging.getLogger("prune_samples")
 
@@ -57,6 +59,23 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.keep_fraction is not None and not 0 < args.keep_fraction <= 1:
         parser.error("--keep-fraction must be in (0, 1]")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        parser.error(f"--threshold {args.threshold}: must be a finite cosine similarity, e.g. 0.2")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.num_gpus < 1:
+        parser.error(f"--num-gpus {args.num_gpus}: must be at least 1")
+    if args.num_gpus > 1 and args.num_gpus > torch.cuda.device_count():
+        parser.error(f"--num-gpus {args.num_gpus}: one process per CUDA device, and this machine has {torch.cuda.device_count()}")
+    require_output_folder(parser, "--output-dir", args.output_dir)
+    try:  # every rank gets this one list, checked before anything is written
+        args.shard_paths = expand_shards(args.shards)
+    except FileNotFoundError as e:
+        parser.error(f"--shards: {e}")
+    names = Counter(score_file(Path(args.output_dir), s).name for s in args.shard_paths)
+    if len(names) < len(args.shard_paths):
+        parser.error(f"--shards: shards of several folders share file names ({', '.join(n for n, c in names.items() if c > 1)[:200]}): "
+                     "prune each source on its own (one keep-list per source, DATASETS.IMAGE_TEXT.KEEP_LISTS)")
     return args
 
 
@@ -158,13 +177,8 @@ def main(args) -> Optional[Dict]:
     cfg.MODEL.TTD.ENABLED = False  # the base model
     cfg.freeze()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    output_dir = Path(args.output_dir)
+    output_dir, shards = Path(args.output_dir), args.shard_paths
     (output_dir / "scores").mkdir(parents=True, exist_ok=True)
-    shards = expand_shards(args.shards)
-    names = Counter(score_file(output_dir, s).name for s in shards)
-    if len(names) < len(shards):
-        raise SystemExit(f"shards of several folders share file names ({', '.join(n for n, c in names.items() if c > 1)[:200]}): "
-                         "prune each source on its own (one keep-list per source, DATASETS.IMAGE_TEXT.KEEP_LISTS)")
     mine = [s for i, s in enumerate(shards) if i % comm.get_world_size() == comm.get_rank()]
     todo = [s for s in mine if not already_scored(output_dir, s)]
     if len(todo) < len(mine):

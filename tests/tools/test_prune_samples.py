@@ -83,16 +83,37 @@ def test_a_restart_scores_again_the_shards_that_failed_or_were_replaced(prune, t
     assert third["num_scored"] == 7 and third["skipped"] == {}
 
 
-def test_bad_arguments(prune):
+@pytest.mark.parametrize("extra, message", [
+    (["--keep-fraction", "1.5"], "--keep-fraction must be in (0, 1]"),
+    (["--threshold", "0.2", "--keep-fraction", "0.5"], "not allowed with argument"),  # a threshold or a fraction
+    (["--threshold", "nan"], "--threshold nan: must be a finite cosine similarity"),  # was written as NaN, invalid JSON
+    (["--threshold", "0.2", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["--threshold", "0.2", "--num-gpus", "0"], "--num-gpus 0: must be at least 1"),
+    (["--threshold", "0.2", "--num-gpus", "1000"], "--num-gpus 1000: one process per CUDA device"),
+])
+def test_bad_arguments(prune, tmp_path, capsys, extra, message):
+    write_shards(tmp_path / "shards", num_shards=1, good_per_shard=1, with_bad=False)
+    with pytest.raises(SystemExit) as info:
+        prune.parse_args(["--config-file", "x.yaml", "--shards", str(tmp_path / "shards" / "*.tar"),
+                          "--output-dir", str(tmp_path / "out"), *extra])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shards, output_dir, message", [
+    ("nowhere/*.tar", "out", "--shards: 1 shard path(s) match no file, e.g. "),
+    ("shards/*.tar", "shards/00000.tar/out", "shards/00000.tar is not a folder"),
+])
+def test_bad_paths_are_refused_before_anything_is_written(prune, tmp_path, capsys, shards, output_dir, message):
+    write_shards(tmp_path / "shards", num_shards=1, good_per_shard=1, with_bad=False)
     with pytest.raises(SystemExit):
-        prune.parse_args(["--config-file", "x.yaml", "--shards", "a.tar", "--output-dir", "o", "--keep-fraction", "1.5"])
-    with pytest.raises(SystemExit):  # a threshold or a fraction, not both
-        prune.parse_args(["--config-file", "x.yaml", "--shards", "a.tar", "--output-dir", "o", "--threshold", "0.2",
-                          "--keep-fraction", "0.5"])
+        run(prune, str(tmp_path / shards), tmp_path / output_dir, "--keep-fraction", "1.0")
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]  # no <output-dir>/scores/
 
 
-def test_one_source_per_run(prune, tmp_path):
+def test_one_source_per_run(prune, tmp_path, capsys):
     for name in ("cc3m", "cc12m"):
         write_shards(tmp_path / name, num_shards=1, good_per_shard=2, with_bad=False)
-    with pytest.raises(SystemExit, match="prune each source on its own"):
+    with pytest.raises(SystemExit):
         run(prune, str(tmp_path / "cc*" / "*.tar"), tmp_path / "out", "--keep-fraction", "1.0")
+    assert "prune each source on its own" in capsys.readouterr().err and not (tmp_path / "out").exists()
