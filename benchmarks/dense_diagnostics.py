@@ -28,6 +28,7 @@ fitting the training data, to compare with held-out accuracy), for the last head
 """
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ from tqdm import tqdm
 
 import ttd_d2  # registers the datasets and models
 from ttd_d2.config_loading import merge_config_file, merge_config_opts
+from ttd_d2.data.datasets.label_conversion import write_text_atomic
 from ttd_d2.data.mappers import TestMapper
 from ttd_d2.data.synthetic.render import CLASSES
 from ttd_d2.evaluation.calibration import calibrate_masker_bias
@@ -49,7 +51,9 @@ from ttd_d2.evaluation.gate import (
     GATE_BIAS_MARGIN, GATE_IOU_MARGIN, NORMALIZATIONS, SELECTIONS, names_background, object_aucs, summarize_gate,
     tag_selections, target_counts, target_union,
 )
+from ttd_d2.modeling.backbone import DENSE_MODES
 from ttd_d2.modeling.meta_arch.segmentation import maps_to_image, padded_size
+from ttd_d2.utils.cli import require_output_folder
 
 CALIBRATIONS = {"words+temperature": ("semseg", calibrate_word_masker), "words": ("semseg", calibrate_word_masker_bias),
                 "captions": ("captions", calibrate_masker_bias)}
@@ -58,8 +62,9 @@ CALIBRATIONS = {"words+temperature": ("semseg", calibrate_word_masker), "words":
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default="configs/synthetic/clearclip.yaml")
-    parser.add_argument("--modes", nargs="+", default=["clearclip", "naclip", "maskclip", "sclip", "vanilla"])
-    parser.add_argument("--num-images", type=int, default=100, help="first N images of each split (training: 4N)")
+    parser.add_argument("--modes", nargs="+", choices=DENSE_MODES, default=["clearclip", "naclip", "maskclip", "sclip", "vanilla"],
+                        help="the dense heads (MODEL.CLIP.DENSE_MODE) to report")
+    parser.add_argument("--num-images", type=int, default=100, help="first N >= 1 images of each split (training: 4N)")
     parser.add_argument("--calibrate", choices=[*CALIBRATIONS, "none"],
                         default="words+temperature",
                         help="where the masker comes from: b (and w) calibrated on word-level segmentation as the "
@@ -71,11 +76,17 @@ def parse_args(argv=None):
     parser.add_argument("--semseg-dataset", default="synth_semseg_val")
     parser.add_argument("--captions-dataset", default="synth_captions_val")
     parser.add_argument("--train-dataset", default="synth_image_text_train")
-    parser.add_argument("--output", help="also write the report as JSON to this file")
+    parser.add_argument("--output", help="also write the report as JSON to this file (its folder is made)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...), after --")
     args = parser.parse_args(argv)
     if args.masker_scale <= 0:  # before any model is built
         parser.error(f"--masker-scale {args.masker_scale}: must be > 0")
+    if args.num_images < 1:  # a negative N sliced images off the end, 0 failed in the calibration
+        parser.error(f"--num-images {args.num_images}: must be at least 1")
+    if args.output is not None:  # before the run, not after it
+        if Path(args.output).is_dir():
+            parser.error(f"--output {args.output} is a folder: name the JSON file to write, e.g. {Path(args.output) / 'gate.json'}")
+        require_output_folder(parser, "the folder of --output", Path(args.output).parent)
     return args
 
 
@@ -237,8 +248,7 @@ def main(argv=None):
     report["train_zero_shot"] = train_zero_shot(model, mapper, DatasetCatalog.get(args.train_dataset)[: 4 * args.num_images])
     print_report(report)
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(report, f, indent=2, default=float)
+        write_text_atomic(args.output, json.dumps(report, indent=2, default=float))
     return report
 
 

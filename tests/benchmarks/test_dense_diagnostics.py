@@ -31,11 +31,11 @@ def splits(tmp_path_factory):
 
 
 def test_cli_reports_the_gate_per_head(splits, tmp_path, capsys):
-    out = tmp_path / "gate.json"
+    out = tmp_path / "reports" / "gate.json"  # its folder is made
     torch.manual_seed(0)
     report = diagnostics.main(["--config-file", str(ROOT / "configs" / "synthetic" / "clearclip.yaml"), "--modes", "clearclip", "naclip",
                                "--num-images", "3", *splits, "--output", str(out), "--", *TINY])
-    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report)) and not list(out.parent.glob("*.tmp"))
     assert set(report["heads"]) == {"clearclip", "naclip"}
     printed = capsys.readouterr().out
     for mode, head in report["heads"].items():
@@ -120,3 +120,18 @@ def test_masker_scale_keeps_the_caption_mask_and_changes_the_soft_targets(splits
     with pytest.raises(SystemExit):
         diagnostics.parse_args(["--masker-scale", "0"])  # refused before any model is built
     assert "--masker-scale 0.0: must be > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--modes", "clearclip", "segformer"], "argument --modes: invalid choice: 'segformer'"),
+    (["--num-images", "-1"], "--num-images -1: must be at least 1"),  # sliced the last image off
+    (["--num-images", "0"], "--num-images 0: must be at least 1"),
+    (["--output", "{file}/gate.json"], "is not a folder"),  # found after the whole run
+    (["--output", "{tmp}"], "is a folder: name the JSON file to write"),
+])
+def test_bad_arguments_are_refused_before_any_model_is_built(tmp_path, capsys, argv, message):
+    (tmp_path / "file").write_text("x")
+    argv = [a.format(file=tmp_path / "file", tmp=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as info:
+        diagnostics.main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
