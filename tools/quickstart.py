@@ -161,6 +161,17 @@ def parse_args(argv=None):
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...) for training")
     args = parser.parse_args(argv)
     args.opts = [o for o in args.opts if o != "--"]  # "--" ends --test-splits before overrides
+    # before any work or output (else found after the calibration and the evaluation before TTD)
+    lora = Path(args.output_dir) / "ttd" / "model_lora_final.pth"
+    if args.skip_training and not lora.is_file():
+        parser.error(f"--skip-training reuses {lora}, which is not there: drop --skip-training (it trains), "
+                     "or give the --output-dir of a finished run")
+    unknown = [s for s in args.test_splits if not {f"synth_semseg_{s}", f"synth_captions_{s}"} <= set(DatasetCatalog.list())]
+    if unknown:
+        preset = sorted({s.split for s in quickstart_splits() if s.layout == "captions"} - {"val"})
+        parser.error(f"--test-splits {' '.join(unknown)}: no such synthetic split (synth_semseg_<split> and "
+                     f"synth_captions_<split>); the quickstart generates {', '.join(preset)}; another: python "
+                     "tools/generate_synthetic.py --split NAME --seed N --image-size <the base model's INPUT.TRAIN_SIZE>")
     return args
 
 

@@ -151,3 +151,22 @@ def test_ttd_masker_start_is_the_calibrated_boundary_at_either_temperature(quick
         quickstart.ttd_masker_start(masker, "sharp")
     with pytest.raises(SystemExit):
         quickstart.parse_args(["--ttd-masker-temperature", "sharp"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--skip-training"], "--skip-training reuses {out}/ttd/model_lora_final.pth, which is not there: drop --skip-training"),
+    (["--test-splits", "test", "test9", "val2"], "--test-splits test9 val2: no such synthetic split"),
+])
+def test_bad_arguments_are_refused_before_any_work_or_output(quickstart, tmp_path, capsys, argv, message):
+    """Both were found minutes in: after the calibration and the evaluation before TTD (a missing LoRA
+    file), or by detectron2's KeyError listing every dataset (an unknown split)."""
+    with pytest.raises(SystemExit) as info:
+        quickstart.main(["--output-dir", str(tmp_path / "out"), *argv])
+    assert info.value.code == 2 and message.format(out=tmp_path / "out") in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_skip_training_takes_the_lora_file_of_a_finished_run(quickstart, tmp_path):
+    (tmp_path / "ttd").mkdir()
+    (tmp_path / "ttd" / "model_lora_final.pth").write_bytes(b"")
+    assert quickstart.parse_args(["--output-dir", str(tmp_path), "--skip-training", "--test-splits", "test", "test101"]).skip_training
