@@ -15,7 +15,9 @@ config override that applies it.
         MODEL.MASKER.INIT_B -2.2
 
 Config overrides (KEY VALUE ...) follow the options, as for tools/train_net.py; a TTD result is
-calibrated with ``MODEL.TTD.LORA.WEIGHTS <model_lora_final.pth>``. Never calibrate on a test split.
+calibrated with ``MODEL.TTD.LORA.WEIGHTS <model_lora_final.pth>``. Never calibrate on a test split:
+a --dataset one of whose ``_``-separated words starts with ``test`` (synth_captions_test101,
+cityscapes_fine_sem_seg_test) is refused unless --allow-test-split.
 """
 import argparse
 import sys
@@ -46,8 +48,20 @@ def parse_args(argv=None):
     parser.add_argument("--what", choices=sorted(CALIBRATIONS), required=True, help="the setting to calibrate")
     parser.add_argument("--dataset", required=True, help="a registered validation split, e.g. synth_captions_val")
     parser.add_argument("--sweep", action="store_true", help="also print the metric of every candidate value")
+    parser.add_argument("--allow-test-split", action="store_true",
+                        help="calibrate on a test split all the same (its results are then no held-out measurement)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if is_test_split(args.dataset) and not args.allow_test_split:
+        parser.error(f"--dataset {args.dataset} is a test split: calibrate on a validation split (e.g. "
+                     f"{args.dataset.split('_test')[0]}_val), or pass --allow-test-split")
+    return args
+
+
+def is_test_split(name: str) -> bool:
+    """Whether a dataset name names a test split: one of its ``_``-separated words starts with
+    ``test`` (synth_captions_test101, cityscapes_fine_sem_seg_test, coco_2017_test-dev)."""
+    return any(word.startswith("test") for word in name.split("_"))
 
 
 def check_dataset(name: str, what: str) -> None:

@@ -1,5 +1,5 @@
 """tools/calibrate.py: runs a calibration of ttd_d2.evaluation.calibration from a config and prints
-the override; bad --dataset / --what combinations name the fix."""
+the override; bad --dataset / --what combinations name the fix; a test split needs --allow-test-split."""
 from pathlib import Path
 
 import pytest
@@ -61,3 +61,23 @@ def test_bad_dataset_names_the_fix(splits):
         calibrate.main([*config, "--what", "masker-bias", "--dataset", splits[1], *TINY])
     with pytest.raises(SystemExit, match="not registered"):
         calibrate.main([*config, "--what", "background", "--dataset", "synth_semseg_nowhere", *TINY])
+
+
+@pytest.mark.parametrize("name, test", [("synth_captions_test", True), ("synth_semseg_test101", True),
+                                        ("cityscapes_fine_sem_seg_test", True), ("coco_2017_test-dev", True),
+                                        ("synth_captions_val", False), ("ttd_context59_val", False), ("synth_semseg_latest", False)])
+def test_test_splits_by_name(name, test):
+    assert calibrate.is_test_split(name) is test
+
+
+def test_a_test_split_is_refused_unless_allowed(tmp_path, capsys):
+    generate(tmp_path, "captions", "test_calibtool", 3, seed=6, image_size=32)
+    register_synthetic_split(tmp_path, "captions", "test_calibtool")
+    argv = ["--config-file", str(ROOT / "configs" / "synthetic" / "clearclip.yaml"), "--what", "tag-threshold",
+            "--dataset", "synth_captions_test_calibtool"]
+    with pytest.raises(SystemExit) as info:  # before the config is read
+        calibrate.main([*argv, *TINY])
+    assert info.value.code == 2 and ("--dataset synth_captions_test_calibtool is a test split: calibrate on a validation "
+                                     "split (e.g. synth_captions_val), or pass --allow-test-split") in capsys.readouterr().err
+    assert calibrate.main([*argv, "--allow-test-split", *TINY]) == 0
+    assert "config override: MODEL.TTD.TAG_THRESHOLD" in capsys.readouterr().out
