@@ -53,7 +53,7 @@ from ttd_d2.evaluation.gate import (
 )
 from ttd_d2.modeling.backbone import DENSE_MODES
 from ttd_d2.modeling.meta_arch.segmentation import maps_to_image, padded_size
-from ttd_d2.utils.cli import require_output_folder
+from ttd_d2.utils.cli import require_output_folder, run_tool
 
 CALIBRATIONS = {"words+temperature": ("semseg", calibrate_word_masker), "words": ("semseg", calibrate_word_masker_bias),
                 "captions": ("captions", calibrate_masker_bias)}
@@ -253,4 +253,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)  # a missing or corrupt input: its message, no traceback

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from ttd_d2 import TTDTrainer, load_config  # importing ttd_d2 registers datasets and models
 from ttd_d2.evaluation.calibration import calibrate_background_threshold, calibrate_masker_bias, calibrate_tag_threshold
 from ttd_d2.evaluation.word_calibration import calibrate_word_masker, calibrate_word_masker_bias
+from ttd_d2.utils.cli import run_tool
 
 # --what -> (calibration, evaluator_type the split needs, config key it sets, metric of the sweep)
 CALIBRATIONS = {
@@ -122,4 +123,4 @@ def print_masker(found: dict, args, cfg) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))  # a missing or corrupt input: its message, no traceback

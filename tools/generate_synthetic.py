@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ttd_d2.data.synthetic.meta import resolve_single_object_radius
 from ttd_d2.data.synthetic.presets import BENCHMARK_IMAGE_SIZE, SplitSpec, quickstart_splits
 from ttd_d2.data.synthetic.writer import LAYOUTS, TRAINING_SINGLE_OBJECT_RADIUS, generate, is_complete
-from ttd_d2.utils.cli import require_output_folder
+from ttd_d2.utils.cli import require_output_folder, run_tool
 
 logger = logging.getLogger("generate_synthetic")
 
@@ -138,4 +138,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))  # a missing or corrupt input, a split made with other parameters: its message

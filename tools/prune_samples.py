@@ -40,7 +40,7 @@ from ttd_d2 import TTDTrainer, load_config  # noqa: E402
 from ttd_d2.data.datasets.label_conversion import write_text_atomic  # noqa: E402
 from ttd_d2.data.image_io import read_image_checked  # noqa: E402
 from ttd_d2.data.streams import expand_shards, sample_to_record  # noqa: E402
-from ttd_d2.utils.cli import require_output_folder  # noqa: E402
+from ttd_d2.utils.cli import require_output_folder, run_tool  # noqa: E402
 
 logger = logging.getLogger("prune_samples")
 
@@ -198,6 +198,11 @@ def main(args) -> Optional[Dict]:
     return report
 
 
+def launch_main(args) -> None:
+    """``main`` in ``--num-gpus`` processes, which meet on a free local port (``launch``'s default,
+    env://, needs MASTER_ADDR and MASTER_PORT set)."""
+    launch(main, args.num_gpus, dist_url="auto", args=(args,))
+
+
 if __name__ == "__main__":
-    args = parse_args()
-    launch(main, args.num_gpus, args=(args,))
+    run_tool(launch_main, parse_args())  # a missing or corrupt input: its message, no traceback (in one process)

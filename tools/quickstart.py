@@ -57,6 +57,7 @@ with warnings.catch_warnings(record=True) as IMPORT_WARNINGS:
     from ttd_d2.evaluation.tag_selection import BINARY_METHODS
     from ttd_d2.modeling.backbone.clip_dense import cpu_has_native_bf16
     from ttd_d2.modeling.backbone.dense_heads import DENSE_MODES
+    from ttd_d2.utils.cli import run_tool
     from ttd_d2.utils.cpu_memory import keep_freed_cpu_memory
     from ttd_d2.utils.progress import Progress, run_logged
     from ttd_d2.utils.visualize import caption_grid, pick_images
@@ -258,4 +259,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)  # a missing or corrupt input: its message, no traceback

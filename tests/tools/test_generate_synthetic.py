@@ -1,11 +1,15 @@
 """tools/generate_synthetic.py's argument checks: a bad value or an option the request would ignore
-ends in parse_args with one message naming it (exit status 2), before anything is written. Its
-splits: tests/data/synthetic/test_synthetic_writer.py."""
+ends in parse_args with one message naming it (exit status 2), before anything is written; a split
+made with other parameters ends the command with its message (status 1). Its splits:
+tests/data/synthetic/test_synthetic_writer.py."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from conftest import load_script
+from conftest import REPO, load_script
 
 cli = load_script("tools/generate_synthetic.py")
 SPLIT = ["--split", "x", "--seed", "1", "--num-images", "2", "--workers", "0"]
@@ -43,3 +47,18 @@ def test_training_options_apply_to_the_image_text_splits_of_all_layouts(tmp_path
     assert cli.main(["--root", str(tmp_path), *SPLIT, "--image-size", str(cli.MIN_IMAGE_SIZE), "--caption-noise", "0", "0"]) == 0
     metas = {layout: json.loads((tmp_path / layout / "x" / "meta.json").read_text()) for layout in ("semseg", "captions", "image_text")}
     assert metas["image_text"]["caption_noise"] == {"omit_prob": 0.0, "replace_prob": 0.0}
+
+
+def test_a_split_made_with_other_parameters_ends_with_one_message(tmp_path):
+    """The command line (tools' run_tool): exit status 1 and the message naming --overwrite, not a
+    FileExistsError traceback; the split is left as it was."""
+    argv = [sys.executable, str(REPO / "tools" / "generate_synthetic.py"), "--root", str(tmp_path), *SPLIT,
+            "--layout", "semseg", "--image-size", "16"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    assert subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env).returncode == 0
+    meta = (tmp_path / "semseg" / "x" / "meta.json").read_text()
+    done = subprocess.run([*argv, "--num-images", "3"], capture_output=True, text=True, cwd=REPO, env=env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (f"error: {tmp_path / 'semseg' / 'x'} exists with other parameters (see its "
+                                                    "meta.json); pass overwrite=True (--overwrite) to replace it")
+    assert (tmp_path / "semseg" / "x" / "meta.json").read_text() == meta

@@ -18,7 +18,8 @@ def _raise(error):
     raise error
 
 
-@pytest.mark.parametrize("error", [FileNotFoundError("expected x at /data/x: fix it"), CorruptFileError("bad /data/y")])
+@pytest.mark.parametrize("error", [FileNotFoundError("expected x at /data/x: fix it"), CorruptFileError("bad /data/y"),
+                                   FileExistsError("/data/z exists with other parameters: pass --overwrite")])
 def test_input_errors_become_their_message(error):
     with pytest.raises(SystemExit) as info:
         run_tool(_raise, error)
