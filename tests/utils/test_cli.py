@@ -2,6 +2,7 @@
 traceback, and lets every other error propagate as it is; require_output_folder refuses an
 output path that cannot be a folder before any work."""
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,9 @@ def test_other_errors_and_results_pass_through():
 
 
 def test_a_prepare_tool_on_an_empty_root_exits_with_one_message(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "prepare_voc.py"), "--root", str(tmp_path)],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT, env=env)  # this checkout's ttd_d2, not an installed one
     assert done.returncode == 1
     assert "error: expected the VOC 2012 val list at" in done.stderr and str(tmp_path) in done.stderr
     assert "Traceback" not in done.stderr
