@@ -109,10 +109,11 @@ def test_an_output_dir_that_cannot_take_the_run_stops_it(tmp_path, monkeypatch):
     cfg = make_tiny_cfg()
     (tmp_path / "afile").write_text("")
     cfg.OUTPUT_DIR = str(tmp_path / "afile")
-    with pytest.raises(SystemExit, match="Cannot start: OUTPUT_DIR '.*afile' is a file: give a folder"):
+    with pytest.raises(SystemExit, match="Cannot start: OUTPUT_DIR '.*afile': .*afile is not a folder"):
         check_inputs(cfg, training=False)
     cfg.OUTPUT_DIR = str(tmp_path / "new" / "run")
     assert preflight.output_problems(cfg) == []  # created later, inside a writable folder
-    monkeypatch.setattr(preflight.os, "access", lambda path, mode: path != str(tmp_path))  # (root may write anywhere)
-    assert preflight.output_problems(cfg) == [f"OUTPUT_DIR '{cfg.OUTPUT_DIR}': '{tmp_path}' is not writable: "
+    from ttd_d2.utils import cli
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: str(path) != str(tmp_path))  # (root may write anywhere)
+    assert preflight.output_problems(cfg) == [f"OUTPUT_DIR '{cfg.OUTPUT_DIR}': {tmp_path} is not writable: "
                                               "give a folder you can write to"]

@@ -16,6 +16,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..data.streams.shards import expand_shards
 from ..modeling.backbone.clip_loading import check_pretrained, resolve_arch
+from ..utils.cli import output_folder_problem
 
 __all__ = ["DATASET_PATH_KEYS", "missing_inputs", "output_problems", "check_inputs"]
 
@@ -84,15 +85,8 @@ def missing_inputs(cfg, training: bool) -> List[str]:
 def output_problems(cfg) -> List[str]:
     """Why ``OUTPUT_DIR`` cannot take the run's files (it is a file, or the folder it is, or
     would be created in, is not writable), or []."""
-    out = os.path.abspath(cfg.OUTPUT_DIR)
-    if os.path.exists(out) and not os.path.isdir(out):
-        return [f"OUTPUT_DIR '{cfg.OUTPUT_DIR}' is a file: give a folder (created if missing)"]
-    existing = out
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return [f"OUTPUT_DIR '{cfg.OUTPUT_DIR}': '{existing}' is not writable: give a folder you can write to"]
-    return []
+    problem = output_folder_problem(cfg.OUTPUT_DIR)
+    return [f"OUTPUT_DIR '{cfg.OUTPUT_DIR}': {problem}"] if problem else []
 
 
 def check_inputs(cfg, training: bool) -> None:

@@ -6,11 +6,11 @@ their argument checks end with ``parser.error`` (status 2) before any work."""
 import argparse
 import os
 from pathlib import Path
-from typing import Callable, TypeVar, Union
+from typing import Callable, Optional, TypeVar, Union
 
 from ..data.datasets.synthetic import CorruptFileError
 
-__all__ = ["INPUT_ERRORS", "require_output_folder", "run_tool"]
+__all__ = ["INPUT_ERRORS", "output_folder_problem", "require_output_folder", "run_tool"]
 
 # Raised for inputs the user gives (ttd_d2's messages name the path and how to get or fix it;
 # FileExistsError: a synthetic split generated with other parameters, or at another image size).
@@ -28,12 +28,20 @@ def run_tool(main: Callable[..., T], *args) -> T:
         raise SystemExit(f"error: {e}") from None
 
 
-def require_output_folder(parser: argparse.ArgumentParser, option: str, folder: Union[str, Path]) -> None:
-    """``parser.error`` naming ``option`` unless ``folder`` (there or not yet) can be created and
-    written: it, or its nearest existing parent, must be a writable folder."""
+def output_folder_problem(folder: Union[str, Path]) -> Optional[str]:
+    """Why ``folder`` (there or not yet) cannot be created and written, or None: it, or its
+    nearest existing parent, must be a writable folder."""
     path = Path(folder).absolute()
     existing = next(p for p in (path, *path.parents) if p.exists() or p.is_symlink())
     if not existing.is_dir():
-        parser.error(f"{option} {folder}: {existing} is not a folder: give a path whose parents are folders")
+        return f"{existing} is not a folder: give a path whose parents are folders"
     if not os.access(existing, os.W_OK | os.X_OK):
-        parser.error(f"{option} {folder}: {existing} is not writable: give a folder you can write to")
+        return f"{existing} is not writable: give a folder you can write to"
+    return None
+
+
+def require_output_folder(parser: argparse.ArgumentParser, option: str, folder: Union[str, Path]) -> None:
+    """``parser.error`` naming ``option`` when :func:`output_folder_problem` finds one."""
+    problem = output_folder_problem(folder)
+    if problem:
+        parser.error(f"{option} {folder}: {problem}")
