@@ -1,7 +1,7 @@
 """Semantic segmentation with the TTD meta-architecture on the tiny random CLIP (CPU,
 docs/INTERFACES.md): scores at the original size, the background threshold (metadata or
-config), the default dataset, synonyms max-pooled (``max_over_synonyms``, ``class_embeddings``),
-flip inference."""
+config, 0.0 included), the default dataset, synonyms max-pooled (``max_over_synonyms``,
+``class_embeddings``; after the softmax of CLASS_SCORES softmax), flip inference."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -118,3 +118,37 @@ def test_class_embeddings_skip_pooling_only_without_synonyms(tiny_cfg, register)
         assert model.class_embeddings(plain)[1] is None
         emb, owner, num_classes, _ = model.class_embeddings(synonyms)
     assert owner.tolist() == [0, 1, 1, 2] and num_classes == 3 and emb.shape[0] == 4
+
+
+def test_sem_seg_background_threshold_zero_is_a_zero_background(tiny_cfg, register):
+    """BACKGROUND_THRESHOLD 0.0 is a setting (background never wins), not "use the dataset's": only
+    negative values fall back to the metadata."""
+    name = register(stuff_classes=["background", "circle", "square"], background_threshold=0.4)
+    with torch.no_grad():
+        zero = build(tiny_cfg, **{"MODEL.SEG_INFERENCE.BACKGROUND_THRESHOLD": 0.0})
+        sem = zero([{"image": random_image(3), "dataset_name": name}])[0]["sem_seg"]
+        fallback = build(tiny_cfg, **{"MODEL.SEG_INFERENCE.BACKGROUND_THRESHOLD": -1.0})
+        meta = fallback([{"image": random_image(3), "dataset_name": name}])[0]["sem_seg"]
+    assert torch.equal(sem[0], torch.zeros_like(sem[0]))
+    assert torch.allclose(meta[0], torch.full_like(meta[0], 0.4))
+    torch.testing.assert_close(sem[1:], meta[1:])
+
+
+def test_softmax_class_scores_max_pool_synonyms_after_the_softmax(tiny_cfg, register):
+    """CLASS_SCORES softmax with "circle, round": the softmax runs over all three names, then the
+    class "circle, round" takes the larger of its two names' probabilities (C = 2 channels + background)."""
+    name = register(stuff_classes=["background", "circle, round", "square"], background_threshold=0.4)
+    model = build(tiny_cfg, **{"MODEL.SEG_INFERENCE.CLASS_SCORES": "softmax", "MODEL.SEG_INFERENCE.LOGIT_SCALE": 40.0,
+                               "MODEL.SEG_INFERENCE.PROB_THRESHOLD": 0.3})
+    x = random_image(4, 32, 32)
+    with torch.no_grad():
+        got = model([{"image": x, "dataset_name": name}])[0]["sem_seg"]
+        dense = model.backbone(model.normalize(x)[None], with_global=False)["dense"][0]  # [D, h, w]
+        text = model.backbone.encode_text(["circle", "round", "square"], use_templates=True)
+    cos = torch.einsum("dhw,kd->khw", F.normalize(dense, dim=0), F.normalize(text, dim=-1))
+    probs = (40.0 * F.interpolate(cos[None], size=(32, 32), mode="bilinear", align_corners=False)[0]).softmax(0)
+    assert not torch.allclose(probs[0], probs[1], atol=1e-3)  # the maximum is not trivial
+    assert got.shape == (3, 32, 32)
+    assert torch.equal(got[0], torch.full_like(got[0], 0.3))
+    torch.testing.assert_close(got[1], torch.maximum(probs[0], probs[1]), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got[2], probs[2], atol=1e-5, rtol=1e-4)
