@@ -22,16 +22,19 @@ def test_mean_iou_skips_absent_classes_and_empty():
     assert np.isnan(mean_iou(np.zeros((2, 2), dtype=int)))
 
 
-def test_threshold_sweep_matches_direct_thresholding():
-    rng = np.random.default_rng(0)
-    scores = [rng.random((4, 5)) for _ in range(3)]
-    labels = [rng.integers(1, 3, (4, 5)) for _ in range(3)]
-    gts = [rng.integers(0, 3, (4, 5)) for _ in range(3)]
-    sweep = threshold_sweep(scores, labels, gts, [0.3, 0.7], 3, 255)
-    for t, value in sweep.items():
-        conf = sum(confusion_matrix(np.where(s >= t, l, 0), g, 3, 255) for s, l, g in zip(scores, labels, gts))
-        assert value == pytest.approx(mean_iou(conf))
-    assert set(sweep) == {0.3, 0.7}
+def test_threshold_sweep_by_hand_with_ties_at_the_thresholds():
+    """A pixel whose foreground score equals the threshold is foreground (``score >= t``)."""
+    scores = [np.array([[0.25, 0.5]]), np.array([[0.5, 0.75, 0.9]])]
+    labels = [np.array([[1, 1]]), np.array([[2, 2, 1]])]
+    gts = [np.array([[0, 1]]), np.array([[2, 2, 255]])]  # the 0.9 pixel is ignored
+    sweep = threshold_sweep(scores, labels, gts, [0.25, 0.5, 0.75], 3, 255)
+    assert list(sweep) == [0.25, 0.5, 0.75]
+    # t 0.25: predicted 1, 1, 2, 2: IoU background 0/1, class 1 1/2, class 2 2/2
+    assert sweep[0.25] == pytest.approx(100 * (0 + 1 / 2 + 1) / 3)
+    # t 0.5: 0, 1, 2, 2: every pixel right
+    assert sweep[0.5] == pytest.approx(100.0)
+    # t 0.75: 0, 0, 0, 2: background 1/3, class 1 0/1, class 2 1/2
+    assert sweep[0.75] == pytest.approx(100 * (1 / 3 + 0 + 1 / 2) / 3)
 
 
 def fake_results(scale=1.0):
