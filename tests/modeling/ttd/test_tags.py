@@ -59,6 +59,22 @@ def test_contractions():
     assert caption_to_tags("a dog\u2019s bone and a cat's toy") == ["dog", "bone", "cat", "toy"]
 
 
+def test_contractions_become_the_documented_words():
+    """With the stopwords kept, each clitic shows the word it maps to: 'll and wo(n't) -> will,
+    're -> are, 'm -> am, 've -> have; 's and 'd are dropped."""
+    caption = "We'll go, they won't stop; you're here, I'm home, we've won, she'd say it's fine"
+    assert caption_to_tags(caption, remove_stopwords=False) == [
+        "we", "will", "go", "they", "not", "stop", "you", "are", "here", "i", "am", "home", "have", "won", "she",
+        "say", "it", "fine"]
+
+
+def test_curly_apostrophes_are_apostrophes():
+    """U+2019 (and U+2018) in "dog’s", "can’t" split as the straight apostrophe does: no tag "s" or "t"."""
+    assert caption_to_tags("a dog\u2019s bone; it can\u2019t fly", remove_stopwords=False) == [
+        "a", "dog", "bone", "it", "can", "not", "fly"]
+    assert caption_to_tags("I\u2018m here", remove_stopwords=False) == ["i", "am", "here"]
+
+
 def test_caption_longer_than_77_tokens_is_not_truncated():
     words = [_alphabetic_word(i) for i in range(100)]
     assert caption_to_tags(" ".join(words)) == words
