@@ -79,6 +79,25 @@ def test_pamr_resizes_masks_and_rejects_bad_arguments():
         PAMR(1, (1,))(torch.rand(3, 8, 8), torch.rand(1, 2, 8, 8))
 
 
+
+def test_pamr_of_lower_resolution_masks_refines_their_bilinear_resize():
+    """Masks [h, w] below the image size are first resized bilinearly (align_corners False) to it."""
+    torch.manual_seed(2)
+    image, masks = torch.rand(1, 3, 6, 8), torch.rand(1, 2, 3, 4)
+    resized = torch.nn.functional.interpolate(masks, size=(6, 8), mode="bilinear", align_corners=False)
+    got = PAMR(2, (1, 2))(image, masks)
+    torch.testing.assert_close(got.double(), reference_pamr(image, resized, 2, (1, 2)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_pamr_returns_the_masks_dtype(dtype):
+    """Half-precision scores (an autocast protocol) come back in their dtype, refined in float32."""
+    torch.manual_seed(3)
+    image, masks = torch.rand(1, 3, 6, 6), torch.rand(1, 2, 6, 6).to(dtype)
+    got = PAMR(2, (1,))(image, masks)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, PAMR(2, (1,))(image, masks.float()).to(dtype))
+
 TRITON_CHECK = r"""
 import torch
 from ttd_d2.modeling import kernel_choice, pamr_kernel
