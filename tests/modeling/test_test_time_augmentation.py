@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from conftest import build
 from ttd_d2.modeling.pamr import PAMR
-from ttd_d2.modeling.test_time_augmentation import multi_scale_flip
+from ttd_d2.modeling.test_time_augmentation import multi_scale_flip, scale_passes, scaled_size
 
 SLIDE = {"MODEL.SEG_INFERENCE.SLIDE_CROP": 32, "MODEL.SEG_INFERENCE.SLIDE_STRIDE": 16}
 
@@ -37,6 +37,18 @@ def test_multi_scale_flip_hand_values():
     with pytest.raises(ValueError, match="SCALES"):
         multi_scale_flip(ramp, img, (1.0, 0.0))
 
+
+
+def test_scaled_sizes_round_half_up_as_mmcv():
+    """mmcv's rescale_size (the paper's mmseg protocol) rounds x.5 up, where Python's round()
+    goes to the even neighbour: 597 x 0.5 = 298.5 -> 299, 7 x 1.5 = 10.5 -> 11."""
+    assert scaled_size(448, 597, 0.5) == (224, 299)
+    assert scaled_size(7, 5, 1.5) == (11, 8)
+    assert scaled_size(448, 597, 1.5) == (672, 896) and scaled_size(448, 597, 2.0) == (896, 1194)
+    assert scaled_size(10, 9, 0.33) == (3, 3) and scaled_size(10, 9, 0.7) == (7, 6)  # 3.3, 2.97; 7, 6.3
+    assert scaled_size(1, 3, 0.1) == (1, 1)  # never empty
+    passes = scale_passes(torch.zeros(1, 3, 7, 5), (1.0, 1.5), flip=True)
+    assert [tuple(p.shape) for p in passes] == [(2, 3, 7, 5), (2, 3, 11, 8)]
 
 def test_sem_seg_sliding_multi_scale_flip_is_the_mean_of_the_passes(tiny_cfg, dataset):
     single = build(tiny_cfg, **SLIDE)

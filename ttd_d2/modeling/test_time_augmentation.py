@@ -4,6 +4,7 @@ Kept apart from the model (as Mask2Former keeps its ``SemanticSegmentorWithTTA``
 a function that predicts score maps for an image of any size, e.g. the sliding-window inference
 of ``TTDInference.semantic_segmentation``.
 """
+import math
 from typing import Callable, List, Sequence, Tuple
 
 import torch
@@ -18,8 +19,13 @@ CLASS_SCORES = ("ttd", "softmax")
 
 
 def scaled_size(height: int, width: int, scale: float) -> tuple:
-    """(round(H * scale), round(W * scale)), at least 1 pixel each."""
-    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+    """(H * scale, W * scale) rounded half up, at least 1 pixel each: the sizes of mmcv's
+    ``rescale_size`` in the mmseg protocol the paper's numbers come from (597 x 0.5 -> 299;
+    Python's ``round`` rounds halves to even and gives 298)."""
+    def half_up(n: int) -> int:
+        return max(1, math.floor(n * float(scale) + 0.5))
+
+    return half_up(height), half_up(width)
 
 
 def scale_passes(image: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False) -> List[torch.Tensor]:
