@@ -40,11 +40,18 @@ def test_pixel_mean_std_come_from_open_clip(tiny_cfg):
     assert backbone.pixel_std == pytest.approx([255 * s for s in cfg["std"]])
 
 
-def reference_dense(clip, x, mode, sigma=5.0):
-    """Dense features written from docs/METHOD.md ("Dense backbones") with explicit per-head loops."""
+def reference_dense(clip, x, mode, sigma=5.0, embedded=None):
+    """Dense features written from docs/METHOD.md ("Dense backbones") with explicit per-head loops.
+    ``embedded``: (tokens [B, 1 + h*w, C], (h, w)) of a non-square grid, whose positional
+    embedding open_clip cannot resize (else open_clip's own embedding of a square image)."""
     visual = clip.visual
     with torch.no_grad():
-        tokens = visual._embeds(x)
+        if embedded is None:
+            tokens = visual._embeds(x)
+            side = int(math.isqrt(tokens.shape[1] - 1))
+            gh, gw = side, side
+        else:
+            tokens, (gh, gw) = embedded
         for block in visual.transformer.resblocks[:-1]:
             tokens = block(tokens)
     last = visual.transformer.resblocks[-1]
@@ -56,11 +63,11 @@ def reference_dense(clip, x, mode, sigma=5.0):
     b_q, b_k, b_v = last.attn.in_proj_bias.split(width)
     q, k, v = y @ w_q.T + b_q, y @ w_k.T + b_k, y @ w_v.T + b_v
     n = tokens.shape[1]
-    g = int(math.isqrt(n - 1))
+    assert n - 1 == gh * gw
     gauss = torch.zeros(n, n)
-    for i in range(n - 1):
+    for i in range(n - 1):  # patch i is at row i // gw, column i % gw (row-major)
         for j in range(n - 1):
-            dist2 = (i // g - j // g) ** 2 + (i % g - j % g) ** 2
+            dist2 = (i // gw - j // gw) ** 2 + (i % gw - j % gw) ** 2
             gauss[i + 1, j + 1] = math.exp(-dist2 / (2 * sigma**2))
     outs = []
     for h in range(heads):
@@ -85,7 +92,7 @@ def reference_dense(clip, x, mode, sigma=5.0):
         y = tokens + attn_out
         out = y + last.mlp(last.ln_2(y))
     dense = visual.ln_post(out[:, 1:]) @ visual.proj
-    return dense.transpose(1, 2).reshape(x.shape[0], -1, g, g)
+    return dense.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
 
 
 @pytest.mark.parametrize("mode", DENSE_MODES)
@@ -97,6 +104,19 @@ def test_dense_mode_matches_formula(tiny_cfg, mode):
         ref = reference_dense(backbone.clip, x, mode)
     assert torch.allclose(ours, ref, atol=1e-5), (ours - ref).abs().max()
 
+
+
+@pytest.mark.parametrize("size", [(32, 48), (48, 32)])
+@pytest.mark.parametrize("mode", ["naclip", "sclip"])
+def test_dense_mode_matches_formula_on_a_non_square_grid(tiny_cfg, mode, size):
+    """A 4 x 6 (6 x 4) patch grid: NACLIP's Gaussian neighbourhood follows rows of w patches."""
+    backbone = build(tiny_cfg, mode, NACLIP_SIGMA=1.0)
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        ours = backbone(x)["dense"]
+        ref = reference_dense(backbone.clip, x, mode, sigma=1.0, embedded=backbone.embed_patches(x))
+    assert ours.shape == ref.shape == (1, 32, size[0] // 8, size[1] // 8)
+    assert torch.allclose(ours, ref, atol=1e-5), (ours - ref).abs().max()
 
 def test_dense_modes_differ(tiny_cfg):
     x = torch.randn(1, 3, 32, 32)
