@@ -9,7 +9,7 @@ from torch.nn.utils import parametrize
 
 from lora_fixtures import all_close, frozen, outputs, perturb, tiny_clip
 from lora_fixtures import inputs, pair  # noqa: F401  (fixtures)
-from ttd_d2.modeling.lora import LoRAParametrization, add_lora, iter_lora_modules, lora_disabled
+from ttd_d2.modeling.lora import LoRALinear, LoRAParametrization, add_lora, iter_lora_modules, lora_disabled
 
 
 def test_zero_init_is_noop(pair, inputs):
@@ -57,6 +57,19 @@ def test_dropout_only_in_train_mode():
     lin.train()
     assert not torch.equal(lin(x), lin(x))
 
+
+
+def test_delta_override_branch_has_no_dropout():
+    """The EMA teacher's branch x D^T takes the input as it is, in train mode too (documented:
+    "with delta_override D y = base(x) + x D^T (no dropout)")."""
+    lin = LoRALinear(torch.nn.Linear(6, 4), rank=2, alpha=4.0, dropout=0.5).train()
+    delta = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    lin.delta_override = delta
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        expected = F.linear(x, lin.base.weight + delta, lin.base.bias)
+        torch.testing.assert_close(lin(x), expected)
+        torch.testing.assert_close(lin(x), expected)
 
 # ---------------------------------------------------------------------------------- the low-rank add
 @pytest.mark.parametrize("override", [False, True])
