@@ -89,3 +89,16 @@ def test_deltas_match_merge(pair, inputs):
     adapted = outputs(model, inputs)
     with lora_delta_override(model, deltas):  # W + (s B A) given as tensors = the live model
         assert all_close(outputs(model, inputs), adapted)
+
+
+def test_nested_delta_override_restores_the_outer_one():
+    """Leaving an inner override gives back the outer deltas, not none at all."""
+    model = _two_adapters()
+    outer = {"lin.weight": torch.ones(2, 3), "par.weight": torch.ones(2, 3)}
+    inner = {"lin.weight": torch.zeros(2, 3), "par.weight": torch.zeros(2, 3)}
+    with lora_delta_override(model, outer):
+        with lora_delta_override(model, inner):
+            assert all(m.delta_override is inner[n] for n, m in iter_lora_modules(model))
+        assert all(m.delta_override is outer[n] for n, m in iter_lora_modules(model))
+        torch.testing.assert_close(model.par.weight, model.par.parametrizations.weight.original + 1.0)
+    assert all(m.delta_override is None for _, m in iter_lora_modules(model))
