@@ -92,13 +92,13 @@ def test_sliding_windows_cover_every_pixel(height, width, crop, stride):
     assert len(set(windows)) == len(windows)
 
 
-def test_slide_inference_stride_larger_than_crop_is_rejected_or_covers():
+def test_slide_inference_stride_larger_than_crop_is_rejected():
+    """A stride above the crop would leave pixels no window covers: refused before any forward."""
     image = torch.zeros(1, 3, 100, 100)
-    try:
-        out = slide_inference(lambda windows: windows[:, :1] + 1.0, image, crop=32, stride=48)
-    except ValueError:
-        return
-    assert torch.isfinite(out).all()
+    calls = []
+    with pytest.raises(ValueError, match=r"0 < stride <= crop, got crop 32, stride 48"):
+        slide_inference(lambda windows: calls.append(1) or windows[:, :1], image, crop=32, stride=48)
+    assert not calls
 
 
 def test_windows_of_one_size_share_forwards_across_passes():
