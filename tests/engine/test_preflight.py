@@ -109,7 +109,7 @@ def test_an_output_dir_that_cannot_take_the_run_stops_it(tmp_path, monkeypatch):
     cfg = make_tiny_cfg()
     (tmp_path / "afile").write_text("")
     cfg.OUTPUT_DIR = str(tmp_path / "afile")
-    with pytest.raises(SystemExit, match="Cannot start: OUTPUT_DIR '.*afile': .*afile is not a folder"):
+    with pytest.raises(SystemExit, match="Cannot start: (?s:.*)\n  - OUTPUT_DIR '.*afile': .*afile is not a folder"):
         check_inputs(cfg, training=False)
     cfg.OUTPUT_DIR = str(tmp_path / "new" / "run")
     assert preflight.output_problems(cfg) == []  # created later, inside a writable folder

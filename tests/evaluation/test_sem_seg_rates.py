@@ -40,6 +40,22 @@ def dataset(tmp_path):
     MetadataCatalog.remove(name)
 
 
+def test_mean_fpr_and_fnr_by_hand(dataset):
+    """The per-class means of FP / (TP + FP + FN) and FN / (TP + FP + FN), each under its own
+    name (IoU + FPR + FNR = 1 holds with the two swapped)."""
+    evaluator = SemSegRatesEvaluator(dataset, distributed=False)
+    evaluator.reset()
+    scores = torch.nn.functional.one_hot(torch.as_tensor(PRED), len(CLASSES)).permute(2, 0, 1).float()
+    evaluator.process([{"file_name": "img.png"}], [{"sem_seg": scores}])
+    res = evaluator.evaluate()["sem_seg"]
+    # counted from GT / PRED (the ignored pixel left out): background TP 5 FP 2 FN 1; circle TP 3
+    # FP 1 FN 1; square TP 3 FP 0 FN 2; triangle TP 0 FP 1 FN 0
+    assert res["mFPR"] == pytest.approx((2 / 8 + 1 / 5 + 0 / 5 + 1 / 1) / 4)
+    assert res["mFNR"] == pytest.approx((1 / 8 + 1 / 5 + 2 / 5 + 0 / 1) / 4)
+    assert res["mIoU"] == pytest.approx(100 * (5 / 8 + 3 / 5 + 3 / 5 + 0) / 4)
+    assert res["FPR-triangle"] == pytest.approx(100.0) and res["FNR-square"] == pytest.approx(100 * 2 / 5)
+
+
 def test_evaluator_rates_sum_to_one_and_match_counts(dataset):
     evaluator = SemSegRatesEvaluator(dataset, distributed=False)
     evaluator.reset()

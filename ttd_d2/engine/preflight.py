@@ -91,10 +91,7 @@ def output_problems(cfg) -> List[str]:
 
 def check_inputs(cfg, training: bool) -> None:
     """``SystemExit`` listing :func:`missing_inputs` and :func:`output_problems`, if any."""
-    problems = missing_inputs(cfg, training)
+    problems = missing_inputs(cfg, training) + output_problems(cfg)
     if problems:
-        raise SystemExit("Cannot start: the config names inputs that are not on this machine.\n  - "
-                         + "\n  - ".join(problems + output_problems(cfg)))
-    problems = output_problems(cfg)
-    if problems:
-        raise SystemExit("Cannot start: " + problems[0])
+        raise SystemExit("Cannot start: the config names inputs that are not on this machine or an output "
+                         "folder it cannot write.\n  - " + "\n  - ".join(problems))

@@ -87,24 +87,21 @@ def test_a_listed_id_without_its_image_or_label_names_the_file_and_the_command(d
     assert str(d2_root / removed) in message and "python tools/prepare_voc.py" in message
 
 
-def test_without_a_split_list_every_image_needs_its_label(d2_root):
-    official_coco(d2_root)
-    prepare_coco(d2_root)
-    (d2_root / "coco/ttd_labels/stuff171_val2017/000000000285.png").unlink()
+@pytest.mark.parametrize("official, prepare, removed, name, command", [
+    # flat folders without a split list (COCO), and nested ones (Cityscapes)
+    (official_coco, prepare_coco, "coco/ttd_labels/stuff171_val2017/000000000285.png", "ttd_coco_stuff171_val",
+     "prepare_coco.py"),
+    (official_cityscapes, prepare_cityscapes, "cityscapes/ttd_labels/val19/lindau/lindau_000000_000019.png",
+     "ttd_cityscapes19_val", "prepare_cityscapes.py"),
+])
+def test_without_a_split_list_every_image_needs_its_label(d2_root, official, prepare, removed, name, command):
+    official(d2_root)
+    prepare(d2_root)
+    (d2_root / removed).unlink()
     register(d2_root)
-    with pytest.raises(FileNotFoundError, match="label files missing for 1 of the 2 images in .*coco/val2017: "
-                       ".*stuff171_val2017/000000000285.png.*python tools/prepare_coco.py"):
-        DatasetCatalog.get("ttd_coco_stuff171_val")
-
-
-def test_nested_folders_every_image_needs_its_label(d2_root):
-    official_cityscapes(d2_root)
-    prepare_cityscapes(d2_root)
-    (d2_root / "cityscapes/ttd_labels/val19/lindau/lindau_000000_000019.png").unlink()
-    register(d2_root)
-    with pytest.raises(FileNotFoundError, match="label files missing for 1 of the 2 images .*"
-                       "val19/lindau/lindau_000000_000019.png.*python tools/prepare_cityscapes.py"):
-        DatasetCatalog.get("ttd_cityscapes19_val")
+    with pytest.raises(FileNotFoundError, match=f"label files missing for 1 of the 2 images .*{removed}.*"
+                       f"python tools/{command}"):
+        DatasetCatalog.get(name)
 
 
 @pytest.mark.parametrize("folder", [f"{VOC}/JPEGImages", f"{VOC}/ttd_labels/val21"])
