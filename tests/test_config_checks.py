@@ -270,3 +270,18 @@ def test_a_masker_init_that_a_tcl_checkpoint_would_override_is_refused(no_clip, 
                          "MODEL.MASKER.INIT_B": -2.8})
     with pytest.raises(ValueError, match="MASKER_FROM_WEIGHTS False"):
         build_model(cfg)
+
+
+def test_problems_are_raised_as_one_config_error_and_listed_alike():
+    """raise_problems: a ConfigError (a ValueError, for library callers) holding each problem;
+    model_config_problems gives the same sentences as a list (engine.preflight lists them)."""
+    from ttd_d2.config_checks import ConfigError, model_config_problems
+    cfg = set_keys(make_tiny_cfg(), {"MODEL.TTD.TAG_THRESHOLD": 2.0, "MODEL.TTD.LOSS.DISTANCE": "l3"})
+    expected = ["MODEL.TTD.TAG_THRESHOLD = 2.0: must be in [0, 1] (tag scores are probabilities)",
+                "MODEL.TTD.LOSS.DISTANCE = 'l3' is unknown: use one of l1, mse, bce"]
+    assert model_config_problems(cfg) == expected
+    with pytest.raises(ConfigError) as error:
+        check_model_config(cfg)
+    assert isinstance(error.value, ValueError) and error.value.problems == expected
+    assert str(error.value) == "invalid model config (2 problem(s)):\n  - " + "\n  - ".join(expected)
+    assert model_config_problems(make_tiny_cfg()) == []

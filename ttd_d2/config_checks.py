@@ -8,14 +8,16 @@
 - ``check_trainable(model)``: at least one parameter requires grad, called by
   ``TTDTrainer.build_optimizer`` (after the model, before the data loaders).
 
-Each raises one ``ValueError`` that lists every problem found, each naming the key, the value,
-what is allowed and, where it is not obvious, the fix. The lists of valid values are the ones
+Each raises one ``ConfigError`` (a ``ValueError``) that lists every problem found, each naming
+the key, the value, what is allowed and, where it is not obvious, the fix;
+``model_config_problems`` and ``training_config_problems`` return the same sentences as a list,
+for ``engine.preflight``, which reports them before any output. The lists of valid values are the ones
 the code uses (``DISTANCES``, ``SCORING_METHODS``, ``DENSE_MODES``, ``TEACHERS``,
 ``VALID_TARGETS``, ``VALID_TOWERS``). Constructors and pure functions keep their own argument
 checks for callers that bypass the config.
 """
 import inspect
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from detectron2.modeling import BACKBONE_REGISTRY
@@ -24,7 +26,7 @@ from .config_checks_protocol import protocol_problems
 from .config_checks_streams import stream_problems
 from .config_checks_tcl import (decoder_warmup_problem, tcl_backbone_problems, tcl_objective_on, tcl_objective_problems,
                                 tcl_training_problem)
-from .config_checks_values import Problem, betas, choice, flag, names, number, raise_problems, templates
+from .config_checks_values import ConfigError, Problem, betas, choice, flag, names, number, raise_problems, templates
 from .modeling.backbone.clip_dense import CLIPDense
 from .modeling.backbone.clip_loading import vision_config
 from .modeling.backbone.dense_heads import DENSE_MODES
@@ -34,7 +36,8 @@ from .modeling.meta_arch.ttd import TEACHERS
 from .modeling.ttd.losses import DISTANCES, TARGET_NORMS
 from .modeling.ttd.scoring import SCORING_METHODS
 
-__all__ = ["OPTIMIZERS", "check_model_config", "check_trainable", "check_training_config"]
+__all__ = ["OPTIMIZERS", "ConfigError", "check_model_config", "check_trainable", "check_training_config",
+           "model_config_problems", "training_config_problems"]
 
 OPTIMIZERS = ("ADAMW", "SGD")  # SOLVER.OPTIMIZER, upper-cased (TTDTrainer.build_optimizer)
 RANDOM_FLIPS = ("none", "horizontal", "vertical")  # INPUT.RANDOM_FLIP (CaptionTrainMapper)
@@ -73,7 +76,12 @@ def _nothing_to_train(cfg) -> Problem:
 
 
 def check_model_config(cfg) -> None:
-    """Check the keys the TTD model and its evaluation read; raise ``ValueError`` listing the problems."""
+    """Check the keys the TTD model and its evaluation read; raise ``ConfigError`` listing the problems."""
+    raise_problems(model_config_problems(cfg), "model")
+
+
+def model_config_problems(cfg) -> List[str]:
+    """One sentence per invalid key of :func:`check_model_config`, or []."""
 
     clip, ttd, lora, test = cfg.MODEL.CLIP, cfg.MODEL.TTD, cfg.MODEL.TTD.LORA, cfg.MODEL.SEG_INFERENCE
     patch, depth = _patch_and_depth(cfg)
@@ -134,7 +142,7 @@ def check_model_config(cfg) -> None:
         *protocol_problems(cfg),
         number("MODEL.SEG_INFERENCE.CAPTION_MASK_THRESHOLD", test.CAPTION_MASK_THRESHOLD, *unit),
     ]
-    raise_problems(problems, "model")
+    return [p for p in problems if p]
 
 
 # detectron2's AMPTrainer autocasts the whole step to float16: cosine maps, masker, the softmax
@@ -155,11 +163,16 @@ MERGE_REFUSED = (
 
 
 def check_training_config(cfg) -> None:
-    """Check the keys only training reads; raise ``ValueError`` listing the problems.
+    """Check the keys only training reads; raise ``ConfigError`` listing the problems.
 
     Not called by ``build_model``: ``--eval-only`` builds the same model and must not be refused
     for a training setting.
     """
+    raise_problems(training_config_problems(cfg), "training")
+
+
+def training_config_problems(cfg) -> List[str]:
+    """One sentence per invalid key of :func:`check_training_config`, or []."""
 
     patch, _ = _patch_and_depth(cfg)
     patch_text = f" ({patch})" if patch else ""
@@ -181,13 +194,13 @@ def check_training_config(cfg) -> None:
         "or give DATASETS.IMAGE_TEXT.SHARDS or FOLDERS",
         *stream_problems(cfg.DATASETS.IMAGE_TEXT),
     ]
-    raise_problems(problems, "training")
+    return [p for p in problems if p]
 
 
 def check_trainable(model: torch.nn.Module) -> None:
-    """Raise ``ValueError`` when no parameter of ``model`` requires grad."""
+    """Raise ``ConfigError`` when no parameter of ``model`` requires grad."""
     if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError(
+        raise ConfigError(
             "nothing to train: no parameter of the model requires grad. With MODEL.TTD.ENABLED True the LoRA "
             "adapters and the masker train; with MODEL.CLIP.CONTRASTIVE_WEIGHT > 0 every CLIP weight does. "
             "Check code that freezes parameters after build_model."

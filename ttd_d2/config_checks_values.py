@@ -1,19 +1,28 @@
 """The value checks every config check is built of: each returns ``None`` or one problem
 (a sentence naming the key, the value, what is allowed and the fix), and ``raise_problems``
-raises them all as one ``ValueError``."""
+raises them all as one :class:`ConfigError`."""
 import math
 from typing import Callable, List, Optional, Sequence
 
-__all__ = ["Problem", "betas", "choice", "flag", "names", "number", "raise_problems", "templates"]
+__all__ = ["ConfigError", "Problem", "betas", "choice", "flag", "names", "number", "raise_problems", "templates"]
 
 Problem = Optional[str]
+
+
+class ConfigError(ValueError):
+    """Invalid config values, each problem naming its key and the fix (``problems``). A
+    ``ValueError`` for library callers; the tools end on it with its message (``utils.cli``)."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()):
+        super().__init__(message)
+        self.problems = list(problems)
 
 
 def raise_problems(problems: List[Problem], what: str) -> None:
     problems = [p for p in problems if p]
     if problems:
         listed = "\n  - ".join(problems)
-        raise ValueError(f"invalid {what} config ({len(problems)} problem(s)):\n  - {listed}")
+        raise ConfigError(f"invalid {what} config ({len(problems)} problem(s)):\n  - {listed}", problems)
 
 
 def choice(key: str, value, allowed: Sequence[str], fix: str = "") -> Problem:

@@ -1,11 +1,12 @@
-"""ttd_d2/engine/preflight.py: every missing weight file and dataset of a config is listed at
-once, each with its key and its fix, before anything is built; tools/train_net.py stops on it."""
+"""ttd_d2/engine/preflight.py: every invalid value, missing weight file and dataset of a config is
+listed at once, each with its key and its fix, before anything is built; tools/train_net.py
+stops on it."""
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from conftest import REPO, load_script, make_tiny_cfg
 from ttd_d2.data.datasets.benchmark import Benchmark, register_benchmark
-from ttd_d2.engine.preflight import check_inputs, missing_inputs
+from ttd_d2.engine.preflight import check_inputs, config_problems, missing_inputs
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def missing_benchmark(tmp_path):
 def test_a_complete_config_has_nothing_missing():
     cfg = make_tiny_cfg()  # random CLIP (PRETRAINED ''), no weight files, no datasets
     assert missing_inputs(cfg, training=True) == []
-    check_inputs(cfg, training=True)
+    check_inputs(cfg, training=False)  # (training: nothing to train in this config, test below)
 
 
 def test_every_missing_input_is_listed_with_its_key_and_fix(tmp_path, missing_benchmark):
@@ -117,3 +118,23 @@ def test_an_output_dir_that_cannot_take_the_run_stops_it(tmp_path, monkeypatch):
     monkeypatch.setattr(cli.os, "access", lambda path, mode: str(path) != str(tmp_path))  # (root may write anywhere)
     assert preflight.output_problems(cfg) == [f"OUTPUT_DIR '{cfg.OUTPUT_DIR}': {tmp_path} is not writable: "
                                               "give a folder you can write to"]
+
+
+def test_invalid_values_are_listed_with_the_missing_inputs(tmp_path):
+    """The model's and the trainer's value checks (config_checks) in the same list as the missing
+    files, the training ones only for training (--eval-only must not be refused for them)."""
+    cfg = make_tiny_cfg()
+    cfg.MODEL.TTD.ENABLED, cfg.DATASETS.TRAIN = True, ("synth_image_text_train",)  # a training config
+    cfg.MODEL.TTD.LOSS.DISTANCE = "l3"  # a model key: refused by TTD.from_config
+    cfg.SOLVER.OPTIMIZER = "adam"  # a training key: refused by TTDTrainer
+    cfg.MODEL.TTD.LORA.WEIGHTS = str(tmp_path / "lora.pth")
+    problems = config_problems(cfg, training=True)
+    assert len(problems) == 2, problems
+    assert problems[0] == "MODEL.TTD.LOSS.DISTANCE = 'l3' is unknown: use one of l1, mse, bce"
+    assert problems[1].startswith("SOLVER.OPTIMIZER = 'ADAM' is unknown")
+    assert config_problems(cfg, training=False) == problems[:1]
+    with pytest.raises(SystemExit, match="Cannot start: the config has invalid values") as error:
+        check_inputs(cfg, training=True)
+    assert all(p in str(error.value) for p in problems) and "MODEL.TTD.LORA.WEIGHTS" in str(error.value)
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"  # not ttd_d2's model: its keys are not TTD's to check
+    assert config_problems(cfg, training=False) == []

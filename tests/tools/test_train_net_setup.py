@@ -1,5 +1,5 @@
 """``tools/train_net.py``'s setup: CPU runs keep freed memory for reuse (ttd_d2/utils/cpu_memory.py);
-a misspelt key stops it with one line naming the key, before any output is written."""
+a misspelt key or an invalid value stops it with the key named, before any output is written."""
 from pathlib import Path
 
 import pytest
@@ -31,4 +31,20 @@ def test_setup_names_a_misspelt_key_and_writes_nothing(tmp_path):
         "MODEL.TTD.LORA.WEIGHT", "x.pth", "OUTPUT_DIR", str(out)])
     with pytest.raises(SystemExit, match="Non-existent key: MODEL.TTD.LORA.WEIGHT "):
         train_net.setup(args)
+    assert not out.exists()
+
+
+def test_setup_lists_every_invalid_value_and_writes_nothing(tmp_path):
+    """Model and training values together, before detectron2's default_setup writes config.yaml and
+    log.txt (TTD.from_config and TTDTrainer would each have raised only their own, after it)."""
+    train_net = load_script("tools/train_net.py")
+    out = tmp_path / "out"
+    args = default_argument_parser().parse_args([
+        "--config-file", str(ROOT / "configs" / "synthetic" / "ttd_maskclip.yaml"), "MODEL.TTD.TAG_THRESHOLD", "2.0",
+        "SOLVER.OPTIMIZER", "adam", "OUTPUT_DIR", str(out)])
+    with pytest.raises(SystemExit, match="Cannot start") as error:
+        train_net.setup(args)
+    message = str(error.value)
+    assert "MODEL.TTD.TAG_THRESHOLD = 2.0: must be in [0, 1]" in message
+    assert "SOLVER.OPTIMIZER = 'ADAM' is unknown" in message
     assert not out.exists()

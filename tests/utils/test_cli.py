@@ -1,4 +1,5 @@
-"""ttd_d2.utils.cli: run_tool ends a tool on a missing or corrupt input with its message, without a
+"""ttd_d2.utils.cli: run_tool ends a tool on a missing or corrupt input or an invalid config value
+with its message, without a
 traceback, and lets every other error propagate as it is; require_output_folder refuses an
 output path that cannot be a folder before any work."""
 import argparse
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ttd_d2.config_checks_values import ConfigError
 from ttd_d2.data.datasets.synthetic import CorruptFileError
 from ttd_d2.utils.cli import require_output_folder, run_tool
 
@@ -20,7 +22,9 @@ def _raise(error):
 
 
 @pytest.mark.parametrize("error", [FileNotFoundError("expected x at /data/x: fix it"), CorruptFileError("bad /data/y"),
-                                   FileExistsError("/data/z exists with other parameters: pass --overwrite")])
+                                   FileExistsError("/data/z exists with other parameters: pass --overwrite"),
+                                   ConfigError("invalid model config (1 problem(s)):\n  - MODEL.TTD.TAG_THRESHOLD = 2.0: "
+                                               "must be in [0, 1]")])
 def test_input_errors_become_their_message(error):
     with pytest.raises(SystemExit) as info:
         run_tool(_raise, error)

@@ -1,9 +1,10 @@
-"""Before anything is built or downloaded: does every file, dataset and shard a config names
-exist, and can ``OUTPUT_DIR`` be written?
+"""Before anything is built or downloaded: are the config's values valid, does every file, dataset
+and shard it names exist, and can ``OUTPUT_DIR`` be written?
 
 ``tools/train_net.py`` calls :func:`check_inputs` first, so a config run on a machine without its
-weights or data stops at once with one message listing everything missing and how to get it,
-instead of failing on the first of them minutes later (after a model download, say). Nothing is
+weights or data, or with a value out of range, stops at once with one message listing every
+problem and its fix, instead of failing on the first of them minutes later (after a model
+download, say) and after detectron2 has written ``config.yaml`` and ``log.txt`` to ``OUTPUT_DIR``. Nothing is
 read but directory listings and file stats; open_clip tags (``MODEL.CLIP.PRETRAINED openai``) are
 only checked to be known tags: whether one is cached is found out when the model is built.
 """
@@ -14,11 +15,12 @@ from typing import List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..config_checks import model_config_problems, training_config_problems
 from ..data.streams.shards import expand_shards
 from ..modeling.backbone.clip_loading import check_pretrained, resolve_arch
 from ..utils.cli import output_folder_problem
 
-__all__ = ["DATASET_PATH_KEYS", "missing_inputs", "output_problems", "check_inputs"]
+__all__ = ["DATASET_PATH_KEYS", "config_problems", "missing_inputs", "output_problems", "check_inputs"]
 
 # Metadata entries that name a dataset's folders or files on disk (detectron2's conventions and
 # ttd_d2's registrations, docs/INTERFACES.md).
@@ -49,6 +51,13 @@ def _dataset_problems(name: str, key: str) -> List[str]:
     return [f"{key}: dataset '{name}': {attr} '{getattr(meta, attr)}' does not exist ({fix}; "
             f"$DETECTRON2_DATASETS is '{os.environ.get('DETECTRON2_DATASETS', 'datasets')}')"
             for attr in DATASET_PATH_KEYS if meta.get(attr, None) and not os.path.exists(getattr(meta, attr))]
+
+
+def config_problems(cfg, training: bool) -> List[str]:
+    """The invalid values ``TTD.from_config`` (for the TTD meta-architecture) and, when
+    ``training``, ``TTDTrainer`` would refuse (``ttd_d2.config_checks``), one sentence each."""
+    problems = model_config_problems(cfg) if cfg.MODEL.META_ARCHITECTURE == "TTD" else []
+    return problems + (training_config_problems(cfg) if training else [])
 
 
 def missing_inputs(cfg, training: bool) -> List[str]:
@@ -90,8 +99,9 @@ def output_problems(cfg) -> List[str]:
 
 
 def check_inputs(cfg, training: bool) -> None:
-    """``SystemExit`` listing :func:`missing_inputs` and :func:`output_problems`, if any."""
-    problems = missing_inputs(cfg, training) + output_problems(cfg)
+    """``SystemExit`` listing :func:`config_problems`, :func:`missing_inputs` and
+    :func:`output_problems`, if any."""
+    problems = config_problems(cfg, training) + missing_inputs(cfg, training) + output_problems(cfg)
     if problems:
-        raise SystemExit("Cannot start: the config names inputs that are not on this machine or an output "
-                         "folder it cannot write.\n  - " + "\n  - ".join(problems))
+        raise SystemExit("Cannot start: the config has invalid values, names inputs that are not on this machine, "
+                         "or names an output folder it cannot write.\n  - " + "\n  - ".join(problems))

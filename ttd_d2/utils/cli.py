@@ -1,6 +1,6 @@
 """The tools' entry points: an error about the user's input files (missing, corrupt, or an
-existing output made with other parameters) ends the command with its message, which names the
-file and the fix, and exit status 1, not a traceback.
+existing output made with other parameters) or config values ends the command with its message,
+which names the file or key and the fix, and exit status 1, not a traceback.
 The tools' ``main`` functions raise as library code does (their tests catch the exception);
 their argument checks end with ``parser.error`` (status 2) before any work."""
 import argparse
@@ -8,15 +8,16 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, TypeVar, Union
 
+from ..config_checks_values import ConfigError
 from ..data.datasets.synthetic import CorruptFileError
 
 __all__ = ["INPUT_ERRORS", "output_folder_problem", "require_output_folder", "run_tool"]
 
-# Raised for inputs the user gives (ttd_d2's messages name the path and how to get or fix it;
-# FileExistsError: a synthetic split generated with other parameters, or at another image size).
-# Not ValueError: as often a bug as a bad value, its traceback is wanted; the tools check their
-# arguments in parse_args instead.
-INPUT_ERRORS = (FileNotFoundError, FileExistsError, CorruptFileError)
+# Raised for inputs the user gives (ttd_d2's messages name the path or key and how to get or fix
+# it; FileExistsError: a synthetic split generated with other parameters, or at another image
+# size; ConfigError: invalid config values, ttd_d2.config_checks). Not every ValueError: as often
+# a bug as a bad value, its traceback is wanted; the tools check their arguments in parse_args.
+INPUT_ERRORS = (FileNotFoundError, FileExistsError, CorruptFileError, ConfigError)
 T = TypeVar("T")
 
 
