@@ -27,15 +27,12 @@ from tqdm import tqdm
 
 from ttd_d2.data.synthetic.meta import resolve_single_object_radius
 from ttd_d2.data.synthetic.presets import BENCHMARK_IMAGE_SIZE, SplitSpec, quickstart_splits
+from ttd_d2.data.synthetic.render import MIN_IMAGE_SIZE
 from ttd_d2.data.synthetic.writer import LAYOUTS, TRAINING_SINGLE_OBJECT_RADIUS, generate, is_complete
 from ttd_d2.utils.cli import require_output_folder, run_tool
 
 logger = logging.getLogger("generate_synthetic")
 
-# The smallest side the renderer keeps its scenes at: smaller, the secondary objects that no longer
-# fit are left out more and more (of 20000 scenes: 26 at 16 px, 115 at 12, 779 at 8, none at 64),
-# and below 5 px the dominant object can cover no pixel at all (an empty caption mask).
-MIN_IMAGE_SIZE = 16
 PRESET_SIZES = ("train_images", "val_images", "test_images")  # options of --preset only
 SPLIT_OPTIONS = ("layout", "split", "seed", "num_images")  # options of one split only
 TRAINING_ONLY = ("caption_noise", "single_object_radius")  # options of the image_text layout only

@@ -22,6 +22,7 @@ from ttd_d2.data.synthetic import (
     render_scene,
     writer,
 )
+from ttd_d2.data.synthetic.render import MIN_IMAGE_SIZE
 
 
 def _files(folder: Path) -> dict:
@@ -246,3 +247,16 @@ def test_cli_caption_noise(tmp_path):
     assert multi and all(o.category in caption_words(line["caption"]) for line, objects in multi for o in objects)
     with pytest.raises(SystemExit):
         cli.main([*argv[:-2], "0.7", "0.4"])  # omit + replace > 1
+
+
+@pytest.mark.parametrize("num_images, image_size, message", [
+    (0, 32, "num_images must be positive, got 0"),
+    (2, MIN_IMAGE_SIZE - 1, f"image_size {MIN_IMAGE_SIZE - 1}: must be at least {MIN_IMAGE_SIZE}"),
+])
+def test_generate_refuses_no_images_and_scenes_too_small_to_keep_their_objects(tmp_path, num_images, image_size, message):
+    """The renderer's smallest side is the library's check, not only generate_synthetic's (the
+    quickstart renders at its config's INPUT.TRAIN_SIZE); nothing is written."""
+    with pytest.raises(ValueError, match=message):
+        generate(tmp_path, "captions", "val", num_images, seed=2, image_size=image_size)
+    assert not any(tmp_path.iterdir())
+    generate(tmp_path, "captions", "val", 2, seed=2, image_size=MIN_IMAGE_SIZE)  # the smallest kept size

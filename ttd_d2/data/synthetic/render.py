@@ -26,7 +26,14 @@ import numpy as np
 
 from .shapes import unit_shapes
 
+# The smallest image side the renderer keeps its scenes at (writer.generate refuses smaller):
+# smaller, the secondary objects that no longer fit are left out more and more (of 20000 scenes:
+# 26 at 16 px, 115 at 12, 779 at 8, none at 64), and below 5 px the dominant object can cover no
+# pixel at all (an empty caption mask).
+MIN_IMAGE_SIZE = 16
+
 __all__ = [
+    "MIN_IMAGE_SIZE",
     "CLASSES",
     "BACKGROUND_KINDS",
     "ObjectSpec",

@@ -56,7 +56,7 @@ from .meta import (
     DEFAULT_BACKGROUND_THRESHOLD, GENERATOR_VERSION, IGNORE_LABEL, LAYOUTS, META_FILE, TRAINING_SINGLE_OBJECT_RADIUS,
     is_complete, is_outdated, read_meta, resolve_single_object_radius, same_split, split_dir, split_meta,
 )
-from .render import caption_mask, image_rngs, render_scene, semantic_label
+from .render import MIN_IMAGE_SIZE, caption_mask, image_rngs, render_scene, semantic_label
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -202,7 +202,7 @@ def generate(
         split: split name: letters, digits, ``_`` and ``-``.
         num_images: number of images.
         seed: split seed; image ``i`` depends only on ``(seed, i)``.
-        image_size: side of the square images, pixels.
+        image_size: side of the square images, pixels (at least ``render.MIN_IMAGE_SIZE``).
         workers: processes for rendering; 0 or 1 (or fewer than ``MIN_IMAGES_FOR_POOL``
             images) renders in this process. Workers are started with "spawn": a script
             calling this with ``workers > 1`` needs the ``if __name__ == "__main__":`` guard.
@@ -224,8 +224,10 @@ def generate(
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     if not _SPLIT_NAME.match(split):
         raise ValueError(f"bad split name {split!r}: use letters, digits, '_' and '-'")
-    if num_images <= 0 or image_size <= 0:
-        raise ValueError(f"num_images and image_size must be positive, got {num_images}, {image_size}")
+    if num_images <= 0:
+        raise ValueError(f"num_images must be positive, got {num_images}")
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size {image_size}: must be at least {MIN_IMAGE_SIZE} (smaller scenes lose their objects)")
     target = split_dir(root, layout, split)
     single_object_radius = resolve_single_object_radius(layout, single_object_radius)
     expected = split_meta(layout, split, seed, num_images, image_size, omit_prob, replace_prob, single_object_radius)
