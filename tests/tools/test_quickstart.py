@@ -156,14 +156,26 @@ def test_ttd_masker_start_is_the_calibrated_boundary_at_either_temperature(quick
 @pytest.mark.parametrize("argv, message", [
     (["--skip-training"], "--skip-training reuses {out}/ttd/model_lora_final.pth, which is not there: drop --skip-training"),
     (["--test-splits", "test", "test9", "val2"], "--test-splits test9 val2: no such synthetic split"),
+    (["--workers", "-1"], "--workers -1: must be 0 or more"),
+    (["--test-images", "0"], "--test-images 0: must be at least 1"),
+    (["--base-cache", "{tmp}/afile/cache"], "--base-cache {tmp}/afile/cache: {tmp}/afile is not a folder"),
 ])
 def test_bad_arguments_are_refused_before_any_work_or_output(quickstart, tmp_path, capsys, argv, message):
     """Both were found minutes in: after the calibration and the evaluation before TTD (a missing LoRA
     file), or by detectron2's KeyError listing every dataset (an unknown split)."""
+    (tmp_path / "afile").write_text("")
     with pytest.raises(SystemExit) as info:
-        quickstart.main(["--output-dir", str(tmp_path / "out"), *argv])
-    assert info.value.code == 2 and message.format(out=tmp_path / "out") in capsys.readouterr().err
+        quickstart.main(["--output-dir", str(tmp_path / "out"), *[a.format(tmp=tmp_path) for a in argv]])
+    assert info.value.code == 2 and message.format(out=tmp_path / "out", tmp=tmp_path) in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_dir_that_cannot_be_a_folder_is_refused_before_any_work(quickstart, tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as info:
+        quickstart.main(["--output-dir", str(tmp_path / "afile" / "out")])
+    assert info.value.code == 2
+    assert f"--output-dir {tmp_path / 'afile' / 'out'}: {tmp_path / 'afile'} is not a folder" in capsys.readouterr().err
 
 
 def test_skip_training_takes_the_lora_file_of_a_finished_run(quickstart, tmp_path):
