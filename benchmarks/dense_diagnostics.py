@@ -27,7 +27,6 @@ Also zero-shot accuracy on training images whose caption names exactly one class
 fitting the training data, to compare with held-out accuracy), for the last head.
 """
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +46,7 @@ from ttd_d2.evaluation.calibration import calibrate_masker_bias
 from ttd_d2.evaluation.word_calibration import calibrate_word_masker, calibrate_word_masker_bias
 from ttd_d2.evaluation.caption_seg import caption_image_statistics, read_label_png
 from ttd_d2.evaluation.metrics import to_numpy
+from ttd_d2.utils.json_report import report_json
 from ttd_d2.evaluation.gate import (
     GATE_BIAS_MARGIN, GATE_IOU_MARGIN, NORMALIZATIONS, SELECTIONS, names_background, object_aucs, summarize_gate,
     tag_selections, target_counts, target_union,
@@ -248,7 +248,7 @@ def main(argv=None):
     report["train_zero_shot"] = train_zero_shot(model, mapper, DatasetCatalog.get(args.train_dataset)[: 4 * args.num_images])
     print_report(report)
     if args.output:
-        write_text_atomic(args.output, json.dumps(report, indent=2, default=float))
+        write_text_atomic(args.output, report_json(report))  # an undefined IoU (NaN) as null
     return report
 
 
