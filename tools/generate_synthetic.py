@@ -29,7 +29,7 @@ from ttd_d2.data.synthetic.meta import resolve_single_object_radius
 from ttd_d2.data.synthetic.presets import BENCHMARK_IMAGE_SIZE, SplitSpec, quickstart_splits
 from ttd_d2.data.synthetic.render import MIN_IMAGE_SIZE
 from ttd_d2.data.synthetic.writer import LAYOUTS, TRAINING_SINGLE_OBJECT_RADIUS, generate, is_complete
-from ttd_d2.utils.cli import require_output_folder, run_tool
+from ttd_d2.utils.cli import require_minimums, require_output_folder, run_tool
 
 logger = logging.getLogger("generate_synthetic")
 
@@ -81,14 +81,10 @@ def parse_args(argv=None):
     if args.layout in ("semseg", "captions") and given(TRAINING_ONLY):
         parser.error(f"{' '.join(given(TRAINING_ONLY))}: image_text layout only (its training captions and one-object "
                      f"scenes), not --layout {args.layout}: drop it, or give --layout image_text or all")
-    for name, low in {"seed": 0, "num_images": 1, **dict.fromkeys(PRESET_SIZES, 1)}.items():
-        if getattr(args, name) is not None and getattr(args, name) < low:
-            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least {low}")
+    require_minimums(parser, args, {"seed": 0, "num_images": 1, **dict.fromkeys(PRESET_SIZES, 1), "workers": 0})
     if args.image_size < MIN_IMAGE_SIZE:
         parser.error(f"--image-size {args.image_size}: must be at least {MIN_IMAGE_SIZE} (smaller scenes lose their "
                      f"objects; the benchmark draws {BENCHMARK_IMAGE_SIZE})")
-    if args.workers < 0:
-        parser.error(f"--workers {args.workers}: must be 0 or more (0 or 1 renders in this process)")
     require_output_folder(parser, "--root", args.root)
     if args.single_object_radius is not None:
         try:

@@ -40,7 +40,7 @@ from ttd_d2 import TTDTrainer, load_config  # noqa: E402
 from ttd_d2.data.datasets.label_conversion import write_text_atomic  # noqa: E402
 from ttd_d2.data.image_io import read_image_checked  # noqa: E402
 from ttd_d2.data.streams import expand_shards, sample_to_record  # noqa: E402
-from ttd_d2.utils.cli import require_output_folder, run_tool  # noqa: E402
+from ttd_d2.utils.cli import require_minimums, require_output_folder, run_tool  # noqa: E402
 
 logger = logging.getLogger("prune_samples")
 
@@ -61,10 +61,7 @@ def parse_args(argv=None):
         parser.error("--keep-fraction must be in (0, 1]")
     if args.threshold is not None and not math.isfinite(args.threshold):
         parser.error(f"--threshold {args.threshold}: must be a finite cosine similarity, e.g. 0.2")
-    if args.batch_size < 1:
-        parser.error(f"--batch-size {args.batch_size}: must be at least 1")
-    if args.num_gpus < 1:
-        parser.error(f"--num-gpus {args.num_gpus}: must be at least 1")
+    require_minimums(parser, args, {"batch_size": 1, "num_gpus": 1})
     if args.num_gpus > 1 and args.num_gpus > torch.cuda.device_count():
         parser.error(f"--num-gpus {args.num_gpus}: one process per CUDA device, and this machine has {torch.cuda.device_count()}")
     require_output_folder(parser, "--output-dir", args.output_dir)

@@ -57,7 +57,7 @@ with warnings.catch_warnings(record=True) as IMPORT_WARNINGS:
     from ttd_d2.evaluation.tag_selection import BINARY_METHODS
     from ttd_d2.modeling.backbone.clip_dense import cpu_has_native_bf16
     from ttd_d2.modeling.backbone.dense_heads import DENSE_MODES
-    from ttd_d2.utils.cli import require_output_folder, run_tool
+    from ttd_d2.utils.cli import require_minimums, require_output_folder, run_tool
     from ttd_d2.utils.cpu_memory import keep_freed_cpu_memory
     from ttd_d2.utils.progress import Progress, run_logged
     from ttd_d2.utils.visualize import caption_grid, pick_images
@@ -146,7 +146,7 @@ def parse_args(argv=None):
     parser.add_argument("--test-splits", nargs="+", default=["test"])
     parser.add_argument("--dense-mode", choices=DENSE_MODES, help="MODEL.CLIP.DENSE_MODE of both configs "
                         "(benchmarks/backbones.sh: one row per head)")
-    parser.add_argument("--workers", type=int, default=2, help="processes that render the benchmark")
+    parser.add_argument("--workers", type=int, default=2, help="processes that render the benchmark (0 or 1: this process)")
     parser.add_argument("--train-images", type=int, default=20000, help="size of image_text/train when generated")
     parser.add_argument("--val-images", type=int, default=200, help="size of each val split when generated")
     parser.add_argument("--test-images", type=int, default=300, help="size of each test split when generated")
@@ -166,11 +166,7 @@ def parse_args(argv=None):
     require_output_folder(parser, "--output-dir", args.output_dir)
     if args.base_cache:
         require_output_folder(parser, "--base-cache", args.base_cache)
-    if args.workers < 0:
-        parser.error(f"--workers {args.workers}: must be 0 or more (0 or 1 renders in this process)")
-    for name in ("train_images", "val_images", "test_images"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    require_minimums(parser, args, {"workers": 0, "train_images": 1, "val_images": 1, "test_images": 1})
     lora = Path(args.output_dir) / "ttd" / "model_lora_final.pth"
     if args.skip_training and not lora.is_file():
         parser.error(f"--skip-training reuses {lora}, which is not there: drop --skip-training (it trains), "

@@ -20,7 +20,7 @@ SPLIT = ["--split", "x", "--seed", "1", "--num-images", "2", "--workers", "0"]
     ([*SPLIT, "--num-images", "0"], "--num-images 0: must be at least 1"),
     (["--preset", "quickstart", "--test-images", "0"], "--test-images 0: must be at least 1"),
     ([*SPLIT, "--image-size", "8"], f"--image-size 8: must be at least {cli.MIN_IMAGE_SIZE}"),  # drawn, objects lost
-    ([*SPLIT, "--workers", "-2"], "--workers -2: must be 0 or more"),  # taken as 0
+    ([*SPLIT, "--workers", "-2"], "--workers -2: must be at least 0"),  # taken as 0
     (["--preset", "quickstart", "--split", "mine"], "--preset quickstart generates its own splits: drop --split"),
     (["--preset", "quickstart", "--layout", "semseg", "--num-images", "5"],
      "drop --layout --num-images, or drop --preset"),

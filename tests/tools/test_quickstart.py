@@ -156,7 +156,7 @@ def test_ttd_masker_start_is_the_calibrated_boundary_at_either_temperature(quick
 @pytest.mark.parametrize("argv, message", [
     (["--skip-training"], "--skip-training reuses {out}/ttd/model_lora_final.pth, which is not there: drop --skip-training"),
     (["--test-splits", "test", "test9", "val2"], "--test-splits test9 val2: no such synthetic split"),
-    (["--workers", "-1"], "--workers -1: must be 0 or more"),
+    (["--workers", "-1"], "--workers -1: must be at least 0"),
     (["--test-images", "0"], "--test-images 0: must be at least 1"),
     (["--base-cache", "{tmp}/afile/cache"], "--base-cache {tmp}/afile/cache: {tmp}/afile is not a folder"),
 ])

@@ -12,7 +12,7 @@ import pytest
 
 from ttd_d2.config_checks_values import ConfigError
 from ttd_d2.data.datasets.synthetic import CorruptFileError
-from ttd_d2.utils.cli import require_output_folder, run_tool
+from ttd_d2.utils.cli import require_minimums, require_output_folder, run_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,3 +64,12 @@ def test_an_output_folder_must_be_writable(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         require_output_folder(argparse.ArgumentParser(prog="tool"), "--out", tmp_path / "new")
     assert f"--out {tmp_path / 'new'}: {tmp_path} is not writable" in capsys.readouterr().err
+
+
+def test_require_minimums_names_the_first_option_below_its_minimum_and_skips_unset_ones(capsys):
+    parser = argparse.ArgumentParser()
+    args = argparse.Namespace(num_images=0, workers=0, seed=None)
+    require_minimums(parser, argparse.Namespace(num_images=1, workers=0, seed=None), {"num_images": 1, "workers": 0, "seed": 0})
+    with pytest.raises(SystemExit) as info:
+        require_minimums(parser, args, {"seed": 0, "workers": 0, "num_images": 1})
+    assert info.value.code == 2 and "--num-images 0: must be at least 1" in capsys.readouterr().err

@@ -6,12 +6,12 @@ their argument checks end with ``parser.error`` (status 2) before any work."""
 import argparse
 import os
 from pathlib import Path
-from typing import Callable, Optional, TypeVar, Union
+from typing import Callable, Mapping, Optional, TypeVar, Union
 
 from ..config_checks_values import ConfigError
 from ..data.datasets.synthetic import CorruptFileError
 
-__all__ = ["INPUT_ERRORS", "output_folder_problem", "require_output_folder", "run_tool"]
+__all__ = ["INPUT_ERRORS", "output_folder_problem", "require_minimums", "require_output_folder", "run_tool"]
 
 # Raised for inputs the user gives (ttd_d2's messages name the path or key and how to get or fix
 # it; FileExistsError: a synthetic split generated with other parameters, or at another image
@@ -46,3 +46,12 @@ def require_output_folder(parser: argparse.ArgumentParser, option: str, folder: 
     problem = output_folder_problem(folder)
     if problem:
         parser.error(f"{option} {folder}: {problem}")
+
+
+def require_minimums(parser: argparse.ArgumentParser, args: argparse.Namespace, minimums: Mapping[str, int]) -> None:
+    """``parser.error`` for the first option of ``minimums`` ({dest: smallest value}) that ``args``
+    holds below its minimum (options left unset, None, are skipped)."""
+    for dest, low in minimums.items():
+        value = getattr(args, dest)
+        if value is not None and value < low:
+            parser.error(f"--{dest.replace('_', '-')} {value}: must be at least {low}")
